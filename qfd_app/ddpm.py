@@ -1,0 +1,168 @@
+"""The diffusion model: UNet presets, the local training loop, sampling and export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+# Presets of diffusers' UNet2DModel. `tiny` is the CPU default (~263k parameters);
+# `ddpm-cifar10` is the 35.7M-parameter UNet of Ho et al. (2020), for planning and GPUs.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+    ),
+    "small": dict(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+    ),
+    "base": dict(
+        block_out_channels=(64, 128, 128),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=32,
+    ),
+    "ddpm-cifar10": dict(
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=32,
+    ),
+}
+
+
+def build_unet(preset: str, image_size: int, channels: int = 1) -> UNet2DModel:
+    """A fresh `UNet2DModel` of the named preset for `image_size`² images.
+
+    Parameters are initialised by torch's default initialisers, so seed torch first for
+    a reproducible model.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown model preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    return UNet2DModel(
+        sample_size=image_size, in_channels=channels, out_channels=channels, **PRESETS[preset]
+    )
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """`auto` takes CUDA when present and the CPU otherwise; `cpu`/`cuda` force one."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' was requested but torch sees no CUDA device.")
+    return torch.device(requested)
+
+
+def train_scheduler() -> DDPMScheduler:
+    """The forward process used in training: 1000 linear-beta steps (Ho et al.)."""
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+
+
+def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator:
+    order = torch.randperm(len(images), generator=generator)
+    for start in range(0, len(images), batch_size):
+        yield images[order[start : start + batch_size]]
+
+
+def train_local(
+    model: UNet2DModel,
+    images: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+) -> float:
+    """Train `model` in place on `images` (N×C×H×W in [-1, 1]) with the DDPM objective.
+
+    Each step draws a timestep and Gaussian noise per image, noises the batch with the
+    forward process and regresses the noise (MSE), with a fresh AdamW. Returns the mean
+    loss over all steps.
+    """
+    scheduler = train_scheduler()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for clean in _batches(images, batch_size, generator):
+            clean = clean.to(device)
+            noise = torch.randn(clean.shape, generator=generator).to(device)
+            timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator)
+            timesteps = timesteps.to(device)
+            # this is the forward diffusion process
+            noisy = scheduler.add_noise(clean, noise, timesteps)
+            loss = torch.nn.functional.mse_loss(model(noisy, timesteps).sample, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def denoising_loss(
+    model: UNet2DModel, images: torch.Tensor, *, seed: int, device: torch.device, batch_size: int = 256
+) -> float:
+    """The DDPM training loss of `model` on `images` with fixed (seeded) noise and timesteps."""
+    scheduler = train_scheduler()
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        clean = images[start : start + batch_size]
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps).to(device)
+        pred = model(noisy, timesteps.to(device)).sample.cpu()
+        total += torch.nn.functional.mse_loss(pred, noise, reduction="sum").item() / clean[0].numel()
+    return total / max(len(images), 1)
+
+
+@torch.no_grad()
+def sample(
+    model: UNet2DModel,
+    num_images: int,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Draw `num_images` images in [-1, 1] with DDIM (`steps` steps, η = 0)."""
+    scheduler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).eval()
+    size, channels = model.config.sample_size, model.config.in_channels
+    out = []
+    for start in range(0, num_images, batch_size):
+        n = min(batch_size, num_images - start)
+        x = torch.randn((n, channels, size, size), generator=generator).to(device)
+        for t in scheduler.timesteps:
+            eps = model(x, t).sample
+            x = scheduler.step(eps, t, x).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def export_pipeline(model: UNet2DModel, directory: str | Path) -> Path:
+    """Save `model` as a diffusers `DDPMPipeline` that `DDPMPipeline.from_pretrained` loads."""
+    directory = Path(directory)
+    DDPMPipeline(unet=model.cpu(), scheduler=train_scheduler()).save_pretrained(directory)
+    return directory

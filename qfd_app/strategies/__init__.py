@@ -1,0 +1,1 @@
+"""Flower strategies: the full-precision baseline and, later, quantized and on-demand ones."""
