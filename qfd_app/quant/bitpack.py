@@ -7,9 +7,10 @@ unused high bits of the last byte are zero.
 
 Eight codes always fill exactly b bytes, so the codes are packed in groups of eight. For
 b ∈ {1, 2, 4, 8} a group of 8/b codes fills one byte and a few shifts on uint8 do it; for
-b = 16 a code is a little-endian uint16. For any other b the eight codes of a group are OR-ed into one or two int64 words (8·b ≤ 128
-bits), whose first b bytes in memory are the group's bytes on a little-endian machine. Every
-operation works on whole columns (one per position in the group), never on single values.
+b = 16 a code is a little-endian uint16. For any other b the eight codes of a group are
+OR-ed into one or two int64 words (8·b ≤ 128 bits), whose first b bytes in memory are the
+group's bytes on a little-endian machine. Every operation works on whole columns (one per
+position in the group), never on single values.
 """
 
 from __future__ import annotations

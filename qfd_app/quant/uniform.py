@@ -260,7 +260,8 @@ class UniformCodec(Codec):
         if full:
             count = full // m
             blocks_out = out[:full].view(count, m)
-            torch.mul(codes[:full].view(count, m), step[first : first + count, None], out=blocks_out)
+            block_steps = step[first : first + count, None]
+            torch.mul(codes[:full].view(count, m), block_steps, out=blocks_out)
             blocks_out += low[first : first + count, None]
         if full < codes.numel():
             last = first + full // m

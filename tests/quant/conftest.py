@@ -69,9 +69,10 @@ def on_grid_tensor(codec, n, generator):
         low = torch.randint(-128, 129, (blocks, 1), generator=generator).double() / 16
         step = 2.0 ** -torch.randint(2, 11, (blocks, 1), generator=generator).double()
         values = (low + q * step).view(-1)
-        if n % m:  # the short last block needs its own 0 and L too
+        if n % m > 1:  # the short last block needs its own 0 and L too
             tail = (blocks - 1) * m
-            values[tail], values[tail + 1 % (n - tail)] = low[-1, 0], low[-1, 0] + levels * step[-1, 0]
+            values[tail] = low[-1, 0]
+            values[tail + 1] = low[-1, 0] + levels * step[-1, 0]
         return values[:n].float()
     if codec.name in ("fp32", "fp16", "bf16"):
         return torch.randint(-255, 256, (n,), generator=generator).float() / 256
