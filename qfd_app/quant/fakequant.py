@@ -1,0 +1,169 @@
+"""Quantized local training: weight-only, per-channel b-bit fake quantization (DESIGN §3).
+
+Every convolution and linear layer's weight is re-parametrized
+(`torch.nn.utils.parametrize`): the module keeps its float32 weight as the master copy in
+``parametrizations.weight.original``, and each forward pass reads the weight through
+`torch.fake_quantize_per_channel_affine`, i.e. rounded to 2^b levels per output channel.
+Backward passes the gradient straight through the rounding (the straight-through
+estimator, zero only for values clamped outside the grid, which min/max scaling never
+produces), so the optimizer updates the master copy with gradients of the quantized model.
+
+Per output channel c, with ℓ_c = min(0, min w_c) and u_c = max(0, max w_c) so that zero is
+exactly representable (as PyTorch's min/max observers do):
+
+    scale_c = max((u_c − ℓ_c) / (2^b − 1), ε)
+    zero_point_c = clamp(round(−ℓ_c / scale_c), 0, 2^b − 1)
+    ŵ = (clamp(round(w/scale_c) + zero_point_c, 0, 2^b − 1) − zero_point_c) · scale_c
+
+Scale and zero point are recomputed from the current master weights at every forward and
+carry no gradient. Biases, norms and embeddings stay in float32 (weight-only). b ≥ 16
+trains in full precision: nothing is parametrized.
+
+Use it around local training; afterwards the model is plain again, with the same
+state-dict keys and the trained float32 master weights::
+
+    with fake_quantized(model, bits=4):
+        train_local(model, images, ...)
+    update = {k: v - global_state[k] for k, v in model.state_dict().items()}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+FULL_PRECISION_BITS = 16
+_QUANTIZED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # not transposed convs
+_MIN_SCALE = torch.finfo(torch.float32).eps  # as torch.ao's observers: no zero scale
+
+
+class PerChannelWeightFakeQuant(nn.Module):
+    """Parametrization: weight ↦ its b-bit per-output-channel fake quantization.
+
+    Parameters
+    ----------
+    bits : int
+        Bit-width b, 1–15; the weight takes at most 2^b values per output channel.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        _check_bits(bits, upper=FULL_PRECISION_BITS - 1)
+        self.bits = bits
+        self.quant_max = (1 << bits) - 1
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the grid follows the weights but carries no gradient
+            per_channel = weight.reshape(weight.shape[0], -1)  # (out channels, fan-in)
+            low = per_channel.amin(1).clamp(max=0)
+            high = per_channel.amax(1).clamp(min=0)
+            scale = ((high - low) / self.quant_max).clamp_min(_MIN_SCALE).float()
+            zero_point = (-low / scale).round().clamp(0, self.quant_max).to(torch.int32)
+        return torch.fake_quantize_per_channel_affine(
+            weight, scale, zero_point, 0, 0, self.quant_max
+        )
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+def apply_fake_quant(model: nn.Module, bits: int) -> int:
+    """Fake-quantize the weights of every conv/linear layer of `model` to `bits` bits.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Modified in place. The master weights stay the same `nn.Parameter` objects, so an
+        optimizer built before or after this call updates them.
+    bits : int
+        b ≥ 1; b ≥ 16 means full precision and leaves the model untouched.
+
+    Returns
+    -------
+    int
+        The number of weights now fake-quantized (0 when b ≥ 16).
+
+    Raises
+    ------
+    ValueError
+        If `bits` is not an integer ≥ 1, or the model is already fake-quantized.
+    """
+    _check_bits(bits, upper=None)
+    if is_fake_quantized(model):
+        raise ValueError("The model is already fake-quantized; call remove_fake_quant first.")
+    if bits >= FULL_PRECISION_BITS:
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _QUANTIZED_TYPES):
+            quantizer = PerChannelWeightFakeQuant(bits)
+            quantizer.parameter_order = tuple(module._parameters)  # restored on removal
+            parametrize.register_parametrization(module, "weight", quantizer)
+            count += 1
+    return count
+
+
+def remove_fake_quant(model: nn.Module) -> None:
+    """Undo `apply_fake_quant`: plain float32 weights (the trained master copies) again.
+
+    The state-dict keys, in their order, are those of the model before `apply_fake_quant`.
+    A model without fake quantization is left as it is.
+    """
+    for module in model.modules():
+        quantizer = _quantizer_of(module)
+        if quantizer is None:
+            continue
+        # leave_parametrized=False restores `original`, the master copy, not its quantized
+        # image; it re-registers `weight` last, so put the parameters back in their order
+        # (state-dict order matters to whoever lists arrays by position)
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        parameters = module._parameters
+        reordered = [(name, parameters.pop(name)) for name in quantizer.parameter_order]
+        parameters.update(reordered)
+
+
+def is_fake_quantized(model: nn.Module) -> bool:
+    """True when some weight of `model` is read through `PerChannelWeightFakeQuant`."""
+    return any(_quantizer_of(module) is not None for module in model.modules())
+
+
+def _quantizer_of(module: nn.Module) -> PerChannelWeightFakeQuant | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next(
+        (p for p in module.parametrizations.weight if isinstance(p, PerChannelWeightFakeQuant)),
+        None,
+    )
+
+
+@contextmanager
+def fake_quantized(model: nn.Module, bits: int) -> Iterator[nn.Module]:
+    """Context manager: `apply_fake_quant` on entry, `remove_fake_quant` on exit (always).
+
+    Examples
+    --------
+    >>> with fake_quantized(model, bits=4):  # doctest: +SKIP
+    ...     loss = train_local(model, images, epochs=1, ...)
+    """
+    apply_fake_quant(model, bits)
+    try:
+        yield model
+    finally:
+        remove_fake_quant(model)
+
+
+def _check_bits(bits: int, upper: int | None) -> None:
+    if (
+        isinstance(bits, bool)
+        or not isinstance(bits, int)
+        or bits < 1
+        or (upper is not None and bits > upper)
+    ):
+        allowed = f"an integer in 1–{upper}" if upper else "an integer ≥ 1 (≥ 16: full precision)"
+        raise ValueError(
+            f"The 'bits' parameter of fake quantization must be {allowed}. Got {bits!r}."
+        )

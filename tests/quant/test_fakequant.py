@@ -1,0 +1,127 @@
+"""Quantized local training: quantized forward, straight-through gradients, plain restore."""
+
+import pytest
+import torch
+from torch import nn
+
+from qfd_app.ddpm import build_unet, train_scheduler
+from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
+
+CONV_AND_LINEAR = (nn.Conv2d, nn.Linear)
+
+
+@pytest.fixture
+def unet():
+    torch.manual_seed(0)
+    return build_unet("tiny", 16)
+
+
+def quantizable(model):
+    return [m for m in model.modules() if isinstance(m, CONV_AND_LINEAR)]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_channel(unet, bits):
+    with fake_quantized(unet, bits):
+        for module in quantizable(unet):
+            weight = module.weight.detach()  # the parametrized (quantized) view
+            per_channel = weight.reshape(weight.shape[0], -1)
+            assert max(len(torch.unique(row)) for row in per_channel) <= 2**bits
+            master = module.parametrizations.weight.original
+            assert master.dtype == torch.float32
+            # the grid follows the master weights: error at most one step per channel
+            span = master.reshape(master.shape[0], -1)
+            step = (span.amax(1).clamp(min=0) - span.amin(1).clamp(max=0)) / (2**bits - 1)
+            assert torch.all((weight - master).reshape(len(step), -1).abs() <= step[:, None] + 1e-6)
+
+
+def test_every_conv_and_linear_weight_is_quantized(unet):
+    count = apply_fake_quant(unet, 4)
+    assert count == len(quantizable(unet)) > 0
+    assert is_fake_quantized(unet)
+    remove_fake_quant(unet)
+    assert not is_fake_quantized(unet)
+
+
+def test_model_output_uses_the_quantized_weights(unet):
+    sample, timestep = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])
+    with torch.no_grad():
+        full = unet(sample, timestep).sample
+        with fake_quantized(unet, 2):
+            quantized = unet(sample, timestep).sample
+        again = unet(sample, timestep).sample
+    assert not torch.allclose(full, quantized)
+    assert torch.equal(full, again)
+
+
+def test_gradients_flow_straight_through_to_the_master_weights(unet):
+    with fake_quantized(unet, 4):
+        loss = unet(torch.randn(2, 1, 16, 16), torch.tensor([3, 900])).sample.square().mean()
+        loss.backward()
+        for module in quantizable(unet):
+            grad = module.parametrizations.weight.original.grad
+            assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_restores_a_plain_state_dict_with_the_trained_master_weights(unet):
+    # Prepare
+    keys = list(unet.state_dict())
+    parameters = list(unet.parameters())
+    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)  # built before: same Parameters
+    # Execute
+    with fake_quantized(unet, 2):
+        unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2])).sample.mean().backward()
+        optimizer.step()
+    # Assert
+    assert list(unet.state_dict()) == keys
+    assert all(a is b for a, b in zip(unet.parameters(), parameters, strict=True))
+    weight = quantizable(unet)[0].weight
+    assert len(torch.unique(weight[0])) > 4  # the float32 master, not its 2-bit image
+
+
+def test_a_few_quantized_training_steps_reduce_the_loss(unet):
+    # Prepare: one fixed batch, fixed noise and timesteps, so the loss is comparable
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(16, 1, 16, 16, generator=generator) * 2 - 1
+    noise = torch.randn(clean.shape, generator=generator)
+    timesteps = torch.randint(0, 1000, (16,), generator=generator)
+    noisy = train_scheduler().add_noise(clean, noise, timesteps)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-3)
+
+    def loss():
+        return torch.nn.functional.mse_loss(unet(noisy, timesteps).sample, noise)
+
+    # Execute
+    with fake_quantized(unet, 4):
+        initial = loss().item()
+        for _ in range(8):
+            optimizer.zero_grad()
+            loss().backward()
+            optimizer.step()
+        final = loss().item()
+    # Assert
+    assert final < 0.8 * initial
+
+
+@pytest.mark.parametrize("bits", [16, 32])
+def test_sixteen_bits_and_more_train_in_full_precision(unet, bits):
+    assert apply_fake_quant(unet, bits) == 0
+    assert not is_fake_quantized(unet)
+
+
+def test_applying_twice_is_refused(unet):
+    with fake_quantized(unet, 4), pytest.raises(ValueError, match="already fake-quantized"):
+        apply_fake_quant(unet, 4)
+
+
+def test_the_model_is_restored_when_training_fails(unet):
+    keys = list(unet.state_dict())
+    with pytest.raises(RuntimeError, match="boom"), fake_quantized(unet, 4):
+        raise RuntimeError("boom")
+    assert list(unet.state_dict()) == keys and not is_fake_quantized(unet)
+
+
+@pytest.mark.parametrize("bits", [0, -1, 2.5, True])
+def test_invalid_bits_are_rejected(unet, bits):
+    with pytest.raises(ValueError, match="'bits' parameter of fake quantization"):
+        apply_fake_quant(unet, bits)
