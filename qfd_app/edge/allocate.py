@@ -1,0 +1,485 @@
+"""The per-round solver: bit-width, CPU clock, transmit power and bandwidth of every device.
+
+A strategy calls `solve_round` once per round with arrays (one row per sampled device, one
+column per candidate bit-width) and gets an `Allocation` back; `race_to_idle` plans the
+classic FL client (fp32, f_max, p_max, equal split). docs/model.md states the problem:
+
+    minimise   Σ_n E_cmp,n + E_com,n
+    over       b_n ∈ [b_min,n, b_max,n], f_min,n ≤ f_n ≤ f_max,n, p_n ≤ p_max,n, B_n ≥ 0
+    subject to t_cmp,n + τ_n ≤ T,  Σ_n w_n² V_n(b_n) ≤ ε ‖Δ̄‖²,  Σ_n B_n ≤ B.
+
+Steps:
+
+1. **Admission** (`bandwidth.admit_*`): a device that cannot meet the deadline even at b_min,
+   f_max and p_max on the bandwidth it could get is excluded, with that reason. The
+   aggregate averages the admitted devices only, so their weights are renormalised to
+   sum to 1 (`weight_used`).
+2. **Per candidate** (`upload.optimal_upload`): the optimal τ (hence f, p and energy) of
+   every device × bit-width on its bandwidth, vectorised.
+3. **Bit-widths** (`bitwidths.choose_bits`): the error budget through its price λ, greedy
+   repair and an exact core.
+4. **Bandwidth**: `equal` gives every admitted device B/K. `optimal` alternates step 3 on
+   the current split with water-filling for the chosen bits (`bandwidth.water_fill`, price
+   μ); each half-step can only lower the energy, and it stops when the bits repeat.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from qfd_app.edge.bandwidth import admit_equal, admit_optimal, water_fill
+from qfd_app.edge.bitwidths import BUDGET_RTOL, choose_bits
+from qfd_app.edge.energy import CODEC_BITS, uplink_rate_bps
+from qfd_app.edge.upload import min_bandwidth_hz, optimal_upload
+
+BANDWIDTH_POLICIES = ("equal", "optimal")
+SCHEDULED, EXCLUDED = "scheduled", "excluded"
+
+
+@dataclass(frozen=True)
+class Network:
+    """The round's shared settings (SI units).
+
+    Attributes
+    ----------
+    bandwidth_hz : float
+        B, the uplink band shared by FDMA.
+    noise_w_per_hz : float
+        N0, noise power spectral density.
+    deadline_s : float
+        T, time for local training plus upload.
+    error_budget : float
+        ε, the bound on the aggregate's quantization variance relative to `update_sq_norm`;
+        inf switches the budget off.
+    update_sq_norm : float
+        ‖Δ̄‖², the squared norm of the previous aggregate update (the unit of `error`).
+    bandwidth_policy : str
+        "equal" (B/K each) or "optimal" (water-filling).
+    """
+
+    bandwidth_hz: float
+    noise_w_per_hz: float
+    deadline_s: float
+    error_budget: float = math.inf
+    update_sq_norm: float = 1.0
+    bandwidth_policy: str = "equal"
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_policy not in BANDWIDTH_POLICIES:
+            raise ValueError(
+                f"bandwidth_policy must be one of {BANDWIDTH_POLICIES}; got {self.bandwidth_policy!r}."
+            )
+        for name in ("bandwidth_hz", "noise_w_per_hz", "deadline_s", "update_sq_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}.")
+        if not self.error_budget >= 0:
+            raise ValueError(f"error_budget must be ≥ 0 (inf: off); got {self.error_budget!r}.")
+
+    @property
+    def error_budget_abs(self) -> float:
+        """ε ‖Δ̄‖², the bound on Σ w_n² V_n(b_n)."""
+        return self.error_budget * self.update_sq_norm
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Per-device inputs, arrays of shape (N,).
+
+    Attributes
+    ----------
+    cpu_hz_min, cpu_hz_max : clock range f_min, f_max (Hz).
+    kappa : κ, effective switched capacitance (E_cmp = κ W f²).
+    power_w_max : p_max (W).
+    gain : g, linear power gain of this round's channel.
+    weight : D_n / D, the device's share of the round's data (renormalised over the admitted).
+    """
+
+    cpu_hz_min: NDArray[np.float64]
+    cpu_hz_max: NDArray[np.float64]
+    kappa: NDArray[np.float64]
+    power_w_max: NDArray[np.float64]
+    gain: NDArray[np.float64]
+    weight: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.gain)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Per device × candidate bit-width inputs, arrays of shape (N, C).
+
+    Row n lists device n's bit-widths in ascending order, padded with 0 on the right
+    (`candidate_bits` builds it from the demands).
+
+    Attributes
+    ----------
+    bits : int array, b (0 = padding).
+    work_cycles : W_n(b), CPU cycles of the local training.
+    payload_bits : S_n(b), exact size of the encoded update.
+    error : V_n(b), quantization variance bound of the update (unweighted).
+    """
+
+    bits: NDArray[np.int64]
+    work_cycles: NDArray[np.float64]
+    payload_bits: NDArray[np.float64]
+    error: NDArray[np.float64]
+
+    @property
+    def valid(self) -> NDArray[np.bool_]:
+        """True where a column holds a real candidate."""
+        return self.bits > 0
+
+
+def candidate_bits(bits_min: ArrayLike, bits_max: ArrayLike) -> NDArray[np.int64]:
+    """Rows of the bit-widths in [b_min, b_max] that have a codec (1–16, 32), 0-padded.
+
+    >>> candidate_bits([2, 8], [4, 32]).tolist()
+    [[2, 3, 4, 0, 0, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15, 16, 32]]
+    """
+    lo = np.asarray(bits_min, dtype=np.int64)[:, None]
+    hi = np.asarray(bits_max, dtype=np.int64)[:, None]
+    codec = np.asarray(CODEC_BITS)
+    inside = (codec >= lo) & (codec <= hi)                  # (N, 17)
+    width = max(int(inside.sum(axis=1).max(initial=0)), 1)
+    # Stable sort puts each row's candidates first, in ascending order.
+    order = np.argsort(~inside, axis=1, kind="stable")[:, :width]
+    picked = np.take_along_axis(inside, order, axis=1)
+    return np.where(picked, codec[order], 0)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The plan of one round, arrays of shape (N,); excluded devices hold 0 everywhere.
+
+    Attributes
+    ----------
+    status : str array, "scheduled" or "excluded".
+    reason : tuple of str, why a device is excluded (or a note on a scheduled one), else "".
+    bits, cpu_hz, power_w, bandwidth_hz, compute_s, upload_s : the device's plan.
+    energy_compute_j, energy_upload_j, energy_j : its energy this round.
+    payload_bits : S_n(b_n), what it uploads.
+    error : V_n(b_n), unweighted.
+    weight_used : w_n renormalised over the scheduled devices (0 for the excluded).
+    total_error : Σ w_n² V_n(b_n).
+    error_budget_abs : ε ‖Δ̄‖².
+    budget_met : whether total_error ≤ error_budget_abs.
+    price_error : λ (J per unit of weighted error) at the solution.
+    price_bandwidth : μ (J/Hz) of the optimised split (0 for an equal split).
+    warnings : tuple of str, things the caller should log.
+    solve_s : wall time of the solve.
+    """
+
+    status: NDArray[np.str_]
+    reason: tuple[str, ...]
+    bits: NDArray[np.int64]
+    cpu_hz: NDArray[np.float64]
+    power_w: NDArray[np.float64]
+    bandwidth_hz: NDArray[np.float64]
+    compute_s: NDArray[np.float64]
+    upload_s: NDArray[np.float64]
+    energy_compute_j: NDArray[np.float64]
+    energy_upload_j: NDArray[np.float64]
+    energy_j: NDArray[np.float64]
+    payload_bits: NDArray[np.float64]
+    error: NDArray[np.float64]
+    weight_used: NDArray[np.float64]
+    total_error: float
+    error_budget_abs: float
+    budget_met: bool
+    price_error: float = 0.0
+    price_bandwidth: float = 0.0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    solve_s: float = 0.0
+
+    @property
+    def scheduled(self) -> NDArray[np.bool_]:
+        """True for the devices that take part in the round."""
+        return self.status == SCHEDULED
+
+
+# ----------------------------------------------------------------------------- solver
+
+
+def solve_round(
+    devices: Devices,
+    candidates: Candidates,
+    network: Network,
+    *,
+    exact_limit: int = 1 << 16,
+    max_alternations: int = 6,
+) -> Allocation:
+    """Plan one round: minimise the total energy under deadline, budget and bandwidth.
+
+    Parameters
+    ----------
+    devices : Devices
+        Shape (N,) inputs.
+    candidates : Candidates
+        Shape (N, C) inputs; to fix a device's bits, give it one candidate.
+    network : Network
+        Band, noise, deadline, error budget and bandwidth policy.
+    exact_limit : int
+        Most bit-width combinations enumerated exactly (see `bitwidths.choose_bits`).
+    max_alternations : int
+        Cap on bits ↔ bandwidth alternations of the optimised split.
+
+    Returns
+    -------
+    Allocation
+        Never raises for an infeasible round: excluded devices carry their reason, an
+        unmeetable budget gives every device its most precise feasible bits and a warning.
+    """
+    started = time.perf_counter()
+    _check_shapes(devices, candidates)
+    if max_alternations < 1:
+        raise ValueError(f"max_alternations must be ≥ 1; got {max_alternations}.")
+    n = len(devices)
+    valid = candidates.valid
+    rows = np.arange(n)
+    first = np.argmax(valid, axis=1)                        # column of b_min
+    need_min = min_bandwidth_hz(
+        payload_bits=candidates.payload_bits[rows, first],
+        work_cycles=candidates.work_cycles[rows, first],
+        **_radio(devices, network),
+    )
+    admit = admit_equal if network.bandwidth_policy == "equal" else admit_optimal
+    admitted = admit(need_min, network.bandwidth_hz)
+    idx = np.flatnonzero(admitted)
+    builder = _Builder(devices, candidates, network, admitted)
+    builder.exclusion_reasons(need_min, first)
+    if idx.size == 0:
+        return builder.finish(started)
+
+    weight = devices.weight[idx] / devices.weight[idx].sum()
+    werr = np.where(valid[idx], weight[:, None] ** 2 * candidates.error[idx], np.inf)
+    per_device = _per_device(devices, network, idx)
+    budget = network.error_budget_abs
+    if network.bandwidth_policy == "equal":
+        share = network.bandwidth_hz / idx.size
+        table = _Table(candidates, idx, per_device, np.full(idx.size, share))
+        choice = choose_bits(table.energy_j, werr, budget, exact_limit=exact_limit)
+        col = choice.index
+        plan = table.plan(col)
+        bandwidth = np.full(idx.size, share)
+        mu = 0.0
+    else:
+        col, choice, plan, bandwidth, mu = _alternate(
+            candidates, network, idx, per_device, werr, need_min[idx], first[idx],
+            exact_limit, max_alternations,
+        )
+    builder.scheduled_plan(idx, col, plan, bandwidth, weight, choice, mu)
+    return builder.finish(started)
+
+
+def _alternate(candidates, network, idx, per_device, werr, need_min, first, exact_limit, max_alternations):
+    """Optimised split: bits on the current split ↔ water-filling for the chosen bits."""
+    k = idx.size
+    rows = np.arange(k)
+    s_all, w_all = candidates.payload_bits[idx], candidates.work_cycles[idx]
+    bandwidth = need_min + (network.bandwidth_hz - need_min.sum()) / k
+    col = first
+    radio = {key: per_device[key] for key in ("gain", "noise_w_per_hz", "deadline_s", "cpu_hz_max", "power_w_max")}
+    choice, table = None, None
+    for _ in range(max_alternations):
+        table = _Table(candidates, idx, per_device, bandwidth, guess=table)
+        new = choose_bits(table.energy_j, werr, network.error_budget_abs, exact_limit=exact_limit)
+        if choice is not None and _no_better(table.energy_j, werr, col, new.index, network.error_budget_abs):
+            new = type(new)(col, choice.budget_met, choice.price)
+        converged = choice is not None and np.array_equal(new.index, col)
+        col, choice = new.index, new
+        if converged:
+            break
+        fixed = {"payload_bits": s_all[rows, col], "work_cycles": w_all[rows, col], **per_device}
+        need = min_bandwidth_hz(payload_bits=fixed["payload_bits"], work_cycles=fixed["work_cycles"], **radio)
+        bandwidth, up, mu = water_fill(
+            fixed, total_hz=network.bandwidth_hz, need_hz=np.minimum(need, bandwidth), start_hz=bandwidth
+        )
+    plan = {key: getattr(up, key) for key in vars(up)}
+    return col, choice, plan, bandwidth, mu
+
+
+class _Table:
+    """`optimal_upload` of every admitted device × valid candidate, on per-device bandwidths.
+
+    Only real candidates are solved (the padding of short demands is skipped); `energy_j`
+    is the (K, C) table for `choose_bits`, with inf for padding and missed deadlines.
+    """
+
+    def __init__(self, candidates, idx, per_device, bandwidth, guess: _Table | None = None) -> None:
+        valid = candidates.valid[idx]
+        self.shape = valid.shape
+        self.rows, self.cols = np.nonzero(valid)
+        r, c = self.rows, self.cols
+        args = {key: v[r] if isinstance(v, np.ndarray) else v for key, v in per_device.items()}
+        self.up = optimal_upload(
+            payload_bits=candidates.payload_bits[idx][r, c],
+            work_cycles=candidates.work_cycles[idx][r, c],
+            bandwidth_hz=bandwidth[r],
+            upload_s_guess=None if guess is None else guess.up.upload_s,
+            **args,
+        )
+        self.energy_j = np.full(self.shape, np.inf)
+        self.energy_j[r, c] = self.up.energy_j
+        self._flat = np.full(self.shape, -1, dtype=np.int64)
+        self._flat[r, c] = np.arange(r.size)
+
+    def plan(self, col: NDArray[np.int64]) -> dict[str, NDArray]:
+        """The per-device fields of `Upload` at the chosen column of each row."""
+        at = self._flat[np.arange(self.shape[0]), col]
+        return {key: getattr(self.up, key)[at] for key in vars(self.up)}
+
+
+def _no_better(energy, werr, old, new, budget) -> bool:
+    """The old picks meet the budget and cost no more than the new ones."""
+    rows = np.arange(len(energy))
+    old_ok = werr[rows, old].sum() <= budget * (1 + BUDGET_RTOL)
+    return bool(old_ok and energy[rows, old].sum() <= energy[rows, new].sum())
+
+
+def race_to_idle(devices: Devices, candidates: Candidates, network: Network) -> Allocation:
+    """The classic FL client: highest candidate bit-width, f = f_max, p = p_max, equal split.
+
+    Devices that miss the deadline this way are excluded (same admission as `solve_round`
+    with an equal split). The error budget is reported, not enforced.
+    """
+    started = time.perf_counter()
+    _check_shapes(devices, candidates)
+    n = len(devices)
+    rows = np.arange(n)
+    top = candidates.valid.sum(axis=1) - 1                 # column of b_max
+    s, w = candidates.payload_bits[rows, top], candidates.work_cycles[rows, top]
+    need = min_bandwidth_hz(payload_bits=s, work_cycles=w, **_radio(devices, network))
+    admitted = admit_equal(need, network.bandwidth_hz)
+    idx = np.flatnonzero(admitted)
+    builder = _Builder(devices, candidates, network, admitted)
+    builder.exclusion_reasons(need, top, at="b_max")
+    if idx.size == 0:
+        return builder.finish(started, enforced=False)
+    share = network.bandwidth_hz / idx.size
+    f, p = devices.cpu_hz_max[idx], devices.power_w_max[idx]
+    upload_s = s[idx] / uplink_rate_bps(share, devices.gain[idx], p, network.noise_w_per_hz)
+    e_cmp = devices.kappa[idx] * w[idx] * f * f
+    plan = {
+        "upload_s": upload_s, "compute_s": w[idx] / f, "cpu_hz": f, "power_w": p,
+        "energy_compute_j": e_cmp, "energy_upload_j": p * upload_s, "energy_j": e_cmp + p * upload_s,
+    }
+    weight = devices.weight[idx] / devices.weight[idx].sum()
+    builder.scheduled_plan(idx, top[idx], plan, np.full(idx.size, share), weight, None, 0.0)
+    return builder.finish(started, enforced=False)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_shapes(devices: Devices, candidates: Candidates) -> None:
+    n = len(devices)
+    for name in ("cpu_hz_min", "cpu_hz_max", "kappa", "power_w_max", "gain", "weight"):
+        if np.shape(getattr(devices, name)) != (n,):
+            raise ValueError(f"devices.{name} must have shape ({n},); got {np.shape(getattr(devices, name))}.")
+    shape = np.shape(candidates.bits)
+    if len(shape) != 2 or shape[0] != n:
+        raise ValueError(f"candidates.bits must have shape ({n}, C); got {shape}.")
+    for name in ("work_cycles", "payload_bits", "error"):
+        if np.shape(getattr(candidates, name)) != shape:
+            raise ValueError(f"candidates.{name} must have shape {shape}; got {np.shape(getattr(candidates, name))}.")
+    if n and not candidates.valid[:, 0].all():
+        raise ValueError("every device needs at least one candidate bit-width (column 0 is padding).")
+
+
+def _radio(devices: Devices, network: Network) -> dict:
+    """Arguments of `min_bandwidth_hz` other than the payload and the work."""
+    return {
+        "gain": devices.gain, "noise_w_per_hz": network.noise_w_per_hz, "deadline_s": network.deadline_s,
+        "cpu_hz_max": devices.cpu_hz_max, "power_w_max": devices.power_w_max,
+    }
+
+
+def _per_device(devices: Devices, network: Network, idx: NDArray) -> dict:
+    """Arguments of `optimal_upload` other than payload, work and bandwidth, for rows `idx`."""
+    return {
+        "gain": devices.gain[idx], "noise_w_per_hz": network.noise_w_per_hz, "deadline_s": network.deadline_s,
+        "cpu_hz_min": devices.cpu_hz_min[idx], "cpu_hz_max": devices.cpu_hz_max[idx],
+        "power_w_max": devices.power_w_max[idx], "kappa": devices.kappa[idx],
+    }
+
+
+class _Builder:
+    """Collects the per-device outputs and writes the `Allocation`."""
+
+    FIELDS = ("cpu_hz", "power_w", "bandwidth_hz", "compute_s", "upload_s", "energy_compute_j",
+              "energy_upload_j", "energy_j", "payload_bits", "error", "weight_used")
+
+    def __init__(self, devices: Devices, candidates: Candidates, network: Network, admitted: NDArray) -> None:
+        n = len(devices)
+        self.devices, self.candidates, self.network = devices, candidates, network
+        self.status = np.where(admitted, SCHEDULED, EXCLUDED)
+        self.reason = [""] * n
+        self.bits = np.zeros(n, dtype=np.int64)
+        self.out = {k: np.zeros(n) for k in self.FIELDS}
+        self.warnings: list[str] = []
+        self.budget_met, self.price_error, self.price_bandwidth = True, 0.0, 0.0
+        n_out = int((~admitted).sum())
+        if n_out:
+            self.warnings.append(f"{n_out} of {n} devices cannot meet the {network.deadline_s:g} s deadline and are excluded.")
+
+    def exclusion_reasons(self, need: NDArray, col: NDArray, at: str = "b_min") -> None:
+        c, d, net = self.candidates, self.devices, self.network
+        for i in np.flatnonzero(self.status == EXCLUDED):
+            b, w, s = c.bits[i, col[i]], c.work_cycles[i, col[i]], c.payload_bits[i, col[i]]
+            compute_s = w / d.cpu_hz_max[i]
+            if compute_s >= net.deadline_s:
+                why = f"training alone takes {compute_s:.3g} s at {at}={b} and f_max, over the {net.deadline_s:g} s deadline"
+            elif not np.isfinite(need[i]):
+                why = f"even unlimited bandwidth cannot upload {s:.3g} bits at {at}={b} and p_max within the deadline"
+            elif self.network.bandwidth_policy == "equal" or at == "b_max":
+                k = int((self.status == SCHEDULED).sum()) + 1
+                why = (f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
+                       f"an equal share would be {net.bandwidth_hz / k / 1e6:.3g} MHz")
+            else:
+                used = float(np.sum(need[self.status == SCHEDULED]))
+                why = (f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
+                       f"{(net.bandwidth_hz - used) / 1e6:.3g} MHz is left after the devices that need less")
+            self.reason[i] = why
+
+    def scheduled_plan(self, idx, col, plan, bandwidth, weight, choice, mu) -> None:
+        c = self.candidates
+        self.bits[idx] = c.bits[idx, col]
+        for key in ("cpu_hz", "power_w", "compute_s", "upload_s", "energy_compute_j", "energy_upload_j", "energy_j"):
+            self.out[key][idx] = plan[key]
+        self.out["bandwidth_hz"][idx] = bandwidth
+        self.out["payload_bits"][idx] = c.payload_bits[idx, col]
+        self.out["error"][idx] = c.error[idx, col]
+        self.out["weight_used"][idx] = weight
+        self.price_bandwidth = float(mu)
+        if choice is not None:
+            self.price_error = float(choice.price) if choice.budget_met else math.inf
+            if not choice.budget_met:
+                for i in idx:
+                    self.reason[i] = "error budget unmet: at its most precise bit-width that meets the deadline"
+
+    def finish(self, started: float, *, enforced: bool = True) -> Allocation:
+        total_error = float(np.sum(self.out["weight_used"] ** 2 * self.out["error"]))
+        budget = self.network.error_budget_abs
+        met = total_error <= budget * (1 + BUDGET_RTOL)
+        if not met and not enforced:
+            self.warnings.append(
+                f"total error {total_error:.4g} exceeds the error budget {budget:.4g}; this policy does not enforce it."
+            )
+        elif not met:
+            self.warnings.append(
+                f"no choice of bit-widths meets the error budget: total error {total_error:.4g} > "
+                f"budget {budget:.4g} (ε = {self.network.error_budget:g}); every device is at its most "
+                "precise bit-width that meets the deadline."
+            )
+        return Allocation(
+            status=self.status, reason=tuple(self.reason), bits=self.bits,
+            **self.out, total_error=total_error, error_budget_abs=budget, budget_met=met,
+            price_error=self.price_error, price_bandwidth=self.price_bandwidth,
+            warnings=tuple(self.warnings), solve_s=time.perf_counter() - started,
+        )

@@ -1,0 +1,234 @@
+"""Choosing one bit-width per device under the error budget (a multiple-choice knapsack).
+
+Given, for every device n and candidate k, the energy E[n, k] of its best plan (inf when the
+candidate misses the deadline) and its weighted error Q[n, k] = w_n² V_n(b_k), choose one k
+per device to
+
+    minimise  Σ_n E[n, k_n]   subject to   Σ_n Q[n, k_n] ≤ budget.
+
+Steps (docs/model.md, "the error budget"):
+
+1. **Lagrangian.** For a price λ ≥ 0 each device alone picks argmin_k E + λ Q. The error of
+   these picks falls as λ grows; bisect λ (in log space) until the smallest λ that meets the
+   budget is bracketed. A device whose pick is the same at both ends of the bracket keeps
+   it, so each step only revisits the devices still in play.
+2. **Greedy repair.** The picks just below the bracket miss the budget, those just above
+   meet it. From the first, buy the upgrade with the least extra energy per unit of error
+   removed until the budget holds; from either, take back the downgrade that saves most
+   while the budget still holds. Keep the cheaper result.
+3. **Exact core.** Enumerate every combination of the devices nearest their switching
+   point (all devices when the product of their candidate counts is at most `exact_limit`),
+   the others fixed. Small rounds are thereby solved exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Relative slack on the budget, so that a choice meeting it exactly is not lost to rounding.
+BUDGET_RTOL = 1e-12
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen candidate of each device.
+
+    Attributes
+    ----------
+    index : int array, shape (N,)
+        Column of the chosen candidate.
+    budget_met : bool
+        False when no choice meets the budget; then every device has its most precise
+        candidate that is feasible.
+    price : float
+        λ, the energy (J) per unit of weighted error at the solution (0 if the budget is slack).
+    """
+
+    index: NDArray[np.int64]
+    budget_met: bool
+    price: float
+
+
+def choose_bits(
+    energy_j: NDArray[np.float64],
+    weighted_error: NDArray[np.float64],
+    budget: float,
+    *,
+    exact_limit: int = 1 << 16,
+) -> Choice:
+    """Pick one candidate per row of `energy_j` (N, C) within the error budget.
+
+    Parameters
+    ----------
+    energy_j : ndarray, shape (N, C)
+        Energy of each candidate; inf marks a candidate that is padding or misses the deadline.
+        Every row needs at least one finite entry.
+    weighted_error : ndarray, shape (N, C)
+        Q = w² V of each candidate (finite where `energy_j` is).
+    budget : float
+        Bound on Σ Q; inf switches the budget off.
+    exact_limit : int
+        Most combinations enumerated in the exact core (0 or 1: no enumeration).
+
+    Returns
+    -------
+    Choice
+    """
+    energy = np.asarray(energy_j, dtype=float)
+    usable = np.isfinite(energy)
+    error = np.where(usable, weighted_error, np.inf)
+    rows = np.arange(len(energy))
+    cheapest = np.argmin(energy, axis=1)
+    limit = budget * (1 + BUDGET_RTOL)
+    if error[rows, cheapest].sum() <= limit:
+        return Choice(cheapest, True, 0.0)
+    precise = _most_precise(energy, error)
+    if error[rows, precise].sum() > limit:
+        return Choice(precise, False, np.inf)
+    lam_lo, pick_lo, lam_hi, pick_hi = _bracket_price(energy, error, limit)
+    best = _repair(energy, error, pick_lo, limit)
+    for start in (best, pick_hi):
+        candidate = _take_back(energy, error, start.copy(), limit)
+        if energy[rows, candidate].sum() < energy[rows, best].sum():
+            best = candidate
+    best = _exact_core(energy, error, best, lam_hi, limit, exact_limit)
+    return Choice(best, True, lam_hi)
+
+
+def _most_precise(energy: NDArray, error: NDArray) -> NDArray[np.int64]:
+    """Per row, the least-error usable candidate; among equal errors the cheapest."""
+    least = error.min(axis=1, keepdims=True)
+    tied = error <= least * (1 + 1e-12)
+    return np.argmin(np.where(tied, energy, np.inf), axis=1)
+
+
+def _bracket_price(energy: NDArray, error: NDArray, limit: float):
+    """Bisect λ until the picks below and above differ on at most one device.
+
+    Returns (λ_lo, picks at λ_lo [over budget], λ_hi, picks at λ_hi [within budget]).
+    """
+    rows = np.arange(len(energy))
+    lam_lo, lam_hi = _initial_bracket(energy, error, limit)
+    pick_lo, pick_hi = _picks(energy, error, lam_lo), _picks(energy, error, lam_hi)
+    live = np.flatnonzero(pick_lo != pick_hi)              # devices whose pick still depends on λ
+    settled = np.ones(len(energy), bool)
+    settled[live] = False
+    err_fixed = error[rows[settled], pick_hi[settled]].sum()
+    while live.size > 1 and lam_hi > lam_lo * (1 + 1e-15):
+        lam = np.sqrt(lam_lo * lam_hi)
+        pick = _picks(energy[live], error[live], lam)
+        if err_fixed + error[live, pick].sum() <= limit:
+            lam_hi, pick_hi[live] = lam, pick
+        else:
+            lam_lo, pick_lo[live] = lam, pick
+        same = pick_lo[live] == pick_hi[live]
+        err_fixed += error[live[same], pick_hi[live[same]]].sum()
+        live = live[~same]
+    return lam_lo, pick_lo, lam_hi, pick_hi
+
+
+def _initial_bracket(energy: NDArray, error: NDArray, limit: float) -> tuple[float, float]:
+    """Prices λ_lo (picks over budget) and λ_hi (within budget).
+
+    Switching prices are slopes −ΔE/ΔQ between candidates; start from the range of the
+    slopes between neighbouring columns and widen it until it brackets the budget.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.diff(energy, axis=1) / -np.diff(error, axis=1)
+    slope = slope[np.isfinite(slope) & (slope > 0)]
+    lam_lo, lam_hi = (0.5 * slope.min(), 2.0 * slope.max()) if slope.size else (1.0, 1.0)
+    rows = np.arange(len(energy))
+    while error[rows, _picks(energy, error, lam_hi)].sum() > limit:
+        lam_hi *= 1e3
+    while error[rows, _picks(energy, error, lam_lo)].sum() <= limit:
+        lam_lo *= 1e-3
+    return lam_lo, lam_hi
+
+
+def _picks(energy: NDArray, error: NDArray, lam: float) -> NDArray[np.int64]:
+    """argmin_k E + λ Q per row (inf where unusable)."""
+    return np.argmin(energy + lam * error, axis=1)          # λ > 0: inf + λ·inf stays inf
+
+
+def _repair(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDArray[np.int64]:
+    """Upgrade the device with the least extra energy per unit of error removed until within budget."""
+    pick = pick.copy()
+    rows = np.arange(len(energy))
+    total = error[rows, pick].sum()
+    while total > limit:
+        removed = error[rows, pick][:, None] - error           # > 0 for an upgrade
+        extra = energy - energy[rows, pick][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(removed > 0, np.maximum(extra, 0.0) / removed, np.inf)
+        flat = int(np.argmin(ratio))
+        n, k = divmod(flat, energy.shape[1])
+        if not np.isfinite(ratio[n, k]):
+            break                                               # cannot happen: the most precise choice fits
+        total += error[n, k] - error[n, pick[n]]
+        pick[n] = k
+    return pick
+
+
+def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDArray[np.int64]:
+    """Downgrade, largest saving first, while the budget still holds."""
+    rows = np.arange(len(energy))
+    total = error[rows, pick].sum()
+    while True:
+        saving = energy[rows, pick][:, None] - energy
+        fits = total - error[rows, pick][:, None] + error <= limit
+        saving = np.where(fits & (saving > 0), saving, -np.inf)
+        flat = int(np.argmax(saving))
+        n, k = divmod(flat, energy.shape[1])
+        if not saving[n, k] > 0:
+            return pick
+        total += error[n, k] - error[n, pick[n]]
+        pick[n] = k
+
+
+def _exact_core(
+    energy: NDArray, error: NDArray, pick: NDArray, lam: float, limit: float, exact_limit: int
+) -> NDArray[np.int64]:
+    """Enumerate all choices of the devices closest to switching; keep the best within budget."""
+    usable = np.isfinite(energy)
+    counts = usable.sum(axis=1)
+    movable = np.flatnonzero(counts > 1)
+    if exact_limit <= 1 or movable.size == 0:
+        return pick
+    # Regret: how much worse the runner-up is than the best under the price λ.
+    cost = np.where(usable, energy + lam * np.where(usable, error, 0.0), np.inf)[movable]
+    two = np.sort(cost, axis=1)[:, :2]
+    regret = (two[:, 1] - two[:, 0]) / np.maximum(np.abs(two[:, 0]), 1e-300)
+    core: list[int] = []
+    size = 1
+    for n in movable[np.argsort(regret, kind="stable")]:
+        if size * counts[n] > exact_limit:
+            break
+        core.append(int(n))
+        size *= int(counts[n])
+    if len(core) < 2:
+        return pick
+    rows = np.arange(len(energy))
+    others = np.ones(len(energy), bool)
+    others[core] = False
+    room = limit - error[rows[others], pick[others]].sum()
+    # Grid of all combinations: axis i runs over core device i's usable candidates.
+    options = [np.flatnonzero(usable[n]) for n in core]
+    total_e = np.zeros([len(o) for o in options])
+    total_q = np.zeros_like(total_e)
+    for axis, (n, opts) in enumerate(zip(core, options, strict=True)):
+        shape = [1] * len(core)
+        shape[axis] = len(opts)
+        total_e = total_e + energy[n, opts].reshape(shape)
+        total_q = total_q + error[n, opts].reshape(shape)
+    total_e = np.where(total_q <= room, total_e, np.inf)
+    best = np.unravel_index(int(np.argmin(total_e)), total_e.shape)
+    current = sum(energy[n, pick[n]] for n in core)
+    if not total_e[best] < current:
+        return pick
+    pick = pick.copy()
+    for n, opts, i in zip(core, options, best, strict=True):
+        pick[n] = opts[i]
+    return pick
