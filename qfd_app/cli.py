@@ -39,3 +39,40 @@ def sample(
     from qfd_app.report import sample_grid_from_pipeline
 
     typer.echo(sample_grid_from_pipeline(model_dir, out, num=num, steps=steps, seed=seed))
+
+
+@app.command()
+def plan(
+    scenario: Annotated[str, typer.Argument(help="Scenario name (default, paper, …) or path to a .toml file.")],
+    strategy: Annotated[
+        str, typer.Option(help="Plan the round as this strategy would: ondemand, fixed or fedavg.")
+    ] = "ondemand",
+    bits: Annotated[int | None, typer.Option(help="Bit-width of every device for --strategy fixed (1–16 or 32).")] = None,
+    round_: Annotated[int, typer.Option("--round", min=1, help="Round number (selects the fading).")] = 1,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed of placement and fading (default: the scenario's).")] = None,
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="Replicate the scenario's devices to N (the band grows with them).")
+    ] = None,
+    resource_policy: Annotated[
+        str | None, typer.Option(help="fedavg only: race-to-idle (default: f_max, p_max) or optimal.")
+    ] = None,
+    bandwidth_policy: Annotated[
+        str | None, typer.Option(help="equal or optimal (default: the scenario's).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+) -> None:
+    """Solve one round's energy plan without training and print it."""
+    import json
+
+    import click
+
+    from qfd_app.planning import format_plan, plan_round
+
+    try:
+        record = plan_round(
+            scenario, strategy=strategy, bits=bits, round_=round_, seed=seed, num_devices=devices,
+            resource_policy=resource_policy, bandwidth_policy=bandwidth_policy,
+        )
+    except ValueError as err:  # ScenarioError, PlanError: one sentence, exit code 1
+        raise click.ClickException(str(err)) from None
+    typer.echo(json.dumps(record, indent=1) if json_out else format_plan(record))
