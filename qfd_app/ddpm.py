@@ -19,6 +19,7 @@ PRESETS: dict[str, dict] = {
         up_block_types=("UpBlock2D",) * 3,
         layers_per_block=1,
         norm_num_groups=8,
+        add_attention=False,  # no attention anywhere, also not in the mid block
     ),
     "small": dict(
         block_out_channels=(32, 64, 64),
@@ -26,6 +27,7 @@ PRESETS: dict[str, dict] = {
         up_block_types=("UpBlock2D",) * 3,
         layers_per_block=1,
         norm_num_groups=8,
+        add_attention=False,  # no attention anywhere, also not in the mid block
     ),
     "base": dict(
         block_out_channels=(64, 128, 128),

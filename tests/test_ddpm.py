@@ -1,0 +1,68 @@
+"""The DDPM: presets, a training step that learns, DDIM sampling, pipeline export."""
+
+import pytest
+import torch
+from diffusers import DDPMPipeline
+
+from qfd_app import ddpm
+from qfd_app.data import DataSpec
+
+CPU = torch.device("cpu")
+
+
+def test_tiny_preset_has_the_documented_size():
+    params = sum(p.numel() for p in ddpm.build_unet("tiny", 16).parameters())
+    assert params == 263_025
+
+
+def test_paper_sized_preset_is_the_35_7m_ddpm():
+    params = sum(p.numel() for p in ddpm.build_unet("ddpm-cifar10", 32, channels=3).parameters())
+    assert abs(params - 35.7e6) < 0.1e6
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="Unknown model preset 'huge'.*tiny"):
+        ddpm.build_unet("huge", 16)
+
+
+def test_local_training_reduces_the_denoising_loss():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    images = DataSpec().load_partition(0, 20).pixels[:128]
+    model = ddpm.build_unet("tiny", 16)
+    before = ddpm.denoising_loss(model, images, seed=1, device=CPU)
+    mean_train_loss = ddpm.train_local(model, images, epochs=8, batch_size=32, learning_rate=2e-3, seed=0, device=CPU)
+    after = ddpm.denoising_loss(model, images, seed=1, device=CPU)
+    assert after < 0.6 * before
+    assert 0 < mean_train_loss < before
+
+
+def test_local_training_is_reproducible_from_its_seed():
+    images = DataSpec().load_partition(1, 50).pixels[:32]
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = ddpm.build_unet("tiny", 16)
+        ddpm.train_local(model, images, epochs=1, batch_size=16, learning_rate=1e-3, seed=5, device=CPU)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_sampling_returns_images_in_range_and_is_seeded():
+    torch.manual_seed(0)
+    model = ddpm.build_unet("tiny", 16)
+    a = ddpm.sample(model, 5, steps=3, seed=2, device=CPU)
+    b = ddpm.sample(model, 5, steps=3, seed=2, device=CPU)
+    assert a.shape == (5, 1, 16, 16) and a.abs().max() <= 1
+    assert torch.equal(a, b)
+
+
+def test_exported_pipeline_loads_with_diffusers_and_samples(tmp_path):
+    torch.manual_seed(0)
+    model = ddpm.build_unet("tiny", 16)
+    ddpm.export_pipeline(model, tmp_path / "final")
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "final")
+    images = pipeline(batch_size=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 1)
+    for name, value in model.state_dict().items():
+        assert torch.equal(pipeline.unet.state_dict()[name], value)

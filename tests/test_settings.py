@@ -1,0 +1,86 @@
+"""Settings: every key validated, every rejection names the key, defaults in one place."""
+
+import dataclasses
+
+import pytest
+
+from qfd_app.settings import (
+    CONSTRAINTS,
+    AbsolutePath,
+    DatasetName,
+    ImageSize,
+    Interval,
+    Options,
+    Settings,
+    SettingsError,
+    default_run_config,
+    load_settings,
+)
+
+
+def invalid_values(constraint):
+    """Values each constraint must reject (one per way of being wrong)."""
+    if isinstance(constraint, ImageSize):
+        return [12, 4, 512, "16", 16.0]
+    if isinstance(constraint, Interval):
+        bad = ["1", None, True, float("nan")]
+        if constraint.kind is int:
+            bad.append(1.5)
+        if constraint.low is not None:
+            bad.append(constraint.low - 1 if constraint.kind is int else constraint.low - 1e-3)
+            if constraint.closed in ("right", "neither"):
+                bad.append(constraint.low)
+        if constraint.high is not None:
+            bad.append(constraint.high + 1)
+        return bad
+    if isinstance(constraint, Options):
+        return ["not-a-choice", 3, constraint.values[0].upper() + "X"]
+    if isinstance(constraint, DatasetName):
+        return ["mnist", "hf:", 7, "cifar10"]
+    if isinstance(constraint, AbsolutePath):
+        return ["relative/runs", "", 3]
+    raise AssertionError(f"no invalid values known for {constraint!r}")
+
+
+def test_constraints_cover_every_setting_and_every_pyproject_key():
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(Settings)}
+    assert set(CONSTRAINTS) == fields == set(default_run_config())
+
+
+def test_pyproject_defaults_are_valid():
+    settings = load_settings({})
+    assert settings.to_run_config() == {
+        k: (float(v) if isinstance(CONSTRAINTS[k], Interval) and CONSTRAINTS[k].kind is float else v)
+        for k, v in default_run_config().items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key, constraint in CONSTRAINTS.items() for value in invalid_values(constraint)],
+)
+def test_each_invalid_value_is_rejected_naming_the_key_and_value(key, value):
+    with pytest.raises(SettingsError, match=f"The '{key}' setting must be .*Got {value!r:.10}"):
+        load_settings({key: value})
+
+
+def test_unknown_key_is_rejected_with_the_known_ones():
+    with pytest.raises(SettingsError, match="Unknown setting 'num-rounds'.*num-server-rounds"):
+        load_settings({"num-rounds": 3})
+
+
+def test_missing_key_is_named():
+    config = default_run_config()
+    del config["batch-size"]
+    with pytest.raises(SettingsError, match="'batch-size' setting is missing"):
+        Settings.from_run_config(config)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert load_settings({"fraction-train": 1}).fraction_train == 1.0
+    assert isinstance(load_settings({"learning-rate": 1}).learning_rate, float)
+
+
+def test_hf_dataset_and_home_relative_output_dir_are_accepted():
+    settings = load_settings({"dataset": "hf:ylecun/mnist", "output-dir": "~/runs"})
+    assert settings.data.dataset == "hf:ylecun/mnist"
