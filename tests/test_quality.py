@@ -1,0 +1,85 @@
+"""FID and diversity on the feature CNN: orders image sets the way a person would."""
+
+import math
+
+import pytest
+import torch
+
+from qfd_app import quality
+from qfd_app.data import DataSpec
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    torch.set_num_threads(2)
+    spec = DataSpec()
+    train, test = spec.load_train(), spec.load_test()
+    import os
+
+    os.environ["QFD_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    net = quality.feature_net_for("mnist5k", train.pixels, train.labels, seed=0)
+    return net, train, test
+
+
+def gaussian_blur(images, sigma):
+    radius = 3
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    kernel = (k[:, None] * k[None, :])[None, None]
+    padded = torch.nn.functional.pad(images, (radius,) * 4, mode="replicate")
+    return torch.nn.functional.conv2d(padded, kernel)
+
+
+def test_classifier_recognises_held_out_digits(mnist):
+    net, _, test = mnist
+    accuracy = (net.logits(test.pixels).argmax(1) == test.labels).float().mean()
+    assert accuracy > 0.9
+
+
+def test_fid_of_real_vs_real_is_small_and_of_noise_is_large(mnist):
+    net, train, test = mnist
+    real = quality.fid(net, train.pixels[:512], test.pixels)
+    noise = quality.fid(net, torch.rand(512, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1, test.pixels)
+    assert real < 3.0
+    assert noise > 50 * real
+
+
+def test_fid_grows_monotonically_with_blur(mnist):
+    net, train, test = mnist
+    scores = [quality.fid(net, gaussian_blur(train.pixels[:512], s), test.pixels) for s in (0.3, 0.6, 0.9, 1.2)]
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+
+
+def test_fid_of_half_the_classes_is_worse_than_all_classes(mnist):
+    net, train, test = mnist
+    half = train.pixels[train.labels < 5][:512]
+    assert quality.fid(net, half, test.pixels) > 5 * quality.fid(net, train.pixels[:512], test.pixels)
+
+
+def test_diversity_separates_all_classes_from_one_class(mnist):
+    net, train, _ = mnist
+    everything = quality.diversity(net, train.pixels[:512])
+    ones = quality.diversity(net, train.pixels[train.labels == 1][:300])
+    assert everything.coverage == 1.0 and everything.entropy > 0.95
+    assert everything.inception_score > 6
+    assert ones.coverage <= 0.5 * everything.coverage and ones.entropy < 0.2
+    assert math.isclose(ones.inception_score, 1.0, abs_tol=0.5)
+
+
+def test_feature_network_is_trained_once_then_read_from_the_cache(mnist):
+    net, train, test = mnist
+    again = quality.feature_net_for("mnist5k", train.pixels, train.labels, seed=0)
+    assert again is not net  # read back from disk/memory, not retrained
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert len(list(quality.cache_dir().glob("featurenet-*.pt"))) == 1
+
+
+def test_feature_network_training_is_deterministic():
+    spec = DataSpec(dataset="digits")
+    train = spec.load_train()
+    a = quality.train_feature_net(train.pixels[:300], train.labels[:300], seed=3, epochs=1)
+    b = quality.train_feature_net(train.pixels[:300], train.labels[:300], seed=3, epochs=1)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
