@@ -1,0 +1,44 @@
+"""Quality of the global model: samples, FID and diversity against the held-out split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qfd_app import ddpm, quality
+from qfd_app.data import DataSpec
+
+
+@dataclass
+class Evaluator:
+    """Samples a model with DDIM and scores the images on the dataset's feature network.
+
+    The feature network is trained once per dataset split (cached on disk); the reference is
+    the held-out split, which no device trains on.
+    """
+
+    data: DataSpec
+    num_samples: int
+    steps: int
+    seed: int
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.test = self.data.load_test()
+        train = self.data.load_train()
+        self.net = quality.feature_net_for(self.data.dataset, train.pixels, train.labels, seed=self.seed)
+        # The floor: training images vs the held-out split at the same count.
+        self.reference_fid = quality.fid(self.net, train.pixels[: self.num_samples], self.test.pixels)
+
+    def __call__(self, model: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor]:
+        """Scores of `model` and the images they were computed on."""
+        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=self.seed, device=self.device)
+        div = quality.diversity(self.net, images)
+        scores = {
+            "fid": quality.fid(self.net, images, self.test.pixels),
+            "coverage": div.coverage,
+            "class_entropy": div.entropy,
+            "inception_score": div.inception_score,
+        }
+        return scores, images

@@ -1,0 +1,86 @@
+"""The run directory: config, checkpoints, samples, the after-round hook, the final export."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
+from safetensors.torch import load_file, save_file
+
+from qfd_app.evaluation import Evaluator
+from qfd_app.ledger import Ledger
+from qfd_app.report import save_grid
+from qfd_app.settings import Settings
+
+
+def create_run_dir(settings: Settings, run_id: int | str) -> Path:
+    """A new, absolute directory `<output-dir>/<time>-<strategy>-<run id>` with config.json."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(settings.output_dir).expanduser() / f"{stamp}-{settings.strategy}-{run_id}"
+    path.mkdir(parents=True, exist_ok=False)
+    (path / "config.json").write_text(json.dumps(settings.to_run_config(), indent=2) + "\n")
+    return path
+
+
+def save_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Tensor]) -> Path:
+    """Write the global model after `server_round` atomically; keep only the latest."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"round_{server_round:03d}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"round": str(server_round)})
+    tmp.replace(path)
+    for old in folder.glob("round_*.safetensors"):
+        if old != path:
+            old.unlink()
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+@dataclass
+class AfterRound:
+    """Flower's `evaluate_fn`: after every round checkpoint, evaluate when due, write rounds.csv.
+
+    Evaluates every `eval_interval` rounds and always after the last one
+    (`eval_interval = 0`: only after the last).
+    """
+
+    run_dir: Path
+    model: torch.nn.Module
+    ledger: Ledger
+    evaluator: Evaluator
+    eval_interval: int
+    num_rounds: int
+    started: float = field(default_factory=time.time)
+    last_scores: dict[str, float] = field(default_factory=dict)
+
+    def due(self, server_round: int) -> bool:
+        every = self.eval_interval and server_round % self.eval_interval == 0
+        return bool(every) or server_round == self.num_rounds
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:  # before training: nothing to book
+            return None
+        state = arrays.to_torch_state_dict()
+        self.model.load_state_dict(state)
+        save_checkpoint(self.run_dir, server_round, state)
+        row = self.ledger.summarise(server_round)
+        if self.due(server_round):
+            scores, images = self.evaluator(self.model)
+            save_grid(images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png")
+            row.update(scores)
+            self.last_scores = scores
+        row["wall_s"] = round(time.time() - self.started, 2)
+        self.ledger.write_round(row)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "round" and isinstance(v, (int, float)))
+        log(INFO, "[qfd] round %d/%d: %s", server_round, self.num_rounds, shown)
+        return MetricRecord({k: float(v) for k, v in row.items() if k != "round"})

@@ -1,0 +1,62 @@
+"""qfd ServerApp: settings → data and model → strategy → rounds → evaluation → export."""
+
+from __future__ import annotations
+
+import json
+import time
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from qfd_app import ddpm
+from qfd_app.evaluation import Evaluator
+from qfd_app.ledger import Ledger
+from qfd_app.report import plot_rounds
+from qfd_app.rundir import AfterRound, create_run_dir
+from qfd_app.settings import load_settings
+from qfd_app.strategies import make_strategy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = load_settings(context.run_config)  # fails here, before any device is contacted
+    started = time.time()
+    run_dir = create_run_dir(settings, context.run_id)
+    log(INFO, "[qfd] run directory: %s", run_dir)
+    device = ddpm.pick_device(settings.device)
+
+    evaluator = Evaluator(settings.data, settings.eval_samples, settings.sample_steps, settings.seed, device)
+    torch.manual_seed(settings.seed)
+    model = ddpm.build_unet(settings.model, settings.image_size, evaluator.test.pixels.shape[1])
+    log(INFO, "[qfd] %s UNet, %d parameters; reference FID (train vs held-out) %.3f",
+        settings.model, sum(p.numel() for p in model.parameters()), evaluator.reference_fid)  # fmt: skip
+
+    ledger = Ledger(run_dir)
+    strategy = make_strategy(settings, ledger)
+    after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(torch_state_dict=model.state_dict()),
+        num_rounds=settings.num_server_rounds,
+        train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
+        evaluate_fn=after_round,
+    )
+
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    ddpm.export_pipeline(model, run_dir / "final")
+    plot_rounds(run_dir)
+    summary = {
+        "rounds": settings.num_server_rounds,
+        "wall_s": round(time.time() - started, 1),
+        "reference_fid": evaluator.reference_fid,
+        **{f"final_{k}": v for k, v in after_round.last_scores.items()},
+        "bytes_up": sum(r.bytes_up for r in ledger.records),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(INFO, "[qfd] done in %.0f s: %s", summary["wall_s"], summary)
+    log(INFO, "[qfd] run directory: %s", run_dir)
