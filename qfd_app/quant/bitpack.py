@@ -5,12 +5,18 @@ the codes written least significant first: code i occupies stream bits [i·b, (i
 stream bit j is bit j mod 8 of byte j // 8. n codes take exactly ceil(n·b/8) bytes; the
 unused high bits of the last byte are zero.
 
-Eight codes always fill exactly b bytes, so the codes are packed in groups of eight. For
-b ∈ {1, 2, 4, 8} a group of 8/b codes fills one byte and a few shifts on uint8 do it; for
-b = 16 a code is a little-endian uint16. For any other b the eight codes of a group are
-OR-ed into one or two int64 words (8·b ≤ 128 bits), whose first b bytes in memory are the
-group's bytes on a little-endian machine. Every operation works on whole columns (one per
-position in the group), never on single values.
+Eight codes always fill exactly b bytes, so the codes are packed in groups of eight, and
+every operation below works on whole columns of codes, never on single values:
+
+- b ∈ {1, 2, 4}: the 8/b codes of one output byte, held as uint8, are viewed as one
+  16/32/64-bit integer v (code i in bits 8i…); shifting v right by i·(8 − b) moves code i
+  to bits i·b, and the OR of those shifts has the packed byte in its low 8 bits (codes
+  below i fall off the right, codes above land above bit 8).
+- b ∈ {3, 5, 6, 7}: the same trick on 8 codes viewed as one int64, masking each shifted
+  code; the low b bytes of the word are the group's b bytes (little-endian machine).
+- b = 8: the codes are the bytes; b = 16: a code is a little-endian uint16.
+- b ∈ 9…15: the eight codes of a group are OR-ed into two int64 words (8·b ≤ 128 bits),
+  whose first b bytes in memory are the group's bytes.
 """
 
 from __future__ import annotations
@@ -58,8 +64,10 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     pad = -n % 8
     if pad:  # zero codes fill the last group; their bits are cut off or stay zero
         codes = torch.cat([codes, codes.new_zeros(pad)])
-    if bits in (1, 2, 4, 8):
-        packed = _pack_small(codes, bits)
+    if bits == 8:
+        packed = codes.to(torch.uint8)
+    elif bits <= 8:
+        packed = _pack_bytes(codes.to(torch.uint8), bits)
     elif bits == 16:
         # int32 -> int16 keeps the low 16 bits; little-endian bytes are the stream order
         packed = codes.to(torch.int32).to(torch.int16).view(torch.uint8)
@@ -86,8 +94,10 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     pad = groups * bits - packed.numel()
     if pad:
         packed = torch.cat([packed, packed.new_zeros(pad)])
-    if bits in (1, 2, 4, 8):
-        codes = _unpack_small(packed, bits)
+    if bits == 8:
+        codes = packed
+    elif bits <= 8:
+        codes = _unpack_bytes(packed, bits)
     elif bits == 16:
         codes = packed.view(torch.int16).to(torch.int64) & 0xFFFF
     else:
@@ -95,30 +105,46 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes[:n]
 
 
-# -- b divides 8: 8/b codes per byte ----------------------------------------------------------
+# -- b ≤ 8: shifts on uint8 codes viewed as wider integers -----------------------------------
+
+_WIDE = {1: torch.int64, 2: torch.int32, 4: torch.int16}  # 8/b bytes: one output byte
 
 
-def _pack_small(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    per_byte = 8 // bits
-    columns = codes.to(torch.uint8).view(-1, per_byte)  # (bytes, codes per byte)
-    out = columns[:, 0].clone()
-    for position in range(1, per_byte):
-        out |= columns[:, position] << (position * bits)
-    return out
-
-
-def _unpack_small(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    if bits == 8:
-        return packed
-    per_byte = 8 // bits
+def _pack_bytes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     mask = (1 << bits) - 1
-    out = torch.empty(packed.numel(), per_byte, dtype=torch.uint8)  # (bytes, codes per byte)
-    for position in range(per_byte):
-        torch.bitwise_and(packed >> (position * bits), mask, out=out[:, position])
-    return out.view(-1)
+    if bits in _WIDE:
+        wide = codes.view(_WIDE[bits])  # 8/b codes per element, code i in bits 8i…
+        out = wide.clone()
+        for position in range(1, 8 // bits):
+            out |= wide >> (position * (8 - bits))
+        return (out & 0xFF).to(torch.uint8)  # the low byte holds the packed codes
+    wide = codes.view(torch.int64)  # one group of 8 codes per element
+    word = wide & mask
+    for position in range(1, 8):
+        word |= (wide >> (position * (8 - bits))) & (mask << (position * bits))
+    return word.view(torch.uint8).view(-1, 8)[:, :bits].reshape(-1)
 
 
-# -- any b: eight codes into two int64 words ---------------------------------------------------
+def _unpack_bytes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    mask = (1 << bits) - 1
+    if bits in _WIDE:
+        per_byte = 8 // bits
+        wide = packed.to(_WIDE[bits])
+        out = wide & mask
+        for position in range(1, per_byte):
+            out |= ((wide >> (position * bits)) & mask) << (8 * position)
+        return out.view(torch.uint8)
+    groups = packed.numel() // bits
+    raw = torch.zeros(groups, 8, dtype=torch.uint8)
+    raw[:, :bits] = packed.view(groups, bits)
+    word = raw.view(torch.int64).view(-1)
+    out = word & mask
+    for position in range(1, 8):
+        out |= ((word >> (position * bits)) & mask) << (8 * position)
+    return out.view(torch.uint8)
+
+
+# -- 9 ≤ b ≤ 15: eight codes into two int64 words ---------------------------------------------------
 
 
 def _pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -59,6 +59,9 @@ import bitsandbytes.functional as bnbf  # noqa: E402
 from bitsandbytes.utils import pack_dict_to_tensor  # noqa: E402
 
 
+_CHUNK_VALUES = 1 << 18  # a multiple of every allowed block size, and even
+
+
 class _BnbCodec(Codec):
     """Shared layout, validation and error bound of the bitsandbytes codecs."""
 
@@ -201,10 +204,18 @@ class _Bnb4BitCodec(_BnbCodec):
         if flat.numel() == 0:
             return self._new_encoded(tensor, torch.empty(0, dtype=torch.uint8))
         even = torch.cat([flat, flat.new_zeros(flat.numel() % 2)])  # (n rounded up to even,)
-        codes, state = bnbf.quantize_4bit(
-            even, blocksize=self.block_size, quant_type=self.quant_type
-        )
-        return self._pack(tensor, state.absmax, codes)
+        # bitsandbytes' CPU 4-bit quantizer is plain torch on the whole tensor; whole-block
+        # chunks give the same codes and absmax and run ~2× faster (cache-sized temporaries)
+        codes, absmax = [], []
+        for start in range(0, even.numel(), _CHUNK_VALUES):
+            chunk_codes, state = bnbf.quantize_4bit(
+                even[start : start + _CHUNK_VALUES],
+                blocksize=self.block_size,
+                quant_type=self.quant_type,
+            )
+            codes.append(chunk_codes.view(-1))
+            absmax.append(state.absmax)
+        return self._pack(tensor, torch.cat(absmax), torch.cat(codes))
 
     def _dequantize(self, codes: torch.Tensor, state: bnbf.QuantState) -> torch.Tensor:
         if codes.numel() == 0:

@@ -111,8 +111,8 @@ class Codec(ABC):
         tensor : torch.Tensor
             Any shape, floating dtype, finite values, on any device (encoded on the CPU).
         generator : torch.Generator or None, default None
-            Source of randomness for stochastic rounding; required by stochastic codecs,
-            ignored by deterministic ones.
+            A CPU generator, the source of randomness for stochastic rounding; required by
+            stochastic codecs, ignored by deterministic ones.
 
         Returns
         -------

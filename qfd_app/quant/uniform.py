@@ -15,9 +15,9 @@ with R_j = max_j − ℓ_j: the bound V_n(b) of DESIGN §2 (`uniform_error_bound
 Wire layout of one tensor (`Encoded.buffer`), for B = ⌈n/m⌉ blocks and scale dtype s
 (float32: 4 bytes, bfloat16: 2 bytes):
 
-    bytes [0, B·s)            ℓ_j, j = 0 … B−1        (little-endian scale dtype)
-    bytes [B·s, 2·B·s)        δ_j
-    bytes [2·B·s, … + ⌈n·b/8⌉)  codes, bit-packed LSB first (see bitpack.py)
+    bytes [0, B·s)                 ℓ_j, j = 0 … B−1   (little-endian scale dtype)
+    bytes [B·s, 2·B·s)             δ_j
+    bytes [2·B·s, 2·B·s + ⌈n·b/8⌉)  codes, bit-packed LSB first (see bitpack.py)
 
 so `size_bytes` = 2·B·s + ⌈n·b/8⌉ exactly, i.e. b + 64/m bits per value with fp32 scales.
 
@@ -30,7 +30,9 @@ Numerics, and the why of each choice:
 - The rounding draw compares 16-bit random integers with the fractional part, so
   P(round up) = round(65536·f)/65536: biased by at most 2^-17 of a step, and exactly 0 for
   f = 0, which makes values already on the grid round-trip exactly. Four draws come from
-  one 64-bit word of the generator, which is 3–4× cheaper than `torch.rand`.
+  one 64-bit word of the generator, several times cheaper than `torch.rand`.
+- s is clamped to L before rounding: float rounding can push it a hair past L, and then
+  f = 0 means no round-up, so codes never exceed L.
 - s is computed in float32: for b ≥ 12 its rounding error reaches ~1e-3 of a step
   (2^-23·L), negligible next to the rounding noise of ±δ/2.
 - Work proceeds in chunks of `CHUNK_VALUES` whole blocks, so temporaries stay in cache
@@ -209,15 +211,19 @@ class UniformCodec(Codec):
         step: torch.Tensor,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Stochastically rounded codes in [0, L], (blocks, m), uint8 for b ≤ 8 else int64."""
-        scaled = (blocks - low[:, None]).mul_(step.reciprocal()[:, None])  # s, in [0, L]
+        """Stochastically rounded codes in [0, L], (blocks, m), uint8 for b ≤ 8 else int32."""
+        scaled = (blocks - low[:, None]).mul_(step.reciprocal()[:, None])  # s ≥ 0
+        scaled.clamp_(max=self._levels)
         floor = scaled.floor()
         # threshold t = 65536·f − 32768.5: a uniform int16 r satisfies r < t with
-        # probability round(65536·f)/65536, and never when f = 0
+        # probability round(65536·f)/65536, and never when f = 0 (so never past L)
         threshold = scaled.sub_(floor).mul_(_DRAW_LEVELS).sub_(_DRAW_LEVELS / 2 + 0.5)
-        floor += _int16_draws(blocks.numel(), generator).view(blocks.shape) < threshold
-        floor.clamp_(0, self._levels)  # float rounding can push s a hair past L
-        return floor.to(torch.uint8 if self.bits <= 8 else torch.int64)
+        round_up = _int16_draws(blocks.numel(), generator).view(blocks.shape) < threshold
+        if self.bits <= 8:  # via int16: float -> uint8 has no fast conversion kernel
+            codes = floor.to(torch.int16).to(torch.uint8)
+        else:
+            codes = floor.to(torch.int32)
+        return codes.add_(round_up)
 
     # -- decode --------------------------------------------------------------------------
 

@@ -114,3 +114,16 @@ def test_decode_rejects_invalid_absmax(name, value, message, generator):
 def test_invalid_settings_are_rejected(name, options, message):
     with pytest.raises(ValueError, match=message):
         get_codec(name, **options)
+
+
+@pytest.mark.parametrize("name", FOUR_BIT)
+def test_chunked_encoding_equals_one_bitsandbytes_call(name, monkeypatch, generator):
+    import qfd_app.quant.bnb as bnb_module
+
+    monkeypatch.setattr(bnb_module, "_CHUNK_VALUES", 1024)
+    codec = get_codec(name)
+    x = torch.randn(5001, generator=generator)
+    even = torch.cat([x, x.new_zeros(1)])
+    codes, state = bnbf.quantize_4bit(even, blocksize=codec.block_size, quant_type=name[-3:])
+    expected = torch.cat([state.absmax.view(torch.uint8), codes.view(-1)])
+    assert torch.equal(codec.encode(x).buffer, expected)
