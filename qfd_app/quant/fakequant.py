@@ -5,8 +5,9 @@ Every convolution and linear layer's weight is re-parametrized
 ``parametrizations.weight.original``, and each forward pass reads the weight through
 `torch.fake_quantize_per_channel_affine`, i.e. rounded to 2^b levels per output channel.
 Backward passes the gradient straight through the rounding (the straight-through
-estimator, zero only for values clamped outside the grid, which min/max scaling never
-produces), so the optimizer updates the master copy with gradients of the quantized model.
+estimator; it is zero only where a value falls outside the grid, which min/max scaling
+allows at most for a channel's extreme values once the zero point is rounded), so the
+optimizer updates the master copy with gradients of the quantized model.
 
 Per output channel c, with ℓ_c = min(0, min w_c) and u_c = max(0, max w_c) so that zero is
 exactly representable (as PyTorch's min/max observers do):

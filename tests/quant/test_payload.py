@@ -4,6 +4,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common import serde
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 from qfd_app.ddpm import build_unet
 from qfd_app.quant import (
@@ -39,11 +41,22 @@ def shapes(unet_update):
     return {name: tuple(t.shape) for name, t in unet_update.items()}
 
 
-def over_the_wire(arrays, meta):
+def through_protobuf(arrays, meta):
     """Serialise both records to Flower's protobuf messages and back."""
     arrays = serde.array_record_from_proto(serde.array_record_to_proto(arrays))
     meta = serde.config_record_from_proto(serde.config_record_to_proto(meta))
     return arrays, meta
+
+
+def through_object_store(arrays, meta):
+    """Deflate both records into Flower's content-addressed objects (arrays travel in
+    chunks) and inflate them again, as the SuperLink transport does."""
+
+    def round_trip(record):
+        contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(record).items()}
+        return inflate_object_from_contents(record.object_id, contents)
+
+    return round_trip(arrays), round_trip(meta)
 
 
 def decode(arrays, meta, codec, shapes):
@@ -52,14 +65,15 @@ def decode(arrays, meta, codec, shapes):
     )
 
 
+@pytest.mark.parametrize("transport", [through_protobuf, through_object_store])
 @pytest.mark.parametrize("name, bits, options", CODECS)
-def test_update_round_trips_through_flower_serialisation(
-    name, bits, options, unet_update, shapes, generator
+def test_update_round_trips_through_flower_transport(
+    name, bits, options, transport, unet_update, shapes, generator
 ):
     # Prepare
     codec = get_codec(name, bits, **options)
     # Execute
-    arrays, meta = over_the_wire(*encode_update(unet_update, codec, generator))
+    arrays, meta = transport(*encode_update(unet_update, codec, generator))
     decoded = decode(arrays, meta, codec, shapes)
     # Assert: same names in model order, shapes, and the codec's own round trip
     assert list(decoded) == list(shapes)

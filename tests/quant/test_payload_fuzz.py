@@ -117,12 +117,18 @@ non_finite_float32 = st.one_of(
 
 
 @FUZZ
-@given(name=tensor_names, value=non_finite_float32, data=st.data())
-def test_non_finite_scales_are_rejected(name, value, data):
-    codec = CODECS["uniform-4"]
-    arrays, meta = PAYLOADS["uniform-4"]
+@given(
+    key=st.sampled_from(["uniform-4", "bnb-nf4"]),
+    name=tensor_names,
+    value=non_finite_float32,
+    data=st.data(),
+)
+def test_non_finite_scales_are_rejected(key, name, value, data):
+    codec = CODECS[key]
+    arrays, meta = PAYLOADS[key]
     blocks = math.ceil(math.prod(SHAPES[name]) / codec.block_size)
-    slot = data.draw(st.integers(min_value=0, max_value=2 * blocks - 1))  # a min or a step
+    scales = 2 * blocks if codec.name == "uniform" else blocks  # min and step, or absmax
+    slot = data.draw(st.integers(min_value=0, max_value=scales - 1))
     raw = bytearray(arrays[name].data)
     raw[4 * slot : 4 * slot + 4] = struct.pack("<f", value)
     reason = assert_rejected_or_sound(with_data(arrays, name, bytes(raw)), meta, codec)
