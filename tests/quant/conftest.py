@@ -7,8 +7,6 @@ import torch
 
 from qfd_app.quant import get_codec
 
-# Other work shares this 2-core machine; one thread avoids oversubscription stalls.
-torch.set_num_threads(1)
 
 # Every codec the contract covers: uniform at every bit-width, bf16 scales and a custom
 # block size, the casts and the bitsandbytes codecs.
@@ -32,6 +30,19 @@ CODEC_SPECS = (
 def spec_id(spec):
     name, bits, options = spec
     return "-".join([name] + ([str(bits)] if bits else []) + [f"{v}" for v in options.values()])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run the codec tests on one thread, then restore the setting.
+
+    Other work shares the 2-core CI machine; element-wise ops on two threads stall
+    waiting for a busy core far more than they gain.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(params=CODEC_SPECS, ids=[spec_id(s) for s in CODEC_SPECS])
