@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 from qfd_app.edge.bandwidth import admit_equal, admit_optimal, water_fill
 from qfd_app.edge.bitwidths import BUDGET_RTOL, choose_bits
 from qfd_app.edge.energy import CODEC_BITS, uplink_rate_bps
-from qfd_app.edge.upload import min_bandwidth_hz, optimal_upload
+from qfd_app.edge.upload import Upload, min_bandwidth_hz, optimal_upload
 
 BANDWIDTH_POLICIES = ("equal", "optimal")
 SCHEDULED, EXCLUDED = "scheduled", "excluded"
@@ -262,7 +262,7 @@ def solve_round(
     budget = network.error_budget_abs
     if network.bandwidth_policy == "equal":
         share = network.bandwidth_hz / idx.size
-        table = _Table(candidates, idx, per_device, np.full(idx.size, share))
+        table = _Cells(candidates, idx, per_device).table(np.full(idx.size, share))
         choice = choose_bits(table.energy_j, werr, budget, exact_limit=exact_limit)
         col = choice.index
         plan = table.plan(col)
@@ -285,10 +285,12 @@ def _alternate(candidates, network, idx, per_device, werr, need_min, first, exac
     bandwidth = need_min + (network.bandwidth_hz - need_min.sum()) / k
     col = first
     radio = {key: per_device[key] for key in ("gain", "noise_w_per_hz", "deadline_s", "cpu_hz_max", "power_w_max")}
+    cells = _Cells(candidates, idx, per_device)
     choice, table = None, None
     for _ in range(max_alternations):
-        table = _Table(candidates, idx, per_device, bandwidth, guess=table)
-        new = choose_bits(table.energy_j, werr, network.error_budget_abs, exact_limit=exact_limit)
+        table = cells.table(bandwidth, guess=table)
+        hint = None if choice is None else choice.price
+        new = choose_bits(table.energy_j, werr, network.error_budget_abs, exact_limit=exact_limit, price_hint=hint)
         if choice is not None and _no_better(table.energy_j, werr, col, new.index, network.error_budget_abs):
             new = type(new)(col, choice.budget_met, choice.price)
         converged = choice is not None and np.array_equal(new.index, col)
@@ -304,34 +306,44 @@ def _alternate(candidates, network, idx, per_device, werr, need_min, first, exac
     return col, choice, plan, bandwidth, mu
 
 
-class _Table:
-    """`optimal_upload` of every admitted device × valid candidate, on per-device bandwidths.
+class _Cells:
+    """The admitted devices' real candidates (padding skipped), gathered once per solve.
 
-    Only real candidates are solved (the padding of short demands is skipped); `energy_j`
-    is the (K, C) table for `choose_bits`, with inf for padding and missed deadlines.
+    `table(bandwidth)` solves every cell on its device's bandwidth and returns a `_Table`.
     """
 
-    def __init__(self, candidates, idx, per_device, bandwidth, guess: _Table | None = None) -> None:
+    def __init__(self, candidates: Candidates, idx: NDArray, per_device: dict) -> None:
         valid = candidates.valid[idx]
         self.shape = valid.shape
-        self.rows, self.cols = np.nonzero(valid)
-        r, c = self.rows, self.cols
-        args = {key: v[r] if isinstance(v, np.ndarray) else v for key, v in per_device.items()}
-        self.up = optimal_upload(
-            payload_bits=candidates.payload_bits[idx][r, c],
-            work_cycles=candidates.work_cycles[idx][r, c],
-            bandwidth_hz=bandwidth[r],
-            upload_s_guess=None if guess is None else guess.up.upload_s,
-            **args,
+        self.rows, cols = np.nonzero(valid)
+        at = idx[self.rows]
+        self.args = {key: v[self.rows] if isinstance(v, np.ndarray) else v for key, v in per_device.items()}
+        self.args["payload_bits"] = candidates.payload_bits[at, cols]
+        self.args["work_cycles"] = candidates.work_cycles[at, cols]
+        self.flat = np.full(self.shape, -1, dtype=np.int64)     # (K, C) → cell, −1 for padding
+        self.flat[self.rows, cols] = np.arange(self.rows.size)
+        self.cols = cols
+
+    def table(self, bandwidth: NDArray, guess: _Table | None = None) -> _Table:
+        up = optimal_upload(
+            bandwidth_hz=bandwidth[self.rows], upload_s_guess=None if guess is None else guess.up.upload_s, **self.args
         )
-        self.energy_j = np.full(self.shape, np.inf)
-        self.energy_j[r, c] = self.up.energy_j
-        self._flat = np.full(self.shape, -1, dtype=np.int64)
-        self._flat[r, c] = np.arange(r.size)
+        energy = np.full(self.shape, np.inf)
+        energy[self.rows, self.cols] = up.energy_j
+        return _Table(self, up, energy)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """`optimal_upload` of every cell; `energy_j` is the (K, C) table for `choose_bits`."""
+
+    cells: _Cells
+    up: Upload
+    energy_j: NDArray[np.float64]
 
     def plan(self, col: NDArray[np.int64]) -> dict[str, NDArray]:
         """The per-device fields of `Upload` at the chosen column of each row."""
-        at = self._flat[np.arange(self.shape[0]), col]
+        at = self.cells.flat[np.arange(self.cells.shape[0]), col]
         return {key: getattr(self.up, key)[at] for key in vars(self.up)}
 
 
@@ -378,13 +390,16 @@ def race_to_idle(devices: Devices, candidates: Candidates, network: Network) -> 
 
 
 def _check_shapes(devices: Devices, candidates: Candidates) -> None:
-    n = len(devices)
+    shape = np.shape(candidates.bits)
+    if len(shape) != 2:
+        raise ValueError(f"candidates.bits must have shape (N, C); got {shape}.")
+    n = shape[0]
     for name in ("cpu_hz_min", "cpu_hz_max", "kappa", "power_w_max", "gain", "weight"):
         if np.shape(getattr(devices, name)) != (n,):
-            raise ValueError(f"devices.{name} must have shape ({n},); got {np.shape(getattr(devices, name))}.")
-    shape = np.shape(candidates.bits)
-    if len(shape) != 2 or shape[0] != n:
-        raise ValueError(f"candidates.bits must have shape ({n}, C); got {shape}.")
+            raise ValueError(
+                f"devices.{name} must have shape ({n},), one value per row of candidates.bits; "
+                f"got {np.shape(getattr(devices, name))}."
+            )
     for name in ("work_cycles", "payload_bits", "error"):
         if np.shape(getattr(candidates, name)) != shape:
             raise ValueError(f"candidates.{name} must have shape {shape}; got {np.shape(getattr(candidates, name))}.")

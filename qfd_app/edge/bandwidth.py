@@ -162,7 +162,9 @@ def water_fill(
         d1, d2 = slopes(up, {**params, "bandwidth_hz": bw})
         d1 = np.minimum(d1, -1e-300)                            # e' < 0: more band never costs energy
         d2 = np.maximum(d2, 1e-9 * np.abs(d1) / bw)             # keep the model strictly convex
-        delta, mu = _price_step(np.log(-d1), d1 / d2, need_hz - bw, total_hz - bw)
+        # A step may close at most 80 % of a device's slack above its floor: near B_need the
+        # energy climbs steeply (full power), which the local model cannot see.
+        delta, mu = _price_step(np.log(-d1), d1 / d2, -0.8 * (bw - need_hz), total_hz - bw)
         predicted = float(np.dot(d1, delta))
         if -predicted <= rtol * energy:
             break

@@ -58,6 +58,7 @@ def choose_bits(
     budget: float,
     *,
     exact_limit: int = 1 << 16,
+    price_hint: float | None = None,
 ) -> Choice:
     """Pick one candidate per row of `energy_j` (N, C) within the error budget.
 
@@ -72,6 +73,8 @@ def choose_bits(
         Bound on Σ Q; inf switches the budget off.
     exact_limit : int
         Most combinations enumerated in the exact core (0 or 1: no enumeration).
+    price_hint : float, optional
+        A λ near the answer (e.g. the previous round's or solve's), to start bracketing from.
 
     Returns
     -------
@@ -88,7 +91,7 @@ def choose_bits(
     precise = _most_precise(energy, error)
     if error[rows, precise].sum() > limit:
         return Choice(precise, False, np.inf)
-    lam_lo, pick_lo, lam_hi, pick_hi = _bracket_price(energy, error, limit)
+    lam_lo, pick_lo, lam_hi, pick_hi = _bracket_price(energy, error, limit, price_hint)
     best = _repair(energy, error, pick_lo, limit)
     for start in (best, pick_hi):
         candidate = _take_back(energy, error, start.copy(), limit)
@@ -105,21 +108,34 @@ def _most_precise(energy: NDArray, error: NDArray) -> NDArray[np.int64]:
     return np.argmin(np.where(tied, energy, np.inf), axis=1)
 
 
-def _bracket_price(energy: NDArray, error: NDArray, limit: float):
+def _bracket_price(energy: NDArray, error: NDArray, limit: float, hint: float | None):
     """Bisect λ until the picks below and above differ on at most one device.
+
+    Each step tries the median of the switching prices still inside the bracket (the
+    slopes −ΔE/ΔQ between neighbouring candidates), so that they halve with every step;
+    the geometric mean serves when none is left inside.
 
     Returns (λ_lo, picks at λ_lo [over budget], λ_hi, picks at λ_hi [within budget]).
     """
-    rows = np.arange(len(energy))
-    lam_lo, lam_hi = _initial_bracket(energy, error, limit)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pool = (np.diff(energy, axis=1) / -np.diff(error, axis=1)).ravel()
+    pool = pool[(pool > 0) & (pool < np.inf)]                     # nan and ±inf drop out
+    lam_lo, lam_hi = _initial_bracket(energy, error, limit, pool, hint)
     pick_lo, pick_hi = _picks(energy, error, lam_lo), _picks(energy, error, lam_hi)
     live = np.flatnonzero(pick_lo != pick_hi)              # devices whose pick still depends on λ
     settled = np.ones(len(energy), bool)
     settled[live] = False
-    err_fixed = error[rows[settled], pick_hi[settled]].sum()
+    err_fixed = error[settled, pick_hi[settled]].sum()
     while live.size > 1 and lam_hi > lam_lo * (1 + 1e-15):
-        lam = np.sqrt(lam_lo * lam_hi)
-        pick = _picks(energy[live], error[live], lam)
+        pool = pool[(pool > lam_lo) & (pool < lam_hi)]
+        sample = pool[:: max(pool.size // 1000, 1)]           # a median of ≤ ~1000 is pivot enough
+        lam = float(np.median(sample)) if sample.size else float(np.sqrt(lam_lo * lam_hi))
+        if not lam_lo < lam < lam_hi:
+            lam = float(np.sqrt(lam_lo * lam_hi))
+        if 2 * live.size > len(energy):                        # cheaper than copying most rows
+            pick = _picks(energy, error, lam)[live]
+        else:
+            pick = _picks(energy[live], error[live], lam)
         if err_fixed + error[live, pick].sum() <= limit:
             lam_hi, pick_hi[live] = lam, pick
         else:
@@ -130,21 +146,23 @@ def _bracket_price(energy: NDArray, error: NDArray, limit: float):
     return lam_lo, pick_lo, lam_hi, pick_hi
 
 
-def _initial_bracket(energy: NDArray, error: NDArray, limit: float) -> tuple[float, float]:
+def _initial_bracket(energy, error, limit, pool, hint) -> tuple[float, float]:
     """Prices λ_lo (picks over budget) and λ_hi (within budget).
 
-    Switching prices are slopes −ΔE/ΔQ between candidates; start from the range of the
-    slopes between neighbouring columns and widen it until it brackets the budget.
+    Start from a narrow bracket around `hint`, or from the range of the switching prices,
+    and widen it until it brackets the budget.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = np.diff(energy, axis=1) / -np.diff(error, axis=1)
-    slope = slope[np.isfinite(slope) & (slope > 0)]
-    lam_lo, lam_hi = (0.5 * slope.min(), 2.0 * slope.max()) if slope.size else (1.0, 1.0)
+    if hint is not None and 0 < hint < np.inf:
+        lam_lo, lam_hi, widen = hint / 1.01, hint * 1.01, 10.0
+    elif pool.size:
+        lam_lo, lam_hi, widen = 0.5 * float(pool.min()), 2.0 * float(pool.max()), 1e3
+    else:
+        lam_lo, lam_hi, widen = 1.0, 1.0, 1e3
     rows = np.arange(len(energy))
     while error[rows, _picks(energy, error, lam_hi)].sum() > limit:
-        lam_hi *= 1e3
+        lam_hi *= widen
     while error[rows, _picks(energy, error, lam_lo)].sum() <= limit:
-        lam_lo *= 1e-3
+        lam_lo /= widen
     return lam_lo, lam_hi
 
 
@@ -173,49 +191,75 @@ def _repair(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDA
 
 
 def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDArray[np.int64]:
-    """Downgrade, largest saving first, while the budget still holds."""
+    """Downgrade, largest saving first, while the budget still holds.
+
+    The slack only shrinks, so a move that does not fit now never will: keep the list of
+    moves that fit and recompute only the row that moved.
+    """
     rows = np.arange(len(energy))
-    total = error[rows, pick].sum()
-    while True:
-        saving = energy[rows, pick][:, None] - energy
-        fits = total - error[rows, pick][:, None] + error <= limit
-        saving = np.where(fits & (saving > 0), saving, -np.inf)
-        flat = int(np.argmax(saving))
-        n, k = divmod(flat, energy.shape[1])
-        if not saving[n, k] > 0:
-            return pick
-        total += error[n, k] - error[n, pick[n]]
-        pick[n] = k
+    slack = limit - error[rows, pick].sum()
+    added = error - error[rows, pick][:, None]               # error a move adds
+    saved = energy[rows, pick][:, None] - energy             # energy it saves
+    n, k = np.nonzero((added <= slack) & (saved > 0))
+    gain = saved[n, k]
+    while n.size:
+        best = int(np.argmax(gain))
+        row, col = int(n[best]), int(k[best])
+        slack -= error[row, col] - error[row, pick[row]]
+        pick[row] = col
+        # drop the moved row's old moves and those that no longer fit, then add its new ones
+        keep = (n != row) & (error[n, k] - error[n, pick[n]] <= slack)
+        n, k, gain = n[keep], k[keep], gain[keep]
+        new = np.flatnonzero((error[row] - error[row, col] <= slack) & (energy[row] < energy[row, col]))
+        n = np.concatenate([n, np.full(new.size, row)])
+        k = np.concatenate([k, new])
+        gain = np.concatenate([gain, energy[row, col] - energy[row, new]])
+    return pick
 
 
 def _exact_core(
     energy: NDArray, error: NDArray, pick: NDArray, lam: float, limit: float, exact_limit: int
 ) -> NDArray[np.int64]:
-    """Enumerate all choices of the devices closest to switching; keep the best within budget."""
+    """Enumerate the choices of the devices closest to switching; keep the best within budget.
+
+    When the product of all devices' candidate counts is at most `exact_limit`, every
+    device and candidate is enumerated (the round is solved exactly). Otherwise the core
+    is the devices with the least regret under λ (how much worse their runner-up is),
+    each limited to its current pick and the two candidates either side.
+    """
     usable = np.isfinite(energy)
     counts = usable.sum(axis=1)
     movable = np.flatnonzero(counts > 1)
-    if exact_limit <= 1 or movable.size == 0:
+    if exact_limit <= 1 or movable.size < 2:
         return pick
-    # Regret: how much worse the runner-up is than the best under the price λ.
-    cost = np.where(usable, energy + lam * np.where(usable, error, 0.0), np.inf)[movable]
-    two = np.sort(cost, axis=1)[:, :2]
-    regret = (two[:, 1] - two[:, 0]) / np.maximum(np.abs(two[:, 0]), 1e-300)
-    core: list[int] = []
-    size = 1
-    for n in movable[np.argsort(regret, kind="stable")]:
-        if size * counts[n] > exact_limit:
-            break
-        core.append(int(n))
-        size *= int(counts[n])
-    if len(core) < 2:
-        return pick
-    rows = np.arange(len(energy))
+    if np.sum(np.log(counts[movable])) <= np.log(exact_limit):
+        core = movable
+        options = [np.flatnonzero(usable[n]) for n in core]
+    else:
+        with np.errstate(invalid="ignore"):
+            cost = energy + lam * error                           # inf where unusable
+        two = np.partition(cost, 1, axis=1)[:, :2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            regret = (two[:, 1] - two[:, 0]) / np.abs(two[:, 0])
+        regret[counts < 2] = np.inf
+        nearest = np.argpartition(regret, 32)[:32] if regret.size > 32 else np.arange(regret.size)
+        nearest = nearest[np.argsort(regret[nearest], kind="stable")]
+        core, options, size = [], [], 1
+        for n in nearest:
+            near = np.flatnonzero(usable[n])
+            at = int(np.searchsorted(near, pick[n]))
+            opts = near[max(at - 2, 0): at + 3]
+            if size * opts.size > exact_limit:
+                break
+            core.append(int(n))
+            options.append(opts)
+            size *= opts.size
+        if len(core) < 2:
+            return pick
     others = np.ones(len(energy), bool)
     others[core] = False
-    room = limit - error[rows[others], pick[others]].sum()
-    # Grid of all combinations: axis i runs over core device i's usable candidates.
-    options = [np.flatnonzero(usable[n]) for n in core]
+    room = limit - error[others, pick[others]].sum()
+    # Grid of all combinations: axis i runs over core device i's options.
     total_e = np.zeros([len(o) for o in options])
     total_q = np.zeros_like(total_e)
     for axis, (n, opts) in enumerate(zip(core, options, strict=True)):

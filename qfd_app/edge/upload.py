@@ -195,7 +195,7 @@ def _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0) ->
         e_cmp = kap * w * cpu * cpu
         e_com = power * tau
         energy = e_cmp + e_com
-    out = [tau, compute_s, cpu, power, e_cmp, e_com, energy]   # all of τ's (full) shape
+    out = [np.asarray(x) for x in (tau, compute_s, cpu, power, e_cmp, e_com, energy)]   # τ's shape
     if not feasible.all():
         bad = ~feasible
         for x in out[:4]:
@@ -240,8 +240,10 @@ def min_bandwidth_hz(
     if not ok.any():
         return out
     qq = q[ok]
-    # Start where φ > 0: φ(1) = 1 − q > 0 for q < 1; φ(2 log2 q + 2) = 4q² − 2q log2 q − 2q − 1 > 0 for q ≥ 1.
-    x = np.where(qq < 1.0, 1.0, 2.0 * np.log2(np.maximum(qq, 1.0)) + 2.0)
+    # Start right of the root, where φ > 0: φ(1) = 1 − q > 0 for q < 1; for q ≥ 1 with
+    # L = log2 q, x0 = L + 2 log2(L + 1) + 1 gives 2^x0 = 2q(L + 1)² ≥ 1 + q x0.
+    big = np.log2(np.maximum(qq, 1.0))
+    x = np.where(qq < 1.0, 1.0, big + 2.0 * np.log2(big + 1.0) + 1.0)
     todo = np.arange(qq.size)
     root = np.empty_like(x)
     for _ in range(max_iter):
