@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from qfd_app.edge.allocate import Allocation, Candidates, Devices, Network
+from qfd_app.edge.problem import Allocation, Candidates, Devices, Network
 
 DEVICE_INPUTS = ("cpu_hz_min", "cpu_hz_max", "power_w_max", "kappa", "gain", "weight")
 DEVICE_OUTPUTS = (

@@ -25,9 +25,9 @@ import numpy as np
 
 from qfd_app.edge.devices import DeviceClass, Fleet
 from qfd_app.edge.energy import CODEC_BITS, dbm_to_w
+from qfd_app.edge.problem import BANDWIDTH_POLICIES
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
-BANDWIDTH_POLICIES = ("equal", "optimal")
 
 
 class ScenarioError(ValueError):
