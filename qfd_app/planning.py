@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from qfd_app.edge.allocate import Candidates, Devices, Network, candidate_bits, race_to_idle, solve_round
+from qfd_app.edge.allocate import race_to_idle, solve_round
+from qfd_app.edge.problem import BANDWIDTH_POLICIES, Candidates, Devices, Network, candidate_bits
 from qfd_app.edge.energy import CODEC_BITS, quantization_error, w_to_dbm, work_cycles
 from qfd_app.edge.record import round_record
 from qfd_app.edge.scenario import Scenario, ScenarioError, load_scenario
@@ -174,7 +175,7 @@ def round_inputs(
     `num_devices` replicates the scenario's devices cyclically and scales the band by
     num_devices / scenario.num_devices, so that each device's share stays the same.
     """
-    _check_options(strategy, bits, num_devices)
+    _check_options(strategy, bits, num_devices, bandwidth_policy)
     model = model_profile(scenario.model_preset, scenario.image_size, scenario.channels)
     fleet = scenario.fleet(num_devices, seed)
     n = len(fleet)
@@ -297,7 +298,9 @@ def plan_round(
     }
 
 
-def _check_options(strategy: str, bits: int | None, num_devices: int | None) -> None:
+def _check_options(strategy: str, bits: int | None, num_devices: int | None, bandwidth_policy: str | None) -> None:
+    if bandwidth_policy is not None and bandwidth_policy not in BANDWIDTH_POLICIES:
+        raise PlanError(f"--bandwidth-policy must be one of {', '.join(BANDWIDTH_POLICIES)}; got {bandwidth_policy!r}.")
     if strategy not in STRATEGIES:
         raise PlanError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}.")
     if strategy == "fixed":

@@ -6,19 +6,21 @@ per device to
 
     minimise  Σ_n E[n, k_n]   subject to   Σ_n Q[n, k_n] ≤ budget.
 
-Steps (docs/model.md, "the error budget"):
+Steps (docs/model.md §3.3):
 
 1. **Lagrangian.** For a price λ ≥ 0 each device alone picks argmin_k E + λ Q. The error of
-   these picks falls as λ grows; bisect λ (in log space) until the smallest λ that meets the
-   budget is bracketed. A device whose pick is the same at both ends of the bracket keeps
-   it, so each step only revisits the devices still in play.
+   these picks falls as λ grows; bisect λ until the picks just below and just above the
+   smallest λ that meets the budget differ on at most one device. Each step tries the
+   median of the switching prices still inside the bracket; a device whose pick is the
+   same at both ends of the bracket keeps it, so each step only revisits the devices still
+   in play.
 2. **Greedy repair.** The picks just below the bracket miss the budget, those just above
    meet it. From the first, buy the upgrade with the least extra energy per unit of error
    removed until the budget holds; from either, take back the downgrade that saves most
    while the budget still holds. Keep the cheaper result.
 3. **Exact core.** Enumerate every combination of the devices nearest their switching
-   point (all devices when the product of their candidate counts is at most `exact_limit`),
-   the others fixed. Small rounds are thereby solved exactly.
+   point, the others fixed (all devices and candidates when the product of their candidate
+   counts is at most `exact_limit`: small rounds are solved exactly).
 """
 
 from __future__ import annotations

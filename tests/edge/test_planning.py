@@ -140,6 +140,7 @@ def test_ondemand_uses_less_energy_than_fedavg_on_the_paper_model():
     ({"bits": 4}, "--bits sets the bit-width of --strategy fixed"),
     ({"resource_policy": "race-to-idle"}, "fedavg's"),
     ({"strategy": "fedavg", "resource_policy": "lazy"}, "--resource-policy must be one of"),
+    ({"bandwidth_policy": "fair"}, "--bandwidth-policy must be one of equal, optimal; got 'fair'"),
 ])
 def test_options_that_do_not_fit_together_are_plan_errors(kwargs, words):
     with pytest.raises(PlanError, match=words):
