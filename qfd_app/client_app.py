@@ -40,7 +40,9 @@ def train(msg: Message, context: Context) -> Message:
         images.pixels,
         epochs=int(msg.content["config"]["local-epochs"]),
         batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
+        learning_rate=ddpm.round_learning_rate(
+            settings.learning_rate, server_round, settings.num_server_rounds, settings.lr_schedule
+        ),
         seed=settings.seed * 1_000_003 + server_round * 10_007 + partition_id,
         device=ddpm.pick_device(settings.device),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,25 @@ def pick_device(requested: str = "auto") -> torch.device:
 def train_scheduler() -> DDPMScheduler:
     """The forward process used in training: 1000 linear-beta steps (Ho et al.)."""
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+
+
+LR_SCHEDULES = ("cosine", "constant")
+LR_FLOOR = 0.05  # the cosine schedule ends at 5% of the peak rate, not at zero
+
+
+def round_learning_rate(peak: float, server_round: int, num_rounds: int, schedule: str) -> float:
+    """The devices' learning rate in round `server_round` (1-based) of `num_rounds`.
+
+    `cosine` decays from `peak` in round 1 to `LR_FLOOR`·peak in the last round (as
+    diffusers' unconditional example does over steps, here over rounds: late rounds make
+    small, precise corrections, which sharpens samples); `constant` keeps `peak`.
+    """
+    if schedule == "constant" or num_rounds <= 1:
+        return peak
+    if schedule != "cosine":
+        raise ValueError(f"Unknown learning-rate schedule {schedule!r}; choose one of {list(LR_SCHEDULES)}.")
+    progress = (server_round - 1) / (num_rounds - 1)
+    return peak * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator:

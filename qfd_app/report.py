@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines and Ray workers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -53,6 +54,7 @@ def plot_rounds(run_dir: Path) -> list[Path]:
         x, y = column(name)
         ax.plot(x, y, marker="o", ms=3)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     path = out / "rounds.png"

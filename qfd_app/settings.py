@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
-from qfd_app.ddpm import PRESETS
+from qfd_app.ddpm import LR_SCHEDULES, PRESETS
 
 STRATEGIES = ("fedavg",)
 DEVICES = ("auto", "cpu", "cuda")
@@ -113,6 +113,7 @@ CONSTRAINTS: dict[str, Any] = {
     "local-epochs": Interval(int, 1, None),
     "batch-size": Interval(int, 1, None),
     "learning-rate": Interval(float, 0, 1, closed="right"),
+    "lr-schedule": Options(LR_SCHEDULES),
     "dataset": DatasetName(),
     "image-size": ImageSize(),
     "test-fraction": Interval(float, 0, 0.5, closed="right"),
@@ -139,6 +140,7 @@ class Settings:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    lr_schedule: str
     dataset: str
     image_size: int
     test_fraction: float

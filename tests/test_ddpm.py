@@ -66,3 +66,10 @@ def test_exported_pipeline_loads_with_diffusers_and_samples(tmp_path):
     assert images.shape == (2, 16, 16, 1)
     for name, value in model.state_dict().items():
         assert torch.equal(pipeline.unet.state_dict()[name], value)
+
+
+def test_cosine_learning_rate_decays_monotonically_from_peak_to_floor():
+    rates = [ddpm.round_learning_rate(2e-3, r, 30, "cosine") for r in range(1, 31)]
+    assert rates[0] == pytest.approx(2e-3) and rates[-1] == pytest.approx(2e-3 * ddpm.LR_FLOOR)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert ddpm.round_learning_rate(2e-3, 7, 30, "constant") == 2e-3
