@@ -105,7 +105,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes[:n]
 
 
-# -- b ≤ 8: shifts on uint8 codes viewed as wider integers -----------------------------------
+# -- b ≤ 8: shifts on uint8 codes viewed as wider integers ---------------------------------
 
 _WIDE = {1: torch.int64, 2: torch.int32, 4: torch.int16}  # 8/b bytes: one output byte
 
@@ -144,7 +144,7 @@ def _unpack_bytes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(torch.uint8)
 
 
-# -- 9 ≤ b ≤ 15: eight codes into two int64 words ---------------------------------------------------
+# -- 9 ≤ b ≤ 15: eight codes into two int64 words ------------------------------------------
 
 
 def _pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:

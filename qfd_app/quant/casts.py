@@ -38,7 +38,7 @@ class _CastCodec(Codec):
         self._check_dtype(tensor)
         flat = tensor.detach().reshape(-1).to("cpu")  # cast from the original dtype, once
         check_finite_input(flat, self.name)
-        wire = flat.to(self.wire_dtype).contiguous()
+        wire = flat.to(self.wire_dtype, copy=True)  # copy: a snapshot, never a view of x
         if not all_finite(wire):
             raise ValueError(
                 f"Codec {self.name!r} overflows: the largest |value| is "

@@ -188,9 +188,7 @@ def _codec_from_meta(meta: ConfigRecord, expected_codec: str, expected_bits: int
     if missing:
         raise PayloadError(f"Malformed metadata: missing key(s) {', '.join(missing)}.")
     if not isinstance(meta["format"], str) or meta["format"] != FORMAT:
-        raise PayloadError(
-            f"Malformed metadata: format {meta['format']!r} is not {FORMAT!r}."
-        )
+        raise PayloadError(f"Malformed metadata: format {meta['format']!r} is not {FORMAT!r}.")
     name, bits = meta["codec"], meta["bits"]
     if not isinstance(name, str):
         raise PayloadError(f"Malformed metadata: codec must be a string; got {name!r}.")
@@ -207,19 +205,13 @@ def _codec_from_meta(meta: ConfigRecord, expected_codec: str, expected_bits: int
     option_keys = {_kebab(option): option for option in cls.option_names}
     unknown = sorted(map(repr, set(meta) - set(_FIXED_KEYS) - set(option_keys)))
     absent = sorted(set(option_keys) - set(meta))
-    if unknown or absent:
-        raise PayloadError(
-            f"Malformed metadata for codec {name!r}: "
-            + "; ".join(
-                part
-                for part in (
-                    f"unexpected key(s) {', '.join(unknown)}" if unknown else "",
-                    f"missing option(s) {', '.join(absent)}" if absent else "",
-                )
-                if part
-            )
-            + "."
-        )
+    problems = []
+    if unknown:
+        problems.append(f"unexpected key(s) {', '.join(unknown)}")
+    if absent:
+        problems.append(f"missing option(s) {', '.join(absent)}")
+    if problems:
+        raise PayloadError(f"Malformed metadata for codec {name!r}: {'; '.join(problems)}.")
     options = {option: meta[key] for key, option in option_keys.items()}
     try:
         return get_codec(name, bits, **options)
@@ -261,9 +253,7 @@ def _encoded_from_array(array: object, codec: Codec, shape: tuple[int, ...]) -> 
     if array.stype != stype:
         raise PayloadError(f"stype {array.stype!r} is not {stype!r}.")
     if array.dtype not in FLOAT_DTYPES:
-        raise PayloadError(
-            f"dtype {array.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}."
-        )
+        raise PayloadError(f"dtype {array.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}.")
     declared = array.shape
     if not isinstance(declared, (tuple, list)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in declared

@@ -93,6 +93,13 @@ class TestCodecContract:
         second = codec.encode(tensor, torch.Generator().manual_seed(7)).buffer
         assert torch.equal(first, second)
 
+    def test_encoding_is_a_snapshot_of_the_input(self, codec, generator):
+        tensor = torch.randn(300, generator=generator)
+        encoded = codec.encode(tensor, generator)
+        before = encoded.buffer.clone()
+        tensor.mul_(2)  # e.g. training goes on after the update was encoded
+        assert torch.equal(encoded.buffer, before)
+
     def test_options_rebuild_an_equal_codec(self, codec):
         rebuilt = get_codec(codec.name, codec.bits, **codec.options())
         assert rebuilt == codec and hash(rebuilt) == hash(codec)
