@@ -24,7 +24,7 @@ import numpy as np
 
 from qfd_app.edge.allocate import race_to_idle, solve_round
 from qfd_app.edge.problem import BANDWIDTH_POLICIES, Candidates, Devices, Network, candidate_bits
-from qfd_app.edge.energy import CODEC_BITS, quantization_error, w_to_dbm, work_cycles
+from qfd_app.edge.energy import CODEC_BITS, quantization_error, training_flops, w_to_dbm, work_cycles
 from qfd_app.edge.record import round_record
 from qfd_app.edge.scenario import Scenario, ScenarioError, load_scenario
 
@@ -59,12 +59,11 @@ class ModelProfile:
 def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
     """Measure `build_unet(preset, image_size, channels)` on the meta device.
 
-    φ is the FLOPs of one forward and one backward pass of a batch of one image at a random
-    timestep, as counted by `torch.utils.flop_counter.FlopCounterMode` (2 per multiply-add
-    of matmuls and convolutions; elementwise ops are not counted).
+    φ is the FLOPs of one forward and one backward pass of a batch of one image
+    (`edge.energy.training_flops`: torch's FLOP counter, 2 per multiply-add of matmuls and
+    convolutions; element-wise ops are not counted).
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from qfd_app.ddpm import PRESETS, build_unet
 
@@ -72,12 +71,11 @@ def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
         raise ScenarioError(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {preset!r}.")
     with torch.device("meta"):
         model = build_unet(preset, image_size, channels)
-        images = torch.zeros(1, channels, image_size, image_size)
+        images = torch.zeros(1, channels, image_size, image_size)     # a batch of one image
         timesteps = torch.zeros(1, dtype=torch.long)
-    with FlopCounterMode(display=False) as counter:
-        model(images, timesteps).sample.sum().backward()
+    flops = training_flops(model, images, timesteps)
     shapes = tuple(tuple(p.shape) for p in model.parameters() if p.requires_grad)
-    return ModelProfile(preset, image_size, channels, shapes, float(counter.get_total_flops()))
+    return ModelProfile(preset, image_size, channels, shapes, flops)
 
 
 # ----------------------------------------------------------------------------- payload and error

@@ -1,7 +1,8 @@
 """The per-device energy model of docs/model.md: work, compute, uplink and quantization error.
 
 Every function is plain numpy, broadcasts over its array arguments and takes SI units
-(Hz, W, s, J, bits). Symbols follow docs/model.md:
+(Hz, W, s, J, bits) — except `training_flops`, which counts a torch model's FLOPs with
+torch's own counter (torch is imported only there). Symbols follow docs/model.md:
 
 ==============  =====================================  ==========================
 code            symbol                                 unit
@@ -19,6 +20,8 @@ noise_w_per_hz  N0                                     W/Hz
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -47,6 +50,29 @@ def precision_factor(bits: ArrayLike, gamma: float) -> NDArray[np.float64]:
     γ = 1 makes work proportional to the bit-width, γ = 0 switches the factor off.
     """
     return np.power(np.asarray(bits, dtype=float) / 32.0, gamma)
+
+
+def training_flops(model: Any, *inputs: Any) -> float:
+    """φ: FLOPs of one forward and one backward pass of `model(*inputs)`, counted by torch.
+
+    `torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add of matmuls
+    and convolutions (element-wise ops are not counted). The output (or its `.sample`, as
+    diffusers models return) is summed and back-propagated, so gradients of every parameter
+    that requires one are included. Works on the `meta` device, where nothing is computed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, e.g. a diffusers `UNet2DModel`.
+    *inputs
+        Its inputs for a batch; divide the result by the batch size for FLOPs per sample.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = model(*inputs)
+        getattr(out, "sample", out).sum().backward()
+    return float(counter.get_total_flops())
 
 
 def work_cycles(

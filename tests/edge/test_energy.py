@@ -10,6 +10,7 @@ from qfd_app.edge.energy import (
     dbm_to_w,
     power_for_rate_w,
     precision_factor,
+    training_flops,
     quantization_error,
     upload_energy_j,
     uplink_rate_bps,
@@ -75,3 +76,14 @@ def test_the_bound_holds_for_actual_stochastic_rounding():
 
 def test_codec_bit_widths_are_1_to_16_and_32():
     assert CODEC_BITS == (*range(1, 17), 32)
+
+
+def test_training_flops_counts_forward_and_backward_with_torch():
+    import torch
+
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.zeros(3, 8)
+    # forward: 2·3·(8·4 + 4·2) = 240; backward: weight grads of both layers (240) plus the
+    # input grad of the second layer (2·3·4·2 = 48); the input itself needs no grad
+    assert training_flops(model, x) == 240 + 240 + 48
