@@ -1,14 +1,15 @@
-"""qfd ClientApp: a device trains the global DDPM on its partition and replies with its update."""
+"""qfd ClientApp: a device trains the global DDPM at its assigned precision and replies with its encoded update."""
 
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from qfd_app import ddpm
+from qfd_app.quant import encode_update, fake_quantized, get_codec
 from qfd_app.settings import load_settings
-from qfd_app.strategies.base import METRICS_KEY, UPDATE_KEY
+from qfd_app.strategies.base import METRICS_KEY, UPDATE_KEY, UPDATE_META_KEY
 
 app = ClientApp()
 
@@ -30,23 +31,28 @@ def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(settings.client_threads)  # Ray runs several ClientApps per machine
     partition_id, num_partitions = _partition(context)
     images = settings.data.load_partition(partition_id, num_partitions)
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    server_round, bits = int(config["server-round"]), int(config["bits"])
+    codec = get_codec(str(config["codec"]), bits=bits)
+    seed = settings.seed * 1_000_003 + server_round * 10_007 + partition_id
 
     start = msg.content["arrays"].to_torch_state_dict()
     model = ddpm.build_unet(settings.model, settings.image_size, images.pixels.shape[1])
     model.load_state_dict(start)
-    loss = ddpm.train_local(
-        model,
-        images.pixels,
-        epochs=int(msg.content["config"]["local-epochs"]),
-        batch_size=settings.batch_size,
-        learning_rate=ddpm.round_learning_rate(
-            settings.learning_rate, server_round, settings.num_server_rounds, settings.lr_schedule
-        ),
-        seed=settings.seed * 1_000_003 + server_round * 10_007 + partition_id,
-        device=ddpm.pick_device(settings.device),
-    )
+    with fake_quantized(model, bits):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
+        loss = ddpm.train_local(
+            model,
+            images.pixels,
+            epochs=int(config["local-epochs"]),
+            batch_size=settings.batch_size,
+            learning_rate=ddpm.round_learning_rate(
+                settings.learning_rate, server_round, settings.num_server_rounds, settings.lr_schedule
+            ),
+            seed=seed,
+            device=ddpm.pick_device(settings.device),
+        )
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
+    arrays, meta = encode_update(update, codec, torch.Generator().manual_seed(seed))
     metrics = {"num-examples": len(images), "train-loss": loss, "partition-id": partition_id}
-    content = RecordDict({UPDATE_KEY: ArrayRecord(torch_state_dict=update), METRICS_KEY: MetricRecord(metrics)})
+    content = RecordDict({UPDATE_KEY: arrays, UPDATE_META_KEY: meta, METRICS_KEY: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -17,8 +17,9 @@ from typing import Any
 
 from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
 from qfd_app.ddpm import LR_SCHEDULES, PRESETS
+from qfd_app.quant import codec_names, get_codec
 
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "fixed")
 DEVICES = ("auto", "cpu", "cuda")
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -108,6 +109,8 @@ class AbsolutePath:
 # The settings a run accepts: key (as in pyproject / --run-config) → allowed values.
 CONSTRAINTS: dict[str, Any] = {
     "strategy": Options(STRATEGIES),
+    "codec": Options(codec_names()),
+    "bits": Interval(int, 1, 32),
     "num-server-rounds": Interval(int, 1, None),
     "fraction-train": Interval(float, 0, 1, closed="right"),
     "local-epochs": Interval(int, 1, None),
@@ -135,6 +138,8 @@ class Settings:
     """Every setting of a run, typed. Field names are the keys with `-` → `_`."""
 
     strategy: str
+    codec: str
+    bits: int
     num_server_rounds: int
     fraction_train: float
     local_epochs: int
@@ -179,6 +184,10 @@ class Settings:
             if isinstance(constraint, Interval) and constraint.kind is float:
                 value = float(value)
             values[key.replace("-", "_")] = value
+        try:  # the codec decides which bit-widths it can encode
+            get_codec(values["codec"], bits=values["bits"])
+        except ValueError as err:
+            raise SettingsError(f"The 'bits' setting does not fit codec {values['codec']!r}: {err}") from None
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:

@@ -5,9 +5,10 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, Error, Message, Metadata, MetricRecord, RecordDict
 
 from qfd_app.ledger import Ledger, read_csv
+from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
 from qfd_app.strategies.base import UpdateAveraging
 
 SHAPES = {"conv.weight": (4, 2, 3, 3), "conv.bias": (4,)}
@@ -18,9 +19,10 @@ def metadata(node):
                     group_id="1", created_at=time.time(), ttl=60.0, message_type="train")  # fmt: skip
 
 
-def reply(node, update, num_examples, loss=0.5, metrics=None):
+def reply(node, update, num_examples, loss=0.5, metrics=None, codec="fp32", bits=32):
     metrics = metrics or {"num-examples": num_examples, "train-loss": loss, "partition-id": node}
-    content = RecordDict({"update": ArrayRecord(torch_state_dict=update), "metrics": MetricRecord(metrics)})
+    arrays, meta = encode_update(update, get_codec(codec, bits=bits), torch.Generator().manual_seed(node))
+    content = RecordDict({"update": arrays, "update-meta": meta, "metrics": MetricRecord(metrics)})
     return Message(content=content, metadata=metadata(node))
 
 
@@ -33,12 +35,16 @@ def random_state(seed):
     return {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
 
 
-@pytest.fixture
-def strategy(tmp_path):
-    s = UpdateAveraging(Ledger(tmp_path), fraction_train=1.0)
+def make_strategy(tmp_path, codec="fp32", bits=32):
+    s = UpdateAveraging(Ledger(tmp_path), codec=codec, bits=bits, fraction_train=1.0)
     s._global = random_state(0)
     s._sampled[1] = [1, 2, 3, 4, 5, 6]
     return s
+
+
+@pytest.fixture
+def strategy(tmp_path):
+    return make_strategy(tmp_path)
 
 
 def test_global_model_moves_by_the_example_weighted_mean_update(strategy):
@@ -51,18 +57,21 @@ def test_global_model_moves_by_the_example_weighted_mean_update(strategy):
             [updates[n][name].numpy() for n in updates], axis=0, weights=[examples[n] for n in updates]
         )
         np.testing.assert_allclose(new[name].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert metrics["bytes-up"] == sum(ArrayRecord(torch_state_dict=updates[n]).count_bytes() for n in updates)
+    assert metrics["bytes-up"] == sum(4 * sum(v.numel() for v in updates[n].values()) for n in updates)
 
 
 def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on(strategy, tmp_path):
     good = random_state(7)
-    nan = random_state(8)
-    nan["conv.bias"][0] = float("nan")
+    nan = reply(2, random_state(8), 10)
+    bias = nan.content["update"]["conv.bias"]  # the fp32 codec's buffer: raw float32 bytes
+    nan.content["update"]["conv.bias"] = Array(
+        dtype=bias.dtype, shape=bias.shape, stype=bias.stype, data=np.full(4, np.nan, np.float32).tobytes()
+    )
     wrong_shape = {**random_state(9), "conv.bias": torch.zeros(5)}
     missing_metric = {"num-examples": 3, "train-loss": 0.1}
     replies = [
         reply(1, good, 10),
-        reply(2, nan, 10),
+        nan,
         reply(3, wrong_shape, 10),
         reply(4, random_state(10), 10, metrics=missing_metric),
         error_reply(5, "device crashed"),
@@ -90,3 +99,32 @@ def test_replies_with_extra_metrics_or_float_counts_are_rejected_not_fatal(strat
     assert arrays is not None
     statuses = [r.status for r in strategy.ledger.of_round(1)]
     assert statuses.count("ok") == 1 and statuses.count("rejected") == 1
+
+
+def test_quantized_updates_are_decoded_and_averaged_at_the_assigned_bits(tmp_path):
+    strategy = make_strategy(tmp_path, codec="uniform", bits=4)
+    updates = {node: random_state(node) for node in (1, 2)}
+    replies = [reply(n, updates[n], 10 * n, codec="uniform", bits=4) for n in updates]
+    shapes = {k: tuple(v.shape) for k, v in strategy._global.items()}
+    decoded = {
+        n: decode_update(r.content["update"], r.content["update-meta"], expected_codec="uniform",
+                         expected_bits=4, expected_shapes=shapes)  # fmt: skip
+        for n, r in zip(updates, replies)
+    }
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    new = arrays.to_torch_state_dict()
+    for name in SHAPES:
+        expected = strategy._global[name] + (10 * decoded[1][name] + 20 * decoded[2][name]) / 30
+        torch.testing.assert_close(new[name], expected)
+    assert metrics["bytes-up"] == sum(payload_bytes(r.content["update"]) for r in replies)
+    assert metrics["bytes-up"] < 0.2 * sum(4 * v.numel() for u in updates.values() for v in u.values())
+
+
+def test_an_update_at_other_bits_than_assigned_is_rejected(tmp_path):
+    strategy = make_strategy(tmp_path, codec="uniform", bits=4)
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(1, random_state(1), 5, codec="uniform", bits=8), reply(2, random_state(2), 5, codec="uniform", bits=4)]
+    )
+    rows = {r.node_id: r for r in strategy.ledger.of_round(1)}
+    assert rows[1].status == "rejected" and "8" in rows[1].reason and "4" in rows[1].reason
+    assert rows[2].status == "ok" and arrays is not None

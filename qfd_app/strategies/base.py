@@ -1,10 +1,12 @@
-"""What every qfd strategy shares: devices upload updates, the server validates and averages them.
+"""What every qfd strategy shares: devices upload encoded updates, the server validates and averages them.
 
 Flower's `FedAvg` averages whatever arrays come back and aborts the whole run when one
-reply's records differ from the others'. Here each device replies with its **update**
-(local − global weights) and a fixed set of metrics; every reply is checked on its own, a
-bad one is booked as rejected with its reason and left out, and the new global model is
-the old one plus the example-weighted mean of the accepted updates.
+reply's records differ from the others'. Here each device is told a codec and a bit-width,
+trains at that precision and replies with its **update** (local − global weights) encoded
+with that codec, plus a fixed set of metrics. Every reply is decoded and checked on its
+own (`qfd_app.quant.decode_update`); a bad one is booked as rejected with its reason and
+left out, and the new global model is the old one plus the example-weighted mean of the
+accepted updates.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from qfd_app.ledger import FAILED, OK, REJECTED, DeviceRecord, Ledger
+from qfd_app.quant import decode_update, get_codec, payload_bytes
 
-UPDATE_KEY, METRICS_KEY = "update", "metrics"
+UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
 # The metrics every train reply carries, with their types: one schema, so replies never differ.
 REPLY_METRICS = {"num-examples": int, "train-loss": float, "partition-id": int}
 
@@ -37,13 +40,27 @@ class UpdateAveraging(FedAvg):
     ----------
     ledger : Ledger
         Receives one `DeviceRecord` per sampled device and round.
+    codec : str
+        Upload codec of every device (`qfd_app.quant.codec_names()`); `fp32` is no compression.
+    bits : int
+        Bit-width of every device: the precision it trains at (fake quantization below 16
+        bits) and the width its update is encoded at.
     fraction_train : float
         Fraction of connected devices sampled each round (at least `min_train_nodes`).
     min_train_nodes, min_available_nodes : int
         As in Flower's `FedAvg`.
     """
 
-    def __init__(self, ledger: Ledger, *, fraction_train: float, min_train_nodes: int = 1, min_available_nodes: int = 1):
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        codec: str,
+        bits: int,
+        fraction_train: float,
+        min_train_nodes: int = 1,
+        min_available_nodes: int = 1,
+    ):
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=0.0,  # quality is measured centrally on the held-out split
@@ -52,6 +69,7 @@ class UpdateAveraging(FedAvg):
             min_available_nodes=min_available_nodes,
         )
         self.ledger = ledger
+        self.codec, self.bits = get_codec(codec, bits=bits).name, bits  # fails early on a bad pair
         self._global: dict[str, torch.Tensor] = {}
         self._sampled: dict[int, list[int]] = {}
 
@@ -59,8 +77,9 @@ class UpdateAveraging(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample devices and send each the global model; remember both for aggregation."""
+        """Sample devices and send each the global model, codec and bits; remember them for aggregation."""
         self._global = arrays.to_torch_state_dict()
+        config["codec"], config["bits"] = self.codec, self.bits
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sampled[server_round] = [m.metadata.dst_node_id for m in messages]
         self.ledger.book_broadcast(server_round, arrays.count_bytes() * len(messages))
@@ -68,30 +87,22 @@ class UpdateAveraging(FedAvg):
 
     # ------------------------------------------------------------------ aggregate
     def decode_update(self, server_round: int, reply: Message) -> dict[str, torch.Tensor]:
-        """The update carried by a reply, as fp32 tensors; raises `ReplyError` if unusable.
+        """The update carried by a reply, as fp32 tensors; raises `ValueError` if unusable.
 
-        The full-precision baseline reads a plain float32 `ArrayRecord`; quantized
-        strategies override this to decode their payload.
+        The payload must be encoded with exactly the codec and bits this strategy assigned
+        and carry the global model's tensor names and shapes (`PayloadError` says why not).
         """
         arrays = reply.content.array_records.get(UPDATE_KEY)
-        if arrays is None:
-            raise ReplyError(f"no ArrayRecord {UPDATE_KEY!r} in the reply")
-        if set(arrays.keys()) != set(self._global):
-            missing = sorted(set(self._global) - set(arrays.keys()))
-            extra = sorted(set(arrays.keys()) - set(self._global))
-            raise ReplyError(f"update tensors differ from the model's: missing {missing[:3]}, extra {extra[:3]}")
-        update = {}
-        for name, array in arrays.items():
-            if array.dtype != "float32":
-                raise ReplyError(f"tensor {name!r} has dtype {array.dtype}, expected float32")
-            if tuple(array.shape) != tuple(self._global[name].shape):
-                raise ReplyError(f"tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(self._global[name].shape)}")
-            update[name] = torch.from_numpy(array.numpy().copy())
-        return update
+        meta = reply.content.config_records.get(UPDATE_META_KEY)
+        if arrays is None or meta is None:
+            raise ReplyError(f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord {UPDATE_META_KEY!r}")
+        shapes = {name: tuple(t.shape) for name, t in self._global.items()}
+        update = decode_update(arrays, meta, expected_codec=self.codec, expected_bits=self.bits, expected_shapes=shapes)
+        return {name: t.float() for name, t in update.items()}
 
     def payload_bytes(self, reply: Message) -> int:
-        """Bytes of the update payload the device sent (what its radio carried)."""
-        return reply.content.array_records[UPDATE_KEY].count_bytes()
+        """Bytes of encoded update the device sent (what its radio carried)."""
+        return payload_bytes(reply.content.array_records[UPDATE_KEY])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

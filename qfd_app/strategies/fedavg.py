@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from qfd_app.ledger import Ledger
 from qfd_app.strategies.base import UpdateAveraging
 
 
 class FullPrecisionFedAvg(UpdateAveraging):
-    """Federated averaging of float32 updates (McMahan et al., 2017), every device alike.
+    """Federated averaging of float32 updates (McMahan et al., 2017), every device alike."""
 
-    The train config asks for no quantization; replies are plain float32 `ArrayRecord`s,
-    which `UpdateAveraging.decode_update` validates as they are.
-    """
+    def __init__(self, ledger: Ledger, *, fraction_train: float):
+        super().__init__(ledger, codec="fp32", bits=32, fraction_train=fraction_train)

@@ -1,6 +1,7 @@
 """End to end: a real Flower simulation (Ray backend) of a few devices, 2 rounds."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,20 +15,35 @@ from tests.integration.flower import superlink, flwr_run
 pytestmark = pytest.mark.slow
 
 
+COMMON = "num-server-rounds=2 local-epochs=1 eval-interval=1 eval-samples=64 sample-steps=10 fraction-train=1.0"
+FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
+
+
 @pytest.fixture(scope="module")
-def fedavg_run(tmp_path_factory):
+def flower(tmp_path_factory):
+    """One private SuperLink for the module's runs; yields a function that runs the app."""
     root = tmp_path_factory.mktemp("sim")
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
-        done = flwr_run(
-            env,
-            run_config=f"num-server-rounds=2 local-epochs=1 eval-interval=1 eval-samples=64 "
-            f"sample-steps=10 output-dir='{root / 'runs'}'",
-            federation_config="num-supernodes=3 client-resources-num-cpus=1",
-        )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = list((root / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0], done.stdout + done.stderr
+
+        def run(name, extra=""):
+            out = root / name
+            done = flwr_run(env, run_config=f"{COMMON} {extra} output-dir='{out}'", federation_config=FEDERATION)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            runs = list(out.iterdir())
+            assert len(runs) == 1, runs
+            return runs[0], done.stdout + done.stderr
+
+        yield run
+
+
+@pytest.fixture(scope="module")
+def fedavg_run(flower):
+    return flower("fedavg")
+
+
+@pytest.fixture(scope="module")
+def fixed4_run(flower):
+    return flower("fixed4", "strategy='fixed' codec='uniform' bits=4")
 
 
 def test_run_directory_holds_every_output(fedavg_run):
@@ -72,3 +88,27 @@ def test_final_model_loads_as_a_diffusers_pipeline_and_samples(fedavg_run):
     assert images.shape == (2, 16, 16, 1)
     trained = load_file(run_dir / "checkpoints" / "round_002.safetensors")
     assert all(torch.equal(pipeline.unet.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_fixed_4_bit_uploads_weigh_half_a_byte_per_parameter_plus_scales(fixed4_run):
+    run_dir, _ = fixed4_run
+    torch.manual_seed(0)
+    sizes = [v.numel() for v in ddpm.build_unet("tiny", 16).state_dict().values()]
+    # 4 bits per value, plus an fp32 minimum and step per block of 256 values
+    expected = sum(math.ceil(n * 4 / 8) + 8 * math.ceil(n / 256) for n in sizes)
+    devices = read_csv(run_dir / "devices.csv")
+    assert len(devices) == 6 and {d["status"] for d in devices} == {"ok"}
+    for d in devices:
+        assert abs(int(d["bytes_up"]) - expected) <= 0.03 * expected
+    assert int(devices[0]["bytes_up"]) < 0.15 * 4 * sum(sizes)
+
+
+def test_fixed_4_bit_run_trains_the_model(fixed4_run):
+    run_dir, _ = fixed4_run
+    rounds = read_csv(run_dir / "rounds.csv")
+    assert float(rounds[1]["train_loss"]) < float(rounds[0]["train_loss"])
+    torch.manual_seed(0)
+    initial = ddpm.build_unet("tiny", 16).state_dict()
+    trained = load_file(run_dir / "checkpoints" / "round_002.safetensors")
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    assert sum(float((trained[k] - initial[k]).abs().sum()) for k in initial) > 1.0
