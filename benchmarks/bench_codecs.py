@@ -58,6 +58,7 @@ class Row:
     relative_mse: float
     encode_mbs: dict[int, float]
     decode_mbs: dict[int, float]
+    reference: bool = False  # a timing reference, not a codec
 
 
 def codec_specs():
@@ -104,15 +105,29 @@ def measure(specs, values, threads, repeats) -> list[Row]:
             )
         )
         encodings.append(encoded)
+    # reference: allocating and first-touching a float32 output as large as the input,
+    # which every decode pays (page faults), so its speed caps decode throughput
+    reference = Row(
+        "(allocate + fill output)",
+        bits=32,
+        scales="–",
+        bits_per_param=32.0,
+        relative_mse=0.0,
+        encode_mbs={count: 0.0 for count in threads},
+        decode_mbs={count: 0.0 for count in threads},
+        reference=True,
+    )
     for _ in range(repeats):
         for count in threads:
             torch.set_num_threads(count)
+            fill = megabytes / seconds(lambda: torch.empty(values.numel()).fill_(0))
+            reference.decode_mbs[count] = max(reference.decode_mbs[count], fill)
             for row, (_, codec, _), encoded in zip(rows, specs, encodings, strict=True):
                 encode = megabytes / seconds(lambda: codec.encode(values, generator))
                 decode = megabytes / seconds(lambda: codec.decode(encoded))
                 row.encode_mbs[count] = max(row.encode_mbs[count], encode)
                 row.decode_mbs[count] = max(row.decode_mbs[count], decode)
-    return rows
+    return [*rows, reference]
 
 
 def machine() -> str:
@@ -139,7 +154,9 @@ def table(rows: list[Row], threads: list[int]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         speeds = [
-            f"{mbs[count]:,.0f}" for count in threads for mbs in (row.encode_mbs, row.decode_mbs)
+            f"{mbs[count]:,.0f}" if mbs[count] else "–"
+            for count in threads
+            for mbs in (row.encode_mbs, row.decode_mbs)
         ]
         cells = [
             row.label,
@@ -148,8 +165,10 @@ def table(rows: list[Row], threads: list[int]) -> str:
             f"{row.bits_per_param:.3f}",
             f"{row.bits_per_param - row.bits:.3f}",
             f"{row.relative_mse:.2e}",
-            *speeds,
         ]
+        if row.reference:
+            cells = [row.label] + ["–"] * 5
+        cells += speeds
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -203,7 +222,10 @@ def report(rows, threads, args, load_before, load_after) -> str:
             "Other work shared this 2-core machine while it ran, so throughput may be "
             "depressed, above all with 2 threads: every parallel op waits for both cores. "
             "OpenMP's default of spinning while waiting makes that much worse under "
-            "contention; `OMP_WAIT_POLICY=PASSIVE` (in the command when set) avoids it.",
+            "contention; `OMP_WAIT_POLICY=PASSIVE` (in the command when set) avoids it. "
+            "Decoding writes a fresh 40 MB output whose first touch costs page faults; the "
+            "last row times just that, which caps every decode column and varies with the "
+            "machine's memory state between runs.",
             "",
             table(rows, threads),
             "",
