@@ -144,9 +144,7 @@ class DataSpec:
     def load_partition(self, partition_id: int, num_partitions: int) -> Images:
         """The training images of device `partition_id` out of `num_partitions`."""
         if self.dataset.startswith(HF_PREFIX):
-            fds = _federated_hf(
-                self.dataset[len(HF_PREFIX) :], self.partitioner, num_partitions, self.alpha, self.seed
-            )
+            fds = self._federated(num_partitions)
             return _hf_images(fds.load_partition(partition_id, "train"), self.image_size)
         train, _ = _embedded_splits(self.dataset, self.test_fraction, self.seed)
         partitioner = make_partitioner(self.partitioner, num_partitions, alpha=self.alpha, seed=self.seed)
@@ -155,16 +153,18 @@ class DataSpec:
 
     def load_train(self) -> Images:
         """All training images (the union of the partitions): for the FID's feature network."""
-        if self.dataset.startswith(HF_PREFIX):
-            fds = _federated_hf(self.dataset[len(HF_PREFIX) :], self.partitioner, 1, self.alpha, self.seed)
-            return _hf_images(fds.load_split("train"), self.image_size)
-        train, _ = _embedded_splits(self.dataset, self.test_fraction, self.seed)
-        return _embedded_images(self.dataset, train, self.image_size)
+        return self._split("train")
 
     def load_test(self) -> Images:
         """The held-out images no client sees (a hub dataset's `test` split)."""
+        return self._split("test")
+
+    def _federated(self, num_partitions: int) -> FederatedDataset:
+        name = self.dataset[len(HF_PREFIX) :]
+        return _federated_hf(name, self.partitioner, num_partitions, self.alpha, self.seed)
+
+    def _split(self, split: str) -> Images:
         if self.dataset.startswith(HF_PREFIX):
-            fds = _federated_hf(self.dataset[len(HF_PREFIX) :], self.partitioner, 1, self.alpha, self.seed)
-            return _hf_images(fds.load_split("test"), self.image_size)
-        _, test = _embedded_splits(self.dataset, self.test_fraction, self.seed)
-        return _embedded_images(self.dataset, test, self.image_size)
+            return _hf_images(self._federated(1).load_split(split), self.image_size)
+        train, test = _embedded_splits(self.dataset, self.test_fraction, self.seed)
+        return _embedded_images(self.dataset, train if split == "train" else test, self.image_size)
