@@ -39,7 +39,8 @@ def train(msg: Message, context: Context) -> Message:
     start = msg.content["arrays"].to_torch_state_dict()
     model = ddpm.build_unet(settings.model, settings.image_size, images.pixels.shape[1])
     model.load_state_dict(start)
-    with fake_quantized(model, bits):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
+    train_bits = bits if settings.quantized_training else 32
+    with fake_quantized(model, train_bits):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
         loss = ddpm.train_local(
             model,
             images.pixels,

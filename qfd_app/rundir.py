@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
@@ -40,10 +40,6 @@ def save_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Ten
         if old != path:
             old.unlink()
     return path
-
-
-def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(path)
 
 
 @dataclass

@@ -95,6 +95,16 @@ class ImageSize(Interval):
         return "a multiple of 8 in the range [8, 256]"
 
 
+class Boolean:
+    """true or false."""
+
+    def check(self, value: Any) -> str | None:
+        return None if isinstance(value, bool) else self.describe()
+
+    def describe(self) -> str:
+        return "a boolean (true or false)"
+
+
 class AbsolutePath:
     """A directory path that is absolute once `~` is expanded (runs never land in the app)."""
 
@@ -111,6 +121,7 @@ CONSTRAINTS: dict[str, Any] = {
     "strategy": Options(STRATEGIES),
     "codec": Options(codec_names()),
     "bits": Interval(int, 1, 32),
+    "quantized-training": Boolean(),
     "num-server-rounds": Interval(int, 1, None),
     "fraction-train": Interval(float, 0, 1, closed="right"),
     "local-epochs": Interval(int, 1, None),
@@ -140,6 +151,7 @@ class Settings:
     strategy: str
     codec: str
     bits: int
+    quantized_training: bool
     num_server_rounds: int
     fraction_train: float
     local_epochs: int

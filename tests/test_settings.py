@@ -7,6 +7,7 @@ import pytest
 from qfd_app.settings import (
     CONSTRAINTS,
     AbsolutePath,
+    Boolean,
     DatasetName,
     ImageSize,
     Interval,
@@ -37,6 +38,8 @@ def invalid_values(constraint):
         return ["not-a-choice", 3, constraint.values[0].upper() + "X"]
     if isinstance(constraint, DatasetName):
         return ["mnist", "hf:", 7, "cifar10"]
+    if isinstance(constraint, Boolean):
+        return ["true", 1, None]
     if isinstance(constraint, AbsolutePath):
         return ["relative/runs", "", 3]
     raise AssertionError(f"no invalid values known for {constraint!r}")

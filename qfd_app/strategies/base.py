@@ -146,7 +146,7 @@ class UpdateAveraging(FedAvg):
         metrics = MetricRecord({"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]})
         return ArrayRecord(torch_state_dict=new_global), metrics
 
-    def _book(self, server_round, node, status, reason, metrics=None, sent=0):
+    def _book(self, server_round: int, node: int, status: str, reason: str, metrics: dict | None = None, sent: int = 0):
         metrics = metrics or {"partition-id": -1, "num-examples": 0, "train-loss": float("nan")}
         self.ledger.book(
             DeviceRecord(
