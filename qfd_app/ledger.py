@@ -59,6 +59,7 @@ class Ledger:
         self.broadcast_bytes: dict[int, int] = {}
 
     def book(self, record: DeviceRecord) -> None:
+        record = dataclasses.replace(record, reason=one_line(record.reason))
         self.records.append(record)
         _append(self.devices_csv, [f.name for f in dataclasses.fields(DeviceRecord)], dataclasses.asdict(record))
 
@@ -87,6 +88,16 @@ class Ledger:
     def write_round(self, row: dict) -> None:
         """Append one line to rounds.csv; keys missing from `row` are left empty."""
         _append(self.rounds_csv, list(ROUND_FIELDS), {k: row.get(k, "") for k in ROUND_FIELDS})
+
+
+def one_line(reason: str, limit: int = 300) -> str:
+    """A reason fit for one CSV cell: Flower's error replies carry whole tracebacks, whose
+    last `Message:` line (or last line) says what went wrong."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    message = next((line for line in reversed(lines) if "Message:" in line), lines[-1])
+    return message[:limit]
 
 
 def _append(path: Path, fields: list[str], row: dict) -> None:

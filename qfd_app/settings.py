@@ -225,9 +225,11 @@ def default_run_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
 
 
 def load_settings(run_config: dict[str, Any]) -> Settings:
-    """Settings from a run config laid over the pyproject defaults.
+    """Settings from Flower's run config.
 
-    `flwr run` already passes every key; Flower's in-process `run_simulation` passes none,
-    and tests pass only what they change.
+    `flwr run` passes every key (pyproject defaults merged with `--run-config`), and that
+    is validated as it is. Flower's in-process `run_simulation` passes none: then the
+    defaults of this package's pyproject.toml are used.
     """
-    return Settings.from_run_config({**default_run_config(), **run_config})
+    return Settings.from_run_config(dict(run_config) if run_config else default_run_config())
+

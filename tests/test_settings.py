@@ -19,6 +19,10 @@ from qfd_app.settings import (
 )
 
 
+def with_overrides(overrides):
+    return Settings.from_run_config({**default_run_config(), **overrides})
+
+
 def invalid_values(constraint):
     """Values each constraint must reject (one per way of being wrong)."""
     if isinstance(constraint, ImageSize):
@@ -64,12 +68,12 @@ def test_pyproject_defaults_are_valid():
 )
 def test_each_invalid_value_is_rejected_naming_the_key_and_value(key, value):
     with pytest.raises(SettingsError, match=f"The '{key}' setting must be .*Got {value!r:.10}"):
-        load_settings({key: value})
+        with_overrides({key: value})
 
 
 def test_unknown_key_is_rejected_with_the_known_ones():
     with pytest.raises(SettingsError, match="Unknown setting 'num-rounds'.*num-server-rounds"):
-        load_settings({"num-rounds": 3})
+        with_overrides({"num-rounds": 3})
 
 
 def test_missing_key_is_named():
@@ -80,10 +84,17 @@ def test_missing_key_is_named():
 
 
 def test_int_is_accepted_where_a_float_is_expected():
-    assert load_settings({"fraction-train": 1}).fraction_train == 1.0
-    assert isinstance(load_settings({"learning-rate": 1}).learning_rate, float)
+    assert with_overrides({"fraction-train": 1}).fraction_train == 1.0
+    assert isinstance(with_overrides({"learning-rate": 1}).learning_rate, float)
 
 
 def test_hf_dataset_and_home_relative_output_dir_are_accepted():
-    settings = load_settings({"dataset": "hf:ylecun/mnist", "output-dir": "~/runs"})
+    settings = with_overrides({"dataset": "hf:ylecun/mnist", "output-dir": "~/runs"})
     assert settings.data.dataset == "hf:ylecun/mnist"
+
+
+def test_flower_run_config_is_validated_as_given_not_merged_with_files():
+    config = default_run_config()
+    del config["seed"]
+    with pytest.raises(SettingsError, match="'seed' setting is missing"):
+        load_settings(config)

@@ -128,3 +128,10 @@ def test_an_update_at_other_bits_than_assigned_is_rejected(tmp_path):
     rows = {r.node_id: r for r in strategy.ledger.of_round(1)}
     assert rows[1].status == "rejected" and "8" in rows[1].reason and "4" in rows[1].reason
     assert rows[2].status == "ok" and arrays is not None
+
+
+def test_a_traceback_in_an_error_reply_is_booked_as_its_one_line_message(strategy, tmp_path):
+    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\n    raise\nClientAppException:\nException ClientAppException occurred. Message: out of memory\n'
+    strategy.aggregate_train(1, [error_reply(1, traceback)])
+    rows = read_csv(tmp_path / "devices.csv")
+    assert rows[0]["reason"] == "Exception ClientAppException occurred. Message: out of memory"
