@@ -1,4 +1,4 @@
-"""The run directory: config, checkpoints, samples, the after-round hook, the final export."""
+"""The run directory: its creation with config.json, checkpoints, and the after-round hook."""
 
 from __future__ import annotations
 
