@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from qfd_app.ddpm import build_unet, train_scheduler
 from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
@@ -17,7 +18,8 @@ def unet():
 
 
 def quantizable(model):
-    return [m for m in model.modules() if isinstance(m, CONV_AND_LINEAR)]
+    """The layers that train quantized: every conv and linear but the first and the last."""
+    return [m for m in model.modules() if isinstance(m, CONV_AND_LINEAR)][1:-1]
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -35,10 +37,12 @@ def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_channel(unet, 
             assert torch.all((weight - master).reshape(len(step), -1).abs() <= step[:, None] + 1e-6)
 
 
-def test_every_conv_and_linear_weight_is_quantized(unet):
+def test_every_conv_and_linear_weight_but_the_image_facing_ends_is_quantized(unet):
     count = apply_fake_quant(unet, 4)
     assert count == len(quantizable(unet)) > 0
     assert is_fake_quantized(unet)
+    assert not parametrize.is_parametrized(unet.conv_in) and not parametrize.is_parametrized(unet.conv_out)
+    assert all(parametrize.is_parametrized(m, "weight") for m in quantizable(unet))
     remove_fake_quant(unet)
     assert not is_fake_quantized(unet)
 
