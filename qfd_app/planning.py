@@ -24,9 +24,10 @@ import numpy as np
 
 from qfd_app.edge.allocate import race_to_idle, solve_round
 from qfd_app.edge.problem import BANDWIDTH_POLICIES, Candidates, Devices, Network, candidate_bits
-from qfd_app.edge.energy import CODEC_BITS, quantization_error, training_flops, w_to_dbm, work_cycles
+from qfd_app.edge.energy import CODEC_BITS, quantization_error, training_flops, w_to_dbm
 from qfd_app.edge.record import round_record
 from qfd_app.edge.scenario import Scenario, ScenarioError, load_scenario
+from qfd_app.edge.state import fleet_state, solver_inputs
 
 STRATEGIES = ("ondemand", "fixed", "fedavg")
 RESOURCE_POLICIES = ("race-to-idle", "optimal")
@@ -177,30 +178,16 @@ def round_inputs(
     model = model_profile(scenario.model_preset, scenario.image_size, scenario.channels)
     fleet = scenario.fleet(num_devices, seed)
     n = len(fleet)
-    if strategy == "ondemand":
-        bits_min, bits_max = fleet.column("bits_min"), fleet.column("bits_max")
-    else:
-        b = 32 if strategy == "fedavg" else int(bits)           # demands ignored
-        bits_min = bits_max = np.full(n, b)
-    cand_bits = candidate_bits(bits_min, bits_max)
-    valid = cand_bits > 0
     samples = scenario.samples(num_devices)
-    work = work_cycles(
-        epochs=scenario.local_epochs, samples=samples[:, None], flops_per_sample=model.flops_per_sample,
-        cycles_per_flop=fleet.column("cycles_per_flop")[:, None], bits=np.where(valid, cand_bits, 32),
-        gamma=scenario.gamma,
-    )
-    lookup = {b: (payload_bits(b, model.shapes), update_error(b, model.shapes, scenario.update_rms))
-              for b in np.unique(cand_bits[valid]).tolist()}
-    size = np.vectorize(lambda b: lookup[b][0] if b else 0.0, otypes=[float])(cand_bits)
-    error = np.vectorize(lambda b: lookup[b][1] if b else 0.0, otypes=[float])(cand_bits)
-    devices = Devices(
-        cpu_hz_min=fleet.column("cpu_hz_min").astype(float),
-        cpu_hz_max=fleet.column("cpu_hz_max").astype(float),
-        kappa=fleet.column("kappa").astype(float),
-        power_w_max=fleet.column("power_w_max").astype(float),
-        gain=fleet.gains(round_),
-        weight=samples / samples.sum(),
+    states = [fleet_state(fleet, i, round_, samples[i]) for i in range(n)]
+    cand_bits = None  # ondemand: each device's demand
+    if strategy != "ondemand":
+        b = 32 if strategy == "fedavg" else int(bits)           # demands ignored
+        cand_bits = candidate_bits(np.full(n, b), np.full(n, b))
+    devices, candidates = solver_inputs(
+        states, bits=cand_bits, epochs=scenario.local_epochs, flops_per_sample=model.flops_per_sample,
+        gamma=scenario.gamma, payload_bits=lambda b: payload_bits(b, model.shapes),
+        error=lambda _, b: update_error(b, model.shapes, scenario.update_rms),
     )
     network = Network(
         bandwidth_hz=scenario.bandwidth_hz * n / scenario.num_devices,
@@ -210,10 +197,7 @@ def round_inputs(
         update_sq_norm=scenario.update_coherence * model.parameters * scenario.update_rms**2,
         bandwidth_policy=bandwidth_policy or scenario.bandwidth_policy,
     )
-    return RoundInputs(
-        devices, Candidates(cand_bits, np.where(valid, work, 0.0), size, error), network,
-        fleet.class_names, fleet.distance_m, samples, model,
-    )
+    return RoundInputs(devices, candidates, network, fleet.class_names, fleet.distance_m, samples, model)
 
 
 def plan_round(

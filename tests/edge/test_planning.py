@@ -79,10 +79,10 @@ def test_round_inputs_follow_the_scenario_and_the_strategy():
     bits = inputs.candidates.bits
     assert [row[row > 0].tolist() for row in bits[[0, 4, 8]]] == [[2, 3, 4], [4, 5, 6, 7, 8], list(range(8, 17))]
     np.testing.assert_allclose(inputs.devices.weight, 0.1)
-    assert inputs.network.bandwidth_hz == 10e6 and inputs.network.deadline_s == 30.0
+    assert inputs.network.bandwidth_hz == 10e6 and inputs.network.deadline_s == 300.0
     # W = E · D_n · φ · c_n · (b/32)^γ
     phi = inputs.model.flops_per_sample
-    assert inputs.candidates.work_cycles[0, 0] == pytest.approx(1 * 450 * phi * 0.5 * 2 / 32)
+    assert inputs.candidates.work_cycles[0, 0] == pytest.approx(10 * 450 * phi * 0.5 * 2 / 32)
     fedavg = round_inputs(s, strategy="fedavg")
     assert (fedavg.candidates.bits == 32).all()
     fixed = round_inputs(s, strategy="fixed", bits=6)
