@@ -1,15 +1,19 @@
-"""qfd ClientApp: a device trains the global DDPM at its assigned precision and replies with its encoded update."""
+"""qfd ClientApp: a device reports its state, trains the global DDPM at its assigned precision
+and replies with its encoded update."""
 
 from __future__ import annotations
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from qfd_app import ddpm
+from qfd_app.device import device_state, range_sq_sums
 from qfd_app.quant import encode_update, fake_quantized, get_codec
 from qfd_app.settings import load_settings
-from qfd_app.strategies.base import METRICS_KEY, UPDATE_KEY, UPDATE_META_KEY
+from qfd_app.strategies.base import METRICS_KEY, STATE_KEY, UPDATE_KEY, UPDATE_META_KEY
+
+RANGES_KEY = "update-ranges"  # context.state: Σ m R² of the device's last update, per block size
 
 app = ClientApp()
 
@@ -22,6 +26,25 @@ def _partition(context: Context) -> tuple[int, int]:
             f"node config key {err} is missing: start the SuperNode with "
             '--node-config "partition-id=<i> num-partitions=<n>"'
         ) from None
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    settings = load_settings(context.run_config)
+    partition_id, num_partitions = _partition(context)
+    images = settings.data.load_partition(partition_id, num_partitions)
+    ranges = context.state.metric_records.get(RANGES_KEY, {})
+    state = device_state(
+        settings.load_scenario(),
+        partition_id,
+        num_partitions,
+        server_round=int(msg.content["config"]["server-round"]),
+        num_examples=len(images),
+        node_config=context.node_config,
+        range_sq={int(k): float(v) for k, v in ranges.items()},
+    )
+    record = ConfigRecord({"partition-id": partition_id, **state.to_mapping()})
+    return Message(RecordDict({STATE_KEY: record}), reply_to=msg)
 
 
 @app.train()
@@ -53,6 +76,7 @@ def train(msg: Message, context: Context) -> Message:
             device=ddpm.pick_device(settings.device),
         )
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
+    context.state[RANGES_KEY] = MetricRecord({str(m): v for m, v in range_sq_sums(update).items()})
     arrays, meta = encode_update(update, codec, torch.Generator().manual_seed(seed))
     metrics = {"num-examples": len(images), "train-loss": loss, "partition-id": partition_id}
     content = RecordDict({UPDATE_KEY: arrays, UPDATE_META_KEY: meta, METRICS_KEY: MetricRecord(metrics)})

@@ -11,26 +11,49 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-OK, FAILED, REJECTED = "ok", "failed", "rejected"
+OK, FAILED, REJECTED, EXCLUDED = "ok", "failed", "rejected", "excluded"
 
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """One device in one round.
+    """One sampled device in one round (SI units).
 
-    status is `ok` (update aggregated), `failed` (the device returned an error or no reply)
-    or `rejected` (its reply was malformed; `reason` says how). `bytes_up` counts the payload
-    bytes of the update the server received (0 when nothing usable arrived).
+    status is `ok` (update aggregated), `failed` (the device returned an error or no reply),
+    `rejected` (its state or reply was malformed; `reason` says how) or `excluded` (the
+    solver left it out, e.g. it cannot meet the deadline; not trained). bits_min and bits_max
+    are the demand the device reported; the plan columns (bits, cpu_hz, power_w,
+    bandwidth_hz) are what the server assigned. `bytes_up` counts the
+    payload bytes of the update the server received; `upload_s` and `energy_upload_j` are
+    computed from those bytes at the assigned rate, `energy_compute_j` from the assigned
+    clock. `deadline_missed` flags compute_s + upload_s > the deadline. A device whose reply
+    never came is charged nothing (nothing is known of it).
     """
 
     round: int
     node_id: int
     partition_id: int
+    device_class: str
     status: str
     reason: str
-    num_examples: int
-    train_loss: float
-    bytes_up: int
+    bits: int = 0
+    bits_min: int = 0
+    bits_max: int = 0
+    cpu_hz: float = 0.0
+    power_w: float = 0.0
+    bandwidth_hz: float = 0.0
+    gain: float = 0.0
+    compute_s: float = 0.0
+    upload_s: float = 0.0
+    energy_compute_j: float = 0.0
+    energy_upload_j: float = 0.0
+    bytes_up: int = 0
+    deadline_missed: bool = False
+    num_examples: int = 0
+    train_loss: float = float("nan")
+
+    @property
+    def energy_j(self) -> float:
+        return self.energy_compute_j + self.energy_upload_j
 
 
 ROUND_FIELDS = (
@@ -38,7 +61,12 @@ ROUND_FIELDS = (
     "devices_ok",
     "devices_failed",
     "devices_rejected",
+    "devices_excluded",
+    "deadline_misses",
     "train_loss",
+    "energy_j",
+    "energy_compute_j",
+    "energy_upload_j",
     "bytes_up",
     "bytes_down",
     "fid",
@@ -71,7 +99,7 @@ class Ledger:
         return [r for r in self.records if r.round == server_round]
 
     def summarise(self, server_round: int) -> dict:
-        """Counts, example-weighted train loss and uploaded bytes of one round."""
+        """Counts, example-weighted train loss, device energy and uploaded bytes of one round."""
         rows = self.of_round(server_round)
         ok = [r for r in rows if r.status == OK]
         examples = sum(r.num_examples for r in ok)
@@ -80,9 +108,26 @@ class Ledger:
             "devices_ok": len(ok),
             "devices_failed": sum(r.status == FAILED for r in rows),
             "devices_rejected": sum(r.status == REJECTED for r in rows),
+            "devices_excluded": sum(r.status == EXCLUDED for r in rows),
+            "deadline_misses": sum(r.deadline_missed for r in rows),
             "train_loss": sum(r.train_loss * r.num_examples for r in ok) / examples if examples else float("nan"),
+            "energy_j": sum(r.energy_j for r in rows),
+            "energy_compute_j": sum(r.energy_compute_j for r in rows),
+            "energy_upload_j": sum(r.energy_upload_j for r in rows),
             "bytes_up": sum(r.bytes_up for r in rows),
             "bytes_down": self.broadcast_bytes.get(server_round, 0),
+        }
+
+    def totals(self) -> dict:
+        """Sums over the whole run: device energy, uplink bytes, exclusions, deadline misses."""
+        rows = self.records
+        return {
+            "energy_j": sum(r.energy_j for r in rows),
+            "energy_compute_j": sum(r.energy_compute_j for r in rows),
+            "energy_upload_j": sum(r.energy_upload_j for r in rows),
+            "bytes_up": sum(r.bytes_up for r in rows),
+            "devices_excluded": sum(r.status == EXCLUDED for r in rows),
+            "deadline_misses": sum(r.deadline_missed for r in rows),
         }
 
     def write_round(self, row: dict) -> None:

@@ -1,4 +1,4 @@
-"""qfd ServerApp: settings → data and model → strategy → rounds → evaluation → export."""
+"""qfd ServerApp: settings → scenario, data and model → strategy → rounds → evaluation → export."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from qfd_app.ledger import Ledger
 from qfd_app.report import plot_rounds
 from qfd_app.rundir import AfterRound, create_run_dir
 from qfd_app.settings import load_settings
-from qfd_app.strategies import make_strategy
+from qfd_app.strategies import make_strategy, round_physics
 
 app = ServerApp()
 
@@ -25,6 +25,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)  # fails here, before any device is contacted
+    scenario = settings.load_scenario()
     started = time.time()
     run_dir = create_run_dir(settings, context.run_id)
     log(INFO, "[qfd] run directory: %s", run_dir)
@@ -37,7 +38,10 @@ def main(grid: Grid, context: Context) -> None:
         settings.model, sum(p.numel() for p in model.parameters()), evaluator.reference_fid)  # fmt: skip
 
     ledger = Ledger(run_dir)
-    strategy = make_strategy(settings, ledger)
+    physics = round_physics(settings, scenario, channels=evaluator.test.pixels.shape[1])
+    strategy = make_strategy(settings, ledger, physics)
+    log(INFO, "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)", settings.strategy,
+        scenario.name, settings.resources, physics.gamma, physics.network.deadline_s, physics.epochs)  # fmt: skip
     after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds)
     result = strategy.start(
         grid=grid,
@@ -51,11 +55,15 @@ def main(grid: Grid, context: Context) -> None:
     ddpm.export_pipeline(model, run_dir / "final")
     plot_rounds(run_dir)
     summary = {
+        "strategy": settings.strategy,
+        "scenario": scenario.name,
+        "resource_policy": settings.resources,
+        "gamma": physics.gamma,
         "rounds": settings.num_server_rounds,
         "wall_s": round(time.time() - started, 1),
         "reference_fid": evaluator.reference_fid,
         **{f"final_{k}": v for k, v in after_round.last_scores.items()},
-        "bytes_up": sum(r.bytes_up for r in ledger.records),
+        **ledger.totals(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(INFO, "[qfd] done in %.0f s: %s", summary["wall_s"], summary)

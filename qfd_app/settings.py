@@ -17,9 +17,11 @@ from typing import Any
 
 from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
 from qfd_app.ddpm import LR_SCHEDULES, PRESETS
+from qfd_app.edge import Scenario, ScenarioError, load_scenario
 from qfd_app.quant import codec_names, get_codec
 
-STRATEGIES = ("fedavg", "fixed")
+STRATEGIES = ("fedavg", "fixed", "ondemand")
+RESOURCE_POLICIES = ("auto", "race-to-idle", "optimal")
 DEVICES = ("auto", "cpu", "cuda")
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -95,6 +97,22 @@ class ImageSize(Interval):
         return "a multiple of 8 in the range [8, 256]"
 
 
+class ScenarioName:
+    """A shipped scenario's name (`default`, …) or the path of a scenario TOML file that loads."""
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, str) or not value:
+            return self.describe()
+        try:
+            load_scenario(value)
+        except ScenarioError as err:
+            return f"a scenario that loads ({err})"
+        return None
+
+    def describe(self) -> str:
+        return "a scenario name from scenarios/ (e.g. 'default') or the path of a scenario .toml file"
+
+
 class Boolean:
     """true or false."""
 
@@ -119,6 +137,8 @@ class AbsolutePath:
 # The settings a run accepts: key (as in pyproject / --run-config) → allowed values.
 CONSTRAINTS: dict[str, Any] = {
     "strategy": Options(STRATEGIES),
+    "scenario": ScenarioName(),
+    "resource-policy": Options(RESOURCE_POLICIES),
     "codec": Options(codec_names()),
     "bits": Interval(int, 1, 32),
     "quantized-training": Boolean(),
@@ -149,6 +169,8 @@ class Settings:
     """Every setting of a run, typed. Field names are the keys with `-` → `_`."""
 
     strategy: str
+    scenario: str
+    resource_policy: str
     codec: str
     bits: int
     quantized_training: bool
@@ -200,11 +222,22 @@ class Settings:
             get_codec(values["codec"], bits=values["bits"])
         except ValueError as err:
             raise SettingsError(f"The 'bits' setting does not fit codec {values['codec']!r}: {err}") from None
+        _cross_check(values)
         return cls(**values)
 
     def to_run_config(self) -> dict[str, Any]:
         """The settings as run-config keys and values (what `config.json` holds)."""
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def resources(self) -> str:
+        """The resource policy in force: `auto` is race-to-idle for fedavg, optimal otherwise."""
+        if self.resource_policy != "auto":
+            return self.resource_policy
+        return "race-to-idle" if self.strategy == "fedavg" else "optimal"
+
+    def load_scenario(self) -> Scenario:
+        return load_scenario(self.scenario)
 
     @property
     def data(self) -> DataSpec:
@@ -215,6 +248,20 @@ class Settings:
             partitioner=self.partitioner,
             alpha=self.dirichlet_alpha,
             seed=self.seed,
+        )
+
+
+def _cross_check(values: dict[str, Any]) -> None:
+    """Settings that are fine alone but not together."""
+    if values["resource_policy"] == "race-to-idle" and values["strategy"] != "fedavg":
+        raise SettingsError(
+            f"The 'resource-policy' setting 'race-to-idle' is fedavg's; strategy {values['strategy']!r} "
+            "always optimises clock, power and bandwidth: use 'auto' or 'optimal'."
+        )
+    if values["strategy"] == "ondemand" and values["codec"] != "uniform":
+        raise SettingsError(
+            f"The 'codec' setting must be 'uniform' with strategy 'ondemand' (its error budget prices the "
+            f"uniform codec's error); got {values['codec']!r}."
         )
 
 

@@ -12,6 +12,7 @@ from qfd_app.settings import (
     ImageSize,
     Interval,
     Options,
+    ScenarioName,
     Settings,
     SettingsError,
     default_run_config,
@@ -46,6 +47,8 @@ def invalid_values(constraint):
         return ["true", 1, None]
     if isinstance(constraint, AbsolutePath):
         return ["relative/runs", "", 3]
+    if isinstance(constraint, ScenarioName):
+        return ["nowhere", "/no/such/file.toml", "", 3]
     raise AssertionError(f"no invalid values known for {constraint!r}")
 
 
@@ -98,3 +101,29 @@ def test_flower_run_config_is_validated_as_given_not_merged_with_files():
     del config["seed"]
     with pytest.raises(SettingsError, match="'seed' setting is missing"):
         load_settings(config)
+
+
+def test_a_broken_scenario_file_is_refused_with_the_scenario_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('extends = "default"\n[network]\ndeadline_s = -1.0\n')
+    with pytest.raises(SettingsError, match="'scenario' setting must be a scenario that loads.*deadline_s"):
+        with_overrides({"scenario": str(path)})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": "ondemand", "resource-policy": "race-to-idle"}, "'resource-policy'.*fedavg's"),
+        ({"strategy": "fixed", "resource-policy": "race-to-idle"}, "'resource-policy'.*fedavg's"),
+        ({"strategy": "ondemand", "codec": "bnb-nf4", "bits": 4}, "'codec'.*'uniform'.*ondemand"),
+    ],
+)
+def test_settings_that_do_not_fit_together_are_refused_naming_the_key(overrides, message):
+    with pytest.raises(SettingsError, match=message):
+        with_overrides(overrides)
+
+
+def test_auto_resources_race_to_idle_for_fedavg_only():
+    assert with_overrides({"strategy": "fedavg"}).resources == "race-to-idle"
+    assert with_overrides({"strategy": "fedavg", "resource-policy": "optimal"}).resources == "optimal"
+    assert with_overrides({"strategy": "ondemand"}).resources == "optimal"

@@ -1,4 +1,5 @@
-"""UpdateAveraging: the weighted mean of accepted updates; bad replies booked, never fatal."""
+"""EdgeStrategy's aggregation: the weighted mean of accepted updates, bad replies booked, never
+fatal, and each device's energy booked from its plan and the bytes it really sent."""
 
 import time
 
@@ -7,9 +8,12 @@ import pytest
 import torch
 from flwr.app import Array, Error, Message, Metadata, MetricRecord, RecordDict
 
+from qfd_app.edge import Network
+from qfd_app.edge.energy import uplink_rate_bps
 from qfd_app.ledger import Ledger, read_csv
 from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
-from qfd_app.strategies.base import UpdateAveraging
+from qfd_app.strategies.base import Assignment, RoundPhysics
+from qfd_app.strategies.fixed import FixedBits
 
 SHAPES = {"conv.weight": (4, 2, 3, 3), "conv.bias": (4,)}
 
@@ -35,10 +39,20 @@ def random_state(seed):
     return {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
 
 
-def make_strategy(tmp_path, codec="fp32", bits=32):
-    s = UpdateAveraging(Ledger(tmp_path), codec=codec, bits=bits, fraction_train=1.0)
+NETWORK = Network(bandwidth_hz=1e6, noise_w_per_hz=4e-21, deadline_s=30.0)
+
+
+def assignment(node, codec, bits, *, bandwidth_hz=2e5, gain=1e-11, compute_s=10.0):
+    return Assignment(partition_id=node, device_class="phone", codec=codec, bits=bits, bits_min=4, bits_max=8,
+                      cpu_hz=1e9, power_w=0.1,
+                      bandwidth_hz=bandwidth_hz, gain=gain, compute_s=compute_s, energy_compute_j=0.5)  # fmt: skip
+
+
+def make_strategy(tmp_path, codec="fp32", bits=32, **plan):
+    physics = RoundPhysics(NETWORK, epochs=1, flops_per_sample=1e6, gamma=1.0, shapes=tuple(SHAPES.values()))
+    s = FixedBits(Ledger(tmp_path), physics, codec=codec, bits=bits, fraction_train=1.0, seed=0)
     s._global = random_state(0)
-    s._sampled[1] = [1, 2, 3, 4, 5, 6]
+    s._assigned[1] = {node: assignment(node, codec, bits, **plan) for node in range(1, 7)}
     return s
 
 
@@ -135,3 +149,27 @@ def test_a_traceback_in_an_error_reply_is_booked_as_its_one_line_message(strateg
     strategy.aggregate_train(1, [error_reply(1, traceback)])
     rows = read_csv(tmp_path / "devices.csv")
     assert rows[0]["reason"] == "Exception ClientAppException occurred. Message: out of memory"
+
+
+def test_energy_is_booked_from_the_plan_and_the_bytes_really_received(tmp_path):
+    strategy = make_strategy(tmp_path, codec="uniform", bits=4)
+    sent = reply(1, random_state(1), 5, codec="uniform", bits=4)
+    strategy.aggregate_train(1, [sent, error_reply(2, "crashed")])
+    rows = {r.node_id: r for r in strategy.ledger.of_round(1)}
+    plan = assignment(1, "uniform", 4)
+    received = payload_bytes(sent.content["update"])
+    rate = float(uplink_rate_bps(plan.bandwidth_hz, plan.gain, plan.power_w, NETWORK.noise_w_per_hz))
+    assert rows[1].bytes_up == received == strategy.payload_bits(4) / 8
+    assert rows[1].upload_s == pytest.approx(8 * received / rate, rel=1e-12)
+    assert rows[1].energy_upload_j == pytest.approx(plan.power_w * 8 * received / rate, rel=1e-12)
+    assert rows[1].energy_compute_j == 0.5 and not rows[1].deadline_missed
+    assert rows[2].status == "failed" and rows[2].energy_j == 0 and rows[2].bytes_up == 0
+
+
+def test_an_upload_that_breaks_the_deadline_is_flagged(tmp_path):
+    strategy = make_strategy(tmp_path, compute_s=NETWORK.deadline_s - 1e-4)  # ~1 ms upload, 0.1 ms left
+    strategy.aggregate_train(1, [reply(1, random_state(1), 5), reply(2, random_state(2), 5)])
+    rows = [r for r in strategy.ledger.of_round(1) if r.status == "ok"]
+    assert len(rows) == 2
+    assert all(r.deadline_missed and r.compute_s + r.upload_s > NETWORK.deadline_s for r in rows)
+    assert strategy.ledger.summarise(1)["deadline_misses"] == 2

@@ -1,63 +1,120 @@
-"""What every qfd strategy shares: devices upload encoded updates, the server validates and averages them.
+"""What every qfd strategy shares: query the devices, plan the round, average the updates, book the cost.
 
-Flower's `FedAvg` averages whatever arrays come back and aborts the whole run when one
-reply's records differ from the others'. Here each device is told a codec and a bit-width,
-trains at that precision and replies with its **update** (local − global weights) encoded
-with that codec, plus a fixed set of metrics. Every reply is decoded and checked on its
-own (`qfd_app.quant.decode_update`); a bad one is booked as rejected with its reason and
-left out, and the new global model is the old one plus the example-weighted mean of the
-accepted updates.
+Each round (`configure_train`):
+
+1. **sample** K of the known devices with a generator seeded by (seed, round), by
+   partition id, so that every strategy run with the same seed trains the same devices
+   (Flower's own sampling is unseeded and its node ids differ per run);
+2. **query** them (`@app.query` of the ClientApp) for their `DeviceState`; a device that
+   fails or reports an unusable state is booked `failed` / `rejected` and not trained;
+3. **plan**: the subclass picks the candidate bit-widths and the resource policy, and the
+   edge solver sets bits, clock, power and bandwidth; excluded devices are booked with
+   the solver's reason;
+4. send each scheduled device its own train message (bits, codec, plan).
+
+`aggregate_train` decodes every reply against the codec and bits assigned to *that*
+device, books its energy from the plan and the **bytes actually received** (upload time =
+bits / rate), flags deadline misses, and adds the example-weighted mean update to the
+global model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from qfd_app.ledger import FAILED, OK, REJECTED, DeviceRecord, Ledger
-from qfd_app.quant import decode_update, get_codec, payload_bytes
+from qfd_app.edge import Allocation, Candidates, Devices, Network
+from qfd_app.edge.energy import uplink_rate_bps
+from qfd_app.edge.state import DeviceState, StateError, parse_state, solver_inputs
+from qfd_app.ledger import EXCLUDED, FAILED, OK, REJECTED, DeviceRecord, Ledger
+from qfd_app.quant import decode_update, default_block_size, get_codec, payload_bytes
 
-UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
+UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY, STATE_KEY = "update", "update-meta", "metrics", "device-state"
 # The metrics every train reply carries, with their types: one schema, so replies never differ.
 REPLY_METRICS = {"num-examples": int, "train-loss": float, "partition-id": int}
+QUERY_TIMEOUT_S = 300.0
+DEADLINE_RTOL = 1e-9
 
 
 class ReplyError(ValueError):
-    """A device's train reply that cannot be aggregated; the message says why."""
+    """A device's reply that cannot be used; the message says why."""
 
 
-class UpdateAveraging(FedAvg):
-    """FedAvg over validated device updates, with every device's round booked in a ledger.
+@dataclass(frozen=True)
+class Assignment:
+    """What the server asked of one scheduled device this round (SI units)."""
+
+    partition_id: int
+    device_class: str
+    codec: str
+    bits: int
+    bits_min: int
+    bits_max: int
+    cpu_hz: float
+    power_w: float
+    bandwidth_hz: float
+    gain: float
+    compute_s: float
+    energy_compute_j: float
+
+
+@dataclass(frozen=True)
+class RoundPhysics:
+    """The run's fixed inputs to every round's plan.
+
+    network : Network
+        Band, noise, deadline and ε (its `update_sq_norm` is replaced each round).
+    epochs : int
+        E, local epochs the devices really train.
+    flops_per_sample : float
+        φ of the real model (`planning.model_profile`).
+    gamma : float
+        γ of the compute-precision factor.
+    shapes : tuple of shapes
+        The model's tensors, for exact payload sizes.
+    """
+
+    network: Network
+    epochs: int
+    flops_per_sample: float
+    gamma: float
+    shapes: tuple[tuple[int, ...], ...]
+
+
+class EdgeStrategy(FedAvg):
+    """Federated averaging over the mobile edge network: query, plan, train, decode, book.
+
+    Subclasses say which bit-widths a device may get (`candidate_bits`), which codec sends
+    them (`codec_for`) and how resources are set (`allocate`).
 
     Parameters
     ----------
     ledger : Ledger
         Receives one `DeviceRecord` per sampled device and round.
-    codec : str
-        Upload codec of every device (`qfd_app.quant.codec_names()`); `fp32` is no compression.
-    bits : int
-        Bit-width of every device: the precision it trains at (fake quantization below 16
-        bits) and the width its update is encoded at.
+    physics : RoundPhysics
+        Network, E, φ, γ and tensor shapes.
     fraction_train : float
         Fraction of connected devices sampled each round (at least `min_train_nodes`).
-    min_train_nodes, min_available_nodes : int
-        As in Flower's `FedAvg`.
+    seed : int
+        Seed of the device sampling.
     """
 
     def __init__(
         self,
         ledger: Ledger,
+        physics: RoundPhysics,
         *,
-        codec: str,
-        bits: int,
         fraction_train: float,
+        seed: int,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
     ):
@@ -68,28 +125,209 @@ class UpdateAveraging(FedAvg):
             min_evaluate_nodes=0,
             min_available_nodes=min_available_nodes,
         )
-        self.ledger = ledger
-        self.codec, self.bits = get_codec(codec, bits=bits).name, bits  # fails early on a bad pair
+        self.ledger, self.physics, self.seed = ledger, physics, seed
+        self.update_sq_norm = math.nan  # ‖Δ̄‖² of the last aggregate update; unknown before round 1
+        self._partition_of: dict[int, int] = {}  # node id → partition id, learnt from queries
         self._global: dict[str, torch.Tensor] = {}
-        self._sampled: dict[int, list[int]] = {}
+        self._assigned: dict[int, dict[int, Assignment]] = {}
 
-    # ------------------------------------------------------------------ configure
+    # ------------------------------------------------------------------ what subclasses choose
+    def candidate_bits(self, states: Sequence[DeviceState]) -> np.ndarray | None:
+        """(N, C) candidate bit-widths, 0-padded; None: each device's demand."""
+        raise NotImplementedError
+
+    def codec_for(self, bits: int) -> str:
+        """The codec that sends an update at `bits`."""
+        raise NotImplementedError
+
+    def allocate(self, devices: Devices, candidates: Candidates, network: Network) -> Allocation:
+        """The round's plan (`edge.solve_round` or `edge.race_to_idle`)."""
+        raise NotImplementedError
+
+    def error_budget_active(self) -> bool:
+        """Whether the plan enforces ε; only `ondemand` does."""
+        return False
+
+    # ------------------------------------------------------------------ sampling and query
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample devices and send each the global model, codec and bits; remember them for aggregation."""
+        """Sample, query, plan; one train message per scheduled device."""
         self._global = arrays.to_torch_state_dict()
-        config["codec"], config["bits"] = self.codec, self.bits
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._sampled[server_round] = [m.metadata.dst_node_id for m in messages]
+        nodes = self._wait_for_nodes(grid)
+        states: dict[int, DeviceState] = {}
+        unknown = [n for n in nodes if n not in self._partition_of]
+        if unknown:  # learn who they are; their answers are also this round's states
+            states.update(self._query(server_round, unknown, grid))
+        known = sorted((self._partition_of[n], n) for n in nodes if n in self._partition_of)
+        size = min(max(int(len(nodes) * self.fraction_train), self.min_train_nodes), len(known))
+        rng = np.random.default_rng([self.seed, server_round])
+        sampled = sorted(known[i][1] for i in rng.choice(len(known), size=size, replace=False))
+        states.update(self._query(server_round, [n for n in sampled if n not in states], grid))
+        sampled = [n for n in sampled if n in states]
+        log(INFO, "Round %d: sampled %d of %d devices", server_round, size, len(nodes))
+
+        assigned = self._plan(server_round, sampled, [states[n] for n in sampled])
+        self._assigned[server_round] = assigned
+        messages = []
+        for node, plan in assigned.items():
+            node_config = ConfigRecord(
+                {
+                    **dict(config), "server-round": server_round, "codec": plan.codec, "bits": plan.bits,
+                    "cpu-hz": plan.cpu_hz, "power-w": plan.power_w, "bandwidth-hz": plan.bandwidth_hz,
+                }
+            )  # fmt: skip
+            content = RecordDict({"arrays": arrays, "config": node_config})
+            messages.append(
+                Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
+            )
         self.ledger.book_broadcast(server_round, arrays.count_bytes() * len(messages))
         return messages
 
-    # ------------------------------------------------------------------ aggregate
-    def decode_update(self, server_round: int, reply: Message) -> dict[str, torch.Tensor]:
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+        _, nodes = sample_nodes(grid, self.min_available_nodes, 0)  # waits for min_available_nodes
+        return sorted(nodes)
+
+    def _query(self, server_round: int, nodes: list[int], grid: Grid) -> dict[int, DeviceState]:
+        """Ask `nodes` for their state; book those that fail or lie, return the others' states."""
+        if not nodes:
+            return {}
+        content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+        queries = [
+            Message(content, dst_node_id=n, message_type=MessageType.QUERY, group_id=str(server_round)) for n in nodes
+        ]
+        states, answered = {}, set()
+        for reply in grid.send_and_receive(queries, timeout=QUERY_TIMEOUT_S):
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            if reply.has_error():
+                self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
+                                        f"query failed: {reply.error.reason}"))  # fmt: skip
+                continue
+            record = reply.content.config_records.get(STATE_KEY)
+            try:
+                if record is None:
+                    raise StateError(f"the query reply lacks the ConfigRecord {STATE_KEY!r}")
+                partition = record.get("partition-id")
+                if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+                    raise StateError(f"'partition-id' must be an int ≥ 0; got {partition!r}")
+                self._partition_of[node] = partition
+                states[node] = parse_state(record)
+            except StateError as err:
+                log(WARNING, "Round %d: rejected the state of node %d: %s", server_round, node, err)
+                self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", REJECTED,
+                                        f"bad state: {err}"))  # fmt: skip
+        for node in set(nodes) - answered:
+            self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
+                                    "no answer to the query before its timeout"))  # fmt: skip
+        return states
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, server_round: int, nodes: list[int], states: list[DeviceState]) -> dict[int, Assignment]:
+        if not nodes:
+            return {}
+        states = self._with_range_estimates(states)
+        network = self.physics.network
+        budget_on = self.error_budget_active() and math.isfinite(self.update_sq_norm) and all(s.range_sq for s in states)
+        if budget_on:
+            network = replace(network, update_sq_norm=max(self.update_sq_norm, 1e-300))
+        else:
+            network = replace(network, error_budget=math.inf)
+        devices, candidates = solver_inputs(
+            states,
+            bits=self.candidate_bits(states),
+            epochs=self.physics.epochs,
+            flops_per_sample=self.physics.flops_per_sample,
+            gamma=self.physics.gamma,
+            payload_bits=self.payload_bits,
+            error=lambda n, b: 0.0 if not budget_on or b == 32 else states[n].error(b, default_block_size(b)),
+        )
+        plan = self.allocate(devices, candidates, network)
+        for warning in plan.warnings:
+            log(WARNING, "Round %d: %s", server_round, warning)
+        assigned = {}
+        for n, (node, state) in enumerate(zip(nodes, states, strict=True)):
+            partition = self._partition_of[node]
+            if not plan.scheduled[n]:
+                self._book(DeviceRecord(server_round, node, partition, state.device_class, EXCLUDED, plan.reason[n],
+                                        bits_min=state.bits_min, bits_max=state.bits_max, gain=state.gain))  # fmt: skip
+                continue
+            bits = int(plan.bits[n])
+            assigned[node] = Assignment(
+                partition_id=partition, device_class=state.device_class, codec=self.codec_for(bits), bits=bits,
+                bits_min=state.bits_min, bits_max=state.bits_max,
+                cpu_hz=float(plan.cpu_hz[n]), power_w=float(plan.power_w[n]), bandwidth_hz=float(plan.bandwidth_hz[n]),
+                gain=state.gain, compute_s=float(plan.compute_s[n]), energy_compute_j=float(plan.energy_compute_j[n]),
+            )  # fmt: skip
+        return assigned
+
+    @staticmethod
+    def _with_range_estimates(states: list[DeviceState]) -> list[DeviceState]:
+        """A device that has not trained yet gets the mean range statistics of those that have."""
+        known = [s.range_sq for s in states if s.range_sq]
+        if not known or len(known) == len(states):
+            return states
+        mean = {m: float(np.mean([k[m] for k in known if m in k])) for m in known[0]}
+        return [s if s.range_sq else replace(s, range_sq=mean) for s in states]
+
+    def payload_bits(self, bits: int) -> float:
+        """S(b): the exact size, in bits, of an update encoded at `bits` by `codec_for(bits)`."""
+        codec = get_codec(self.codec_for(bits), bits=bits)
+        return 8.0 * sum(int(codec.size_bytes(shape)) for shape in self.physics.shapes)
+
+    # ------------------------------------------------------------------ aggregation
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate and book each reply, then add the weighted mean update to the global model."""
+        assigned = self._assigned.pop(server_round, {})
+        accepted: list[tuple[int, dict[str, torch.Tensor]]] = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            plan = assigned.pop(node, None)
+            if plan is None:
+                continue  # not a device this round asked; nothing to book against
+            if reply.has_error():
+                self._book(self._record(server_round, node, plan, FAILED, reply.error.reason))
+                continue
+            sent = 0
+            try:
+                sent = self.payload_bytes(reply)
+                metrics = _reply_metrics(reply)
+                update = self.decode_update(reply, plan)
+                _check_finite(update)
+            except (ReplyError, KeyError, TypeError, ValueError) as err:
+                log(WARNING, "Round %d: rejected the update of node %d: %s", server_round, node, err)
+                self._book(self._record(server_round, node, plan, REJECTED, str(err), sent=sent))
+                continue
+            self._book(self._record(server_round, node, plan, OK, "", sent=sent, metrics=metrics))
+            accepted.append((metrics["num-examples"], update))
+        for node, plan in assigned.items():
+            self._book(self._record(server_round, node, plan, FAILED, "no reply before the round's timeout"))
+
+        summary = self.ledger.summarise(server_round)
+        log(INFO, "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
+            server_round, summary["devices_ok"], summary["devices_failed"], summary["devices_rejected"],
+            summary["devices_excluded"], summary["energy_j"])  # fmt: skip
+        if not accepted:
+            log(WARNING, "Round %d: no usable update; the global model stays as it was.", server_round)
+            return None, None
+        total = sum(n for n, _ in accepted)
+        new_global, sq_norm = {}, 0.0
+        for name, weights in self._global.items():
+            mean_update = sum(update[name] * (n / total) for n, update in accepted)
+            sq_norm += float(mean_update.double().square().sum())
+            new_global[name] = weights + mean_update.to(weights.dtype)
+        self.update_sq_norm = sq_norm
+        metrics = MetricRecord({"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]})
+        return ArrayRecord(torch_state_dict=new_global), metrics
+
+    def decode_update(self, reply: Message, plan: Assignment) -> dict[str, torch.Tensor]:
         """The update carried by a reply, as fp32 tensors; raises `ValueError` if unusable.
 
-        The payload must be encoded with exactly the codec and bits this strategy assigned
+        The payload must be encoded with exactly the codec and bits assigned to this device
         and carry the global model's tensor names and shapes (`PayloadError` says why not).
         """
         arrays = reply.content.array_records.get(UPDATE_KEY)
@@ -97,69 +335,40 @@ class UpdateAveraging(FedAvg):
         if arrays is None or meta is None:
             raise ReplyError(f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord {UPDATE_META_KEY!r}")
         shapes = {name: tuple(t.shape) for name, t in self._global.items()}
-        update = decode_update(arrays, meta, expected_codec=self.codec, expected_bits=self.bits, expected_shapes=shapes)
+        update = decode_update(arrays, meta, expected_codec=plan.codec, expected_bits=plan.bits, expected_shapes=shapes)
         return {name: t.float() for name, t in update.items()}
 
-    def payload_bytes(self, reply: Message) -> int:
-        """Bytes of encoded update the device sent (what its radio carried)."""
-        return payload_bytes(reply.content.array_records[UPDATE_KEY])
+    @staticmethod
+    def payload_bytes(reply: Message) -> int:
+        """Bytes of encoded update the device sent (what its radio carried); 0 if none."""
+        arrays = reply.content.array_records.get(UPDATE_KEY)
+        return 0 if arrays is None else payload_bytes(arrays)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate each reply, book it, and add the weighted mean update to the global model."""
-        replies = list(replies)
-        accepted: list[tuple[int, dict[str, torch.Tensor]]] = []
-        answered = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            if reply.has_error():
-                self._book(server_round, node, FAILED, reply.error.reason)
-                continue
-            try:
-                metrics = _reply_metrics(reply)
-                update = self.decode_update(server_round, reply)
-                _check_finite(update)
-                sent = self.payload_bytes(reply)
-            except (ReplyError, KeyError, TypeError, ValueError) as err:
-                log(WARNING, "Round %d: rejected the update of node %d: %s", server_round, node, err)
-                self._book(server_round, node, REJECTED, str(err))
-                continue
-            self._book(server_round, node, OK, "", metrics, sent)
-            accepted.append((metrics["num-examples"], update))
-        for node in self._sampled.get(server_round, []):
-            if node not in answered:
-                self._book(server_round, node, FAILED, "no reply before the round's timeout")
+    def _record(self, server_round, node, plan: Assignment, status, reason, *, sent=0, metrics=None) -> DeviceRecord:
+        """The ledger row of a trained device: energy from its plan and the bytes received.
 
-        summary = self.ledger.summarise(server_round)
-        log(INFO, "Round %d: %d updates aggregated, %d failed, %d rejected", server_round,
-            summary["devices_ok"], summary["devices_failed"], summary["devices_rejected"])  # fmt: skip
-        if not accepted:
-            log(WARNING, "Round %d: no usable update; the global model stays as it was.", server_round)
-            return None, None
-        total = sum(n for n, _ in accepted)
-        new_global = {}
-        for name, weights in self._global.items():
-            mean_update = sum(update[name] * (n / total) for n, update in accepted)
-            new_global[name] = weights + mean_update.to(weights.dtype)
-        metrics = MetricRecord({"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]})
-        return ArrayRecord(torch_state_dict=new_global), metrics
+        A device whose reply never came (`failed`) is charged nothing: nothing is known of it.
+        """
+        charged = status != FAILED
+        upload_s = 0.0
+        if sent:
+            rate = uplink_rate_bps(plan.bandwidth_hz, plan.gain, plan.power_w, self.physics.network.noise_w_per_hz)
+            upload_s = float(8 * sent / rate)
+        compute_s = plan.compute_s if charged else 0.0
+        metrics = metrics or {}
+        return DeviceRecord(
+            round=server_round, node_id=node, partition_id=plan.partition_id, device_class=plan.device_class,
+            status=status, reason=reason, bits=plan.bits, bits_min=plan.bits_min, bits_max=plan.bits_max,
+            cpu_hz=plan.cpu_hz, power_w=plan.power_w,
+            bandwidth_hz=plan.bandwidth_hz, gain=plan.gain, compute_s=compute_s, upload_s=upload_s,
+            energy_compute_j=plan.energy_compute_j if charged else 0.0, energy_upload_j=plan.power_w * upload_s,
+            bytes_up=sent,
+            deadline_missed=charged and compute_s + upload_s > self.physics.network.deadline_s * (1 + DEADLINE_RTOL),
+            num_examples=metrics.get("num-examples", 0), train_loss=metrics.get("train-loss", math.nan),
+        )  # fmt: skip
 
-    def _book(self, server_round: int, node: int, status: str, reason: str, metrics: dict | None = None, sent: int = 0):
-        metrics = metrics or {"partition-id": -1, "num-examples": 0, "train-loss": float("nan")}
-        self.ledger.book(
-            DeviceRecord(
-                round=server_round,
-                node_id=node,
-                partition_id=metrics["partition-id"],
-                status=status,
-                reason=reason,
-                num_examples=metrics["num-examples"],
-                train_loss=metrics["train-loss"],
-                bytes_up=sent,
-            )
-        )
+    def _book(self, record: DeviceRecord) -> None:
+        self.ledger.book(record)
 
 
 def _reply_metrics(reply: Message) -> dict:
