@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -76,3 +77,69 @@ def plan(
     except ValueError as err:  # ScenarioError, PlanError: one sentence, exit code 1
         raise click.ClickException(str(err)) from None
     typer.echo(json.dumps(record, indent=1) if json_out else format_plan(record))
+
+
+@app.command()
+def compare(
+    scenario: Annotated[str, typer.Argument(help="Scenario name (default, heterogeneous, …) or path to a .toml file.")],
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated: fedavg, fedavg:optimal, fixed, fixed:<bits>, ondemand; add :fp32-training to train fixed or ondemand in fp32.")
+    ] = "fedavg,fixed,ondemand",
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds of every run (default: the app's).")] = None,
+    bits: Annotated[int, typer.Option(min=1, max=32, help="Bit-width of a plain `fixed`.")] = 8,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder of the comparison (default: ~/qfd-runs/compare-<scenario>-<time>).")
+    ] = None,
+    run_config: Annotated[
+        str, typer.Option(help="More run-config overrides for every run, as for `flwr run --run-config`.")
+    ] = "",
+    devices: Annotated[
+        int | None, typer.Option(min=1, help="Virtual devices (default: as many as the scenario lists).")
+    ] = None,
+) -> None:
+    """Run several strategies on one scenario with the same seeds; write a table and plots."""
+    import click
+    from flwr.common.config import parse_config_args
+
+    from qfd_app.compare import CompareError, check_settings, parse_variants, run_comparison
+    from qfd_app.edge import ScenarioError, load_scenario
+
+    try:
+        loaded = load_scenario(scenario)
+        variants = parse_variants(strategies, bits)
+        base = parse_config_args([run_config]) if run_config else {}
+        if rounds is not None:
+            base["num-server-rounds"] = rounds
+        scenario_ref = scenario if Path(scenario).suffix != ".toml" else str(Path(scenario).resolve())
+        check_settings(variants, {**base, "scenario": scenario_ref})  # every mistake before the first run
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}")).expanduser().resolve()
+        typer.echo(f"comparison folder: {out}")
+        run_comparison(scenario_ref, variants, out, base=base, num_devices=devices or loaded.num_devices, echo=typer.echo)
+    except (CompareError, ScenarioError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    typer.echo((out / "comparison.md").read_text())
+    typer.echo(f"comparison folder: {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, or a comparison folder of `qfd compare`.")],
+) -> None:
+    """Redraw the plots of a run (plots/) or of a comparison (table and plots)."""
+    import json
+
+    import click
+
+    from qfd_app.compare import write_comparison
+    from qfd_app.report import plot_rounds
+
+    if (run_dir / "runs.json").is_file():
+        runs = {k: Path(v) for k, v in json.loads((run_dir / "runs.json").read_text()).items()}
+        write_comparison(run_dir, runs)
+        typer.echo(f"{run_dir / 'comparison.md'}\n{run_dir / 'plots'}")
+    elif (run_dir / "rounds.csv").is_file():
+        for path in plot_rounds(run_dir):
+            typer.echo(path)
+    else:
+        raise click.ClickException(f"{run_dir} holds neither a run (rounds.csv) nor a comparison (runs.json).")

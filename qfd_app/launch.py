@@ -1,8 +1,9 @@
-"""A private SuperLink on loopback for tests, and `flwr run` against it.
+"""A private SuperLink on loopback, and `flwr run` of this app against it (`qfd compare`, tests).
 
 The SuperLink is started in its own session (process group) and stopped by that group's
 id, so every process it spawned (SuperExec, simulation, Ray) goes with it and nothing
-else on the machine is touched.
+else on the machine is touched. Flower's environment switches that keep a run offline and
+quiet are set for every process (no telemetry, no update check, no dependency install).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+APP_DIR = Path(__file__).resolve().parents[1]  # the folder with pyproject.toml (a checkout)
 BIN = Path(sys.executable).parent
-CONNECTION = "qfd-test"
+CONNECTION = "qfd-local"
 
 
 def free_port() -> int:
@@ -92,10 +95,31 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
     proc.wait()
 
 
-def flwr_run(env: dict, run_config: str, federation_config: str, timeout_s: float = 900) -> subprocess.CompletedProcess:
-    """`flwr run <repo> --stream` against the test SuperLink; returns the finished process."""
-    return subprocess.run(
-        [str(BIN / "flwr"), "run", str(REPO), CONNECTION, "--stream",
-         "--federation-config", federation_config, "--run-config", run_config],
-        env=env, capture_output=True, text=True, timeout=timeout_s,
-    )  # fmt: skip
+def flwr_run(
+    env: dict,
+    run_config: str,
+    federation_config: str,
+    timeout_s: float = 900,
+    app: Path = APP_DIR,
+    on_line: Callable[[str], None] | None = None,
+) -> subprocess.CompletedProcess:
+    """`flwr run <app> --stream` against the private SuperLink, until the run ends.
+
+    Every output line (stdout and stderr, merged) goes to `on_line` as it comes; the
+    finished process carries all of them in `stdout`. A run past `timeout_s` is killed.
+    """
+    args = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
+            "--federation-config", federation_config, "--run-config", run_config]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        proc.wait()
+    finally:
+        timer.cancel()
+    return subprocess.CompletedProcess(args, proc.returncode, stdout="".join(lines), stderr="")

@@ -33,25 +33,21 @@ def save_grid(images: torch.Tensor, path: Path, ncol: int = 8, scale: int = 4) -
 
 
 def plot_rounds(run_dir: Path) -> list[Path]:
-    """Draw FID, diversity, train loss and uploaded bytes per round into `run_dir/plots/`."""
+    """Draw FID, train loss, device energy and uploaded bytes per round, and the bits each
+    device was given, into `run_dir/plots/`."""
     run_dir = Path(run_dir)
-    rows = read_csv(run_dir / "rounds.csv")
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-
-    def column(name):
-        pairs = [(int(r["round"]), float(r[name])) for r in rows if r.get(name) not in ("", None)]
-        return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
 
     panels = [
         ("fid", "FID (feature CNN, held-out split)"),
         ("train_loss", "train loss (noise MSE)"),
+        ("energy_j", "device energy per round (J)"),
         ("bytes_up", "uplink bytes per round"),
-        ("inception_score", "IS-like score"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True)
     for ax, (name, label) in zip(axes, panels):
-        x, y = column(name)
+        x, y = _rounds(run_dir, name)
         ax.plot(x, y, marker="o", ms=3)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -60,7 +56,88 @@ def plot_rounds(run_dir: Path) -> list[Path]:
     path = out / "rounds.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return [path, plot_bits(run_dir)]
+
+
+def _rounds(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds and values of one rounds.csv column, skipping empty cells (rounds not evaluated)."""
+    rows = read_csv(Path(run_dir) / "rounds.csv")
+    pairs = [(int(r["round"]), float(r[name])) for r in rows if r.get(name) not in ("", None)]
+    return np.array([p[0] for p in pairs], dtype=int), np.array([p[1] for p in pairs], dtype=float)
+
+
+def plot_bits(run_dir: Path, ax=None, title: str | None = None) -> Path | None:
+    """Per-device bit assignments over rounds (one dot per trained device and round)."""
+    rows = [d for d in read_csv(Path(run_dir) / "devices.csv") if int(d.get("bits") or 0) > 0]
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 3.2), constrained_layout=True)
+    x = [int(d["round"]) for d in rows]
+    y = [int(d["partition_id"]) for d in rows]
+    c = [int(d["bits"]) for d in rows]
+    points = ax.scatter(x, y, c=c, cmap="viridis", s=18, norm=matplotlib.colors.LogNorm(1, 32))
+    ax.set_xlabel("round")
+    ax.set_ylabel("device (partition)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title or "assigned bits per device", fontsize=10)
+    ax.figure.colorbar(points, ax=ax, label="bits", ticks=[1, 2, 4, 8, 16, 32], format="%d")
+    if not own:
+        return None
+    path = Path(run_dir) / "plots" / "bits.png"
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
+    """Energy, bytes, FID and bit assignments of several runs of one scenario, into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
+    for label, run in runs.items():
+        x, energy = _rounds(run, "energy_j")
+        axes[0].plot(x, energy, label=label)
+        axes[1].plot(x, np.cumsum(energy), label=label)
+        x, sent = _rounds(run, "bytes_up")
+        axes[2].plot(x, sent / 1e6, label=label)
+    for ax, title in zip(axes, ("device energy per round (J)", "cumulative device energy (J)", "uplink MB per round")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    paths.append(out / "energy_bytes.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for label, run in runs.items():
+        x_fid, fid = _rounds(run, "fid")
+        x, energy = _rounds(run, "energy_j")
+        spent = dict(zip(x.tolist(), np.cumsum(energy).tolist()))
+        axes[0].plot(x_fid, fid, marker="o", ms=3, label=label)
+        axes[1].plot([spent[r] for r in x_fid], fid, marker="o", ms=3, label=label)
+    axes[0].set(title="FID vs round", xlabel="round", yscale="log")
+    axes[1].set(title="FID vs cumulative device energy", xlabel="energy (J)", xscale="log", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.title.set_fontsize(10)
+    axes[0].legend(fontsize=8)
+    paths.append(out / "fid.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), constrained_layout=True, squeeze=False)
+    for ax, (label, run) in zip(axes[0], runs.items()):
+        plot_bits(run, ax=ax, title=label)
+    paths.append(out / "bits.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
 
 
 def sample_grid_from_pipeline(model_dir: Path, out: Path, *, num: int, steps: int, seed: int) -> Path:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from qfd_app import ddpm
 from qfd_app.ledger import read_csv
-from tests.integration.flower import superlink, flwr_run
+from qfd_app.launch import flwr_run, superlink
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def flower(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fedavg_run(flower):
-    return flower("fedavg")
+    return flower("fedavg", "strategy='fedavg'")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,191 @@
+"""`qfd compare`: several strategies on one scenario, same seeds, partitions and channels; one table.
+
+Each variant is a real `flwr run` of this app on a private loopback SuperLink (Flower's
+simulation engine, one virtual device per scenario device). Variants are written
+`name[:option]`: `fedavg`, `fedavg:optimal` (the solver sets its f, p, B), `fixed:4`
+(fixed at 4 bits; plain `fixed` takes `--bits`), `ondemand`, and `ondemand:fp32-training`
+or `fixed:4:fp32-training` (train in fp32, quantize only the upload; then γ = 0). Every run gets the same
+`seed`, so the same devices are sampled, hold the same data, see the same fading and
+draw the same noise; only the strategy differs.
+
+Outputs under the comparison folder: `runs/<label>/<run dir>`, `comparison.csv`,
+`comparison.md` and `plots/*.png` (`qfd report` redraws them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qfd_app.ledger import read_csv
+from qfd_app.settings import STRATEGIES, SettingsError, Settings, default_run_config
+
+TABLE_FIELDS = (
+    "strategy", "resource_policy", "rounds", "energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
+    "energy_vs_first", "bytes_vs_first", "fid", "coverage", "class_entropy", "devices_excluded",
+    "deadline_misses", "demand_violations", "wall_s", "run_dir",
+)  # fmt: skip
+
+
+class CompareError(ValueError):
+    """Options of a comparison that cannot run; the message names the option."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One strategy of a comparison: its label and the run-config keys that make it."""
+
+    label: str
+    overrides: dict
+
+
+def parse_variants(spec: str, bits: int) -> list[Variant]:
+    """`fedavg,fedavg:optimal,fixed:4,ondemand` → variants (see the module docstring)."""
+    variants = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, option = item.partition(":")
+        overrides: dict = {"strategy": name}
+        if option.endswith("fp32-training"):
+            overrides["quantized-training"] = False
+            option = option.removesuffix("fp32-training").rstrip(":")
+        if name not in STRATEGIES:
+            raise CompareError(f"--strategies: {name!r} is not a strategy; use {', '.join(STRATEGIES)}.")
+        if name == "fedavg" and option:
+            if option not in ("race-to-idle", "optimal"):
+                raise CompareError(f"--strategies: {item!r}: fedavg takes :race-to-idle or :optimal.")
+            overrides["resource-policy"] = option
+        elif name == "fixed":
+            try:
+                overrides["bits"] = int(option) if option else bits
+            except ValueError:
+                raise CompareError(f"--strategies: {item!r}: fixed takes a bit-width, e.g. fixed:4.") from None
+            option = str(overrides["bits"])
+        elif option:
+            raise CompareError(f"--strategies: {item!r}: {name} takes no option.")
+        label = ":".join([name, *([option] if option else []), *(["fp32-training"] if "quantized-training" in overrides else [])])
+        variants.append(Variant(label, overrides))
+    if not variants:
+        raise CompareError("--strategies lists no strategy.")
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise CompareError(f"--strategies lists a strategy twice: {', '.join(labels)}.")
+    return variants
+
+
+def check_settings(variants: list[Variant], base: dict) -> dict[str, Settings]:
+    """Every variant's settings, validated before any run starts."""
+    out = {}
+    for variant in variants:
+        try:
+            out[variant.label] = Settings.from_run_config({**default_run_config(), **base, **variant.overrides})
+        except SettingsError as err:
+            raise CompareError(f"{variant.label}: {err}") from None
+    return out
+
+
+def run_comparison(
+    scenario: str,
+    variants: list[Variant],
+    out: Path,
+    *,
+    base: dict,
+    num_devices: int,
+    echo: Callable[[str], None] = print,
+    timeout_s: float = 3 * 3600,
+) -> Path:
+    """Run every variant through Flower's simulation engine and write the comparison into `out`."""
+    from flwr.common.config import flatten_dict
+
+    from qfd_app.launch import flwr_run, superlink
+
+    settings = check_settings(variants, {**base, "scenario": scenario})
+    out.mkdir(parents=True, exist_ok=True)
+    federation = f"num-supernodes={num_devices} client-resources-num-cpus=1"
+    runs = {}
+    with superlink(out / "flwr-home") as env:
+        for variant in variants:
+            folder = out / "runs" / variant.label.replace(":", "-")
+            config = {**flatten_dict(base), "scenario": scenario, **variant.overrides, "output-dir": str(folder)}
+            echo(f"== {variant.label}: {time.strftime('%H:%M:%S')}")
+            log = (out / f"{variant.label.replace(':', '-')}.log").open("w")
+            done = flwr_run(
+                env, " ".join(f"{k}={_toml(v)}" for k, v in config.items()), federation, timeout_s=timeout_s,
+                on_line=lambda line: (log.write(line + "\n"), echo(line) if "[qfd]" in line else None),
+            )  # fmt: skip
+            log.close()
+            found = sorted(folder.glob("*/summary.json"))
+            if done.returncode != 0 or not found:
+                raise CompareError(f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}")
+            runs[variant.label] = found[-1].parent
+    (out / "runs.json").write_text(json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n")
+    write_comparison(out, runs, settings)
+    return out
+
+
+def _toml(value) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def write_comparison(out: Path, runs: dict[str, Path], settings: dict[str, Settings] | None = None) -> list[dict]:
+    """comparison.csv, comparison.md and plots from finished run directories."""
+    from qfd_app.report import plot_comparison
+
+    rows = [_row(label, Path(run)) for label, run in runs.items()]
+    first = rows[0]
+    for row in rows:
+        row["energy_vs_first"] = _ratio(row["energy_j"], first["energy_j"])
+        row["bytes_vs_first"] = _ratio(row["bytes_up"], first["bytes_up"])
+    import csv
+
+    with open(out / "comparison.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "comparison.md").write_text(format_table(rows))
+    plot_comparison(runs, out / "plots")
+    return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _row(label: str, run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    devices = read_csv(run_dir / "devices.csv")
+    return {
+        "strategy": label,
+        "resource_policy": summary.get("resource_policy", config.get("resource-policy", "")),
+        "rounds": summary["rounds"],
+        **{k: summary[k] for k in ("energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
+                                   "devices_excluded", "deadline_misses", "wall_s")},  # fmt: skip
+        "fid": summary.get("final_fid", float("nan")),
+        "coverage": summary.get("final_coverage", float("nan")),
+        "class_entropy": summary.get("final_class_entropy", float("nan")),
+        "demand_violations": sum(
+            d["status"] == "ok" and not int(d["bits_min"]) <= int(d["bits"]) <= int(d["bits_max"]) for d in devices
+        ),
+        "run_dir": str(run_dir),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """The comparison as a markdown table; ratios are against the first strategy."""
+    first = rows[0]["strategy"]
+    lines = [
+        f"| strategy | energy J (compute / upload) | energy vs {first} | uplink MB | bytes vs {first} | "
+        "final FID | coverage | excluded | deadline misses | demand violations | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} ({r['resource_policy']}) | {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
+            f"{r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % | {r['bytes_up'] / 1e6:.3f} | "
+            f"{100 * r['bytes_vs_first']:.1f} % | {r['fid']:.3f} | {r['coverage']:.2f} | {r['devices_excluded']} | "
+            f"{r['deadline_misses']} | {r['demand_violations']} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
