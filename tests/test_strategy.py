@@ -173,3 +173,56 @@ def test_an_upload_that_breaks_the_deadline_is_flagged(tmp_path):
     assert len(rows) == 2
     assert all(r.deadline_missed and r.compute_s + r.upload_s > NETWORK.deadline_s for r in rows)
     assert strategy.ledger.summarise(1)["deadline_misses"] == 2
+
+
+# ---------------------------------------------------------------------- planning a round
+
+
+def ondemand(tmp_path, epsilon):
+    from qfd_app.planning import model_profile
+    from qfd_app.strategies.ondemand import OnDemand
+
+    profile = model_profile("tiny", 16, 1)
+    network = Network(bandwidth_hz=10e6, noise_w_per_hz=4e-21, deadline_s=300.0, error_budget=epsilon)
+    physics = RoundPhysics(network, epochs=1, flops_per_sample=profile.flops_per_sample, gamma=1.0, shapes=profile.shapes)
+    return OnDemand(Ledger(tmp_path), physics, fraction_train=1.0, seed=0)
+
+
+def smoke_states(range_sq):
+    from dataclasses import replace
+
+    from qfd_app.edge import load_scenario
+    from qfd_app.edge.state import fleet_state
+
+    fleet = load_scenario("smoke").fleet()
+    return [replace(fleet_state(fleet, i, 1, 450), range_sq=dict(range_sq)) for i in range(len(fleet))]
+
+
+def plan_bits(strategy, states):
+    strategy._partition_of = {10 + i: i for i in range(len(states))}
+    assigned = strategy._plan(1, [10 + i for i in range(len(states))], states)
+    return [assigned[10 + i].bits for i in range(len(states))]
+
+
+def test_without_a_previous_aggregate_every_device_gets_its_cheapest_bits(tmp_path):
+    strategy = ondemand(tmp_path, epsilon=1e-9)  # a budget nothing meets, but ‖Δ̄‖² is unknown
+    assert plan_bits(strategy, smoke_states({64: 1.0, 256: 1.0})) == [2, 4, 8]
+
+
+def test_a_tight_budget_raises_the_bits_within_each_demand(tmp_path):
+    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy.update_sq_norm = 1.0
+    loose = plan_bits(strategy, smoke_states({64: 1e-6, 256: 1e-6}))
+    tight = plan_bits(strategy, smoke_states({64: 50.0, 256: 50.0}))
+    assert loose == [2, 4, 8]
+    assert all(t >= lo for t, lo in zip(tight, loose)) and tight != loose
+    assert all(lo <= b <= hi for b, (lo, hi) in zip(tight, [(2, 4), (4, 8), (8, 16)]))
+    assert not strategy.ledger.records  # nobody excluded
+
+
+def test_a_device_that_has_not_trained_is_priced_like_the_others(tmp_path):
+    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy.update_sq_norm = 1.0
+    states = smoke_states({64: 50.0, 256: 50.0})
+    fresh = [states[0], states[1], type(states[2])(**{**states[2].__dict__, "range_sq": {}})]
+    assert plan_bits(strategy, fresh) == plan_bits(strategy, states)

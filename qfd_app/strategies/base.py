@@ -31,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from qfd_app.edge import Allocation, Candidates, Devices, Network
 from qfd_app.edge.energy import uplink_rate_bps
@@ -185,8 +186,6 @@ class EdgeStrategy(FedAvg):
         return messages
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        from flwr.serverapp.strategy.strategy_utils import sample_nodes
-
         _, nodes = sample_nodes(grid, self.min_available_nodes, 0)  # waits for min_available_nodes
         return sorted(nodes)
 
@@ -203,7 +202,7 @@ class EdgeStrategy(FedAvg):
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
+                self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
                                         f"query failed: {reply.error.reason}"))  # fmt: skip
                 continue
             record = reply.content.config_records.get(STATE_KEY)
@@ -217,10 +216,10 @@ class EdgeStrategy(FedAvg):
                 states[node] = parse_state(record)
             except StateError as err:
                 log(WARNING, "Round %d: rejected the state of node %d: %s", server_round, node, err)
-                self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", REJECTED,
+                self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", REJECTED,
                                         f"bad state: {err}"))  # fmt: skip
         for node in set(nodes) - answered:
-            self._book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
+            self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
                                     "no answer to the query before its timeout"))  # fmt: skip
         return states
 
@@ -251,7 +250,7 @@ class EdgeStrategy(FedAvg):
         for n, (node, state) in enumerate(zip(nodes, states, strict=True)):
             partition = self._partition_of[node]
             if not plan.scheduled[n]:
-                self._book(DeviceRecord(server_round, node, partition, state.device_class, EXCLUDED, plan.reason[n],
+                self.ledger.book(DeviceRecord(server_round, node, partition, state.device_class, EXCLUDED, plan.reason[n],
                                         bits_min=state.bits_min, bits_max=state.bits_max, gain=state.gain))  # fmt: skip
                 continue
             bits = int(plan.bits[n])
@@ -290,7 +289,7 @@ class EdgeStrategy(FedAvg):
             if plan is None:
                 continue  # not a device this round asked; nothing to book against
             if reply.has_error():
-                self._book(self._record(server_round, node, plan, FAILED, reply.error.reason))
+                self.ledger.book(self._record(server_round, node, plan, FAILED, reply.error.reason))
                 continue
             sent = 0
             try:
@@ -300,12 +299,12 @@ class EdgeStrategy(FedAvg):
                 _check_finite(update)
             except (ReplyError, KeyError, TypeError, ValueError) as err:
                 log(WARNING, "Round %d: rejected the update of node %d: %s", server_round, node, err)
-                self._book(self._record(server_round, node, plan, REJECTED, str(err), sent=sent))
+                self.ledger.book(self._record(server_round, node, plan, REJECTED, str(err), sent=sent))
                 continue
-            self._book(self._record(server_round, node, plan, OK, "", sent=sent, metrics=metrics))
+            self.ledger.book(self._record(server_round, node, plan, OK, "", sent=sent, metrics=metrics))
             accepted.append((metrics["num-examples"], update))
         for node, plan in assigned.items():
-            self._book(self._record(server_round, node, plan, FAILED, "no reply before the round's timeout"))
+            self.ledger.book(self._record(server_round, node, plan, FAILED, "no reply before the round's timeout"))
 
         summary = self.ledger.summarise(server_round)
         log(INFO, "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
@@ -366,9 +365,6 @@ class EdgeStrategy(FedAvg):
             deadline_missed=charged and compute_s + upload_s > self.physics.network.deadline_s * (1 + DEADLINE_RTOL),
             num_examples=metrics.get("num-examples", 0), train_loss=metrics.get("train-loss", math.nan),
         )  # fmt: skip
-
-    def _book(self, record: DeviceRecord) -> None:
-        self.ledger.book(record)
 
 
 def _reply_metrics(reply: Message) -> dict:
