@@ -3,6 +3,8 @@ and replies with its encoded update."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -63,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     model = ddpm.build_unet(settings.model, settings.image_size, images.pixels.shape[1])
     model.load_state_dict(start)
     train_bits = bits if settings.quantized_training else 32
+    started = time.perf_counter()
     with fake_quantized(model, train_bits):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
         loss = ddpm.train_local(
             model,
@@ -75,9 +78,13 @@ def train(msg: Message, context: Context) -> Message:
             seed=seed,
             device=ddpm.pick_device(settings.device),
         )
+    trained = time.perf_counter()
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
     context.state[RANGES_KEY] = MetricRecord({str(m): v for m, v in range_sq_sums(update).items()})
     arrays, meta = encode_update(update, codec, torch.Generator().manual_seed(seed))
-    metrics = {"num-examples": len(images), "train-loss": loss, "partition-id": partition_id}
+    metrics = {
+        "num-examples": len(images), "train-loss": loss, "partition-id": partition_id,
+        "train-s": trained - started, "encode-s": time.perf_counter() - trained,
+    }  # fmt: skip
     content = RecordDict({UPDATE_KEY: arrays, UPDATE_META_KEY: meta, METRICS_KEY: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -25,7 +25,9 @@ class DeviceRecord:
     bandwidth_hz) are what the server assigned. `bytes_up` counts the
     payload bytes of the update the server received; `upload_s` and `energy_upload_j` are
     computed from those bytes at the assigned rate, `energy_compute_j` from the assigned
-    clock. `deadline_missed` flags compute_s + upload_s > the deadline. A device whose reply
+    clock. `deadline_missed` flags compute_s + upload_s > the deadline. host_train_s and
+    host_encode_s are the wall times the simulation host really took to train and encode
+    (not the modelled device's). A device whose reply
     never came is charged nothing (nothing is known of it).
     """
 
@@ -50,11 +52,18 @@ class DeviceRecord:
     deadline_missed: bool = False
     num_examples: int = 0
     train_loss: float = float("nan")
+    host_train_s: float = 0.0
+    host_encode_s: float = 0.0
 
     @property
     def energy_j(self) -> float:
         return self.energy_compute_j + self.energy_upload_j
 
+
+# Wall time of a round's phases on the simulation host (s): the server's query and solve, the
+# slowest device's training and encoding, the server's decode (with booking), aggregation,
+# checkpoint and evaluation, and the whole round.
+PHASES = ("query_s", "solve_s", "train_s", "encode_s", "decode_s", "aggregate_s", "checkpoint_s", "evaluate_s", "round_s")
 
 ROUND_FIELDS = (
     "round",
@@ -69,6 +78,7 @@ ROUND_FIELDS = (
     "energy_upload_j",
     "bytes_up",
     "bytes_down",
+    *PHASES,
     "fid",
     "coverage",
     "class_entropy",
@@ -85,6 +95,7 @@ class Ledger:
         self.rounds_csv = Path(run_dir) / "rounds.csv"
         self.records: list[DeviceRecord] = []
         self.broadcast_bytes: dict[int, int] = {}
+        self.phases: dict[int, dict[str, float]] = {}
 
     def book(self, record: DeviceRecord) -> None:
         record = dataclasses.replace(record, reason=one_line(record.reason))
@@ -94,6 +105,13 @@ class Ledger:
     def book_broadcast(self, server_round: int, num_bytes: int) -> None:
         """The bytes of the global model sent down to the sampled devices (not charged to them)."""
         self.broadcast_bytes[server_round] = num_bytes
+
+    def book_phases(self, server_round: int, **seconds: float) -> None:
+        """Wall times of phases of a round (keys of `PHASES`)."""
+        unknown = set(seconds) - set(PHASES)
+        if unknown:
+            raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
+        self.phases.setdefault(server_round, {}).update(seconds)
 
     def of_round(self, server_round: int) -> list[DeviceRecord]:
         return [r for r in self.records if r.round == server_round]
@@ -116,6 +134,9 @@ class Ledger:
             "energy_upload_j": sum(r.energy_upload_j for r in rows),
             "bytes_up": sum(r.bytes_up for r in rows),
             "bytes_down": self.broadcast_bytes.get(server_round, 0),
+            "train_s": max((r.host_train_s for r in rows), default=0.0),
+            "encode_s": max((r.host_encode_s for r in rows), default=0.0),
+            **self.phases.get(server_round, {}),
         }
 
     def totals(self) -> dict:

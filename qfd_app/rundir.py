@@ -42,6 +42,11 @@ def save_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Ten
     return path
 
 
+# What the progress line of a round shows (rounds.csv has everything).
+LOGGED = ("devices_ok", "devices_failed", "devices_rejected", "devices_excluded", "deadline_misses", "train_loss",
+          "energy_j", "bytes_up", "fid", "coverage", "round_s", "wall_s")  # fmt: skip
+
+
 @dataclass
 class AfterRound:
     """Flower's `evaluate_fn`: after every round checkpoint, evaluate when due, write rounds.csv.
@@ -58,25 +63,35 @@ class AfterRound:
     num_rounds: int
     started: float = field(default_factory=time.time)
     last_scores: dict[str, float] = field(default_factory=dict)
+    _round_started: float = field(default_factory=time.perf_counter)
 
     def due(self, server_round: int) -> bool:
         every = self.eval_interval and server_round % self.eval_interval == 0
         return bool(every) or server_round == self.num_rounds
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:  # before training: nothing to book
+        if server_round == 0:  # before training: nothing to book, the first round starts now
+            self._round_started = time.perf_counter()
             return None
+        begun = time.perf_counter()
         state = arrays.to_torch_state_dict()
         self.model.load_state_dict(state)
         save_checkpoint(self.run_dir, server_round, state)
-        row = self.ledger.summarise(server_round)
+        checkpointed = time.perf_counter()
+        self.ledger.book_phases(server_round, checkpoint_s=checkpointed - begun)
         if self.due(server_round):
             scores, images = self.evaluator(self.model)
             save_grid(images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png")
-            row.update(scores)
+            self.ledger.book_phases(server_round, evaluate_s=time.perf_counter() - checkpointed)
             self.last_scores = scores
+        else:
+            scores = {}
+        now = time.perf_counter()
+        self.ledger.book_phases(server_round, round_s=now - self._round_started)
+        self._round_started = now
+        row = {**self.ledger.summarise(server_round), **scores}
         row["wall_s"] = round(time.time() - self.started, 2)
         self.ledger.write_round(row)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "round" and isinstance(v, (int, float)))
+        shown = ", ".join(f"{k} {row[k]:.4g}" for k in LOGGED if isinstance(row.get(k), (int, float)))
         log(INFO, "[qfd] round %d/%d: %s", server_round, self.num_rounds, shown)
         return MetricRecord({k: float(v) for k, v in row.items() if k != "round"})

@@ -24,7 +24,8 @@ def metadata(node):
 
 
 def reply(node, update, num_examples, loss=0.5, metrics=None, codec="fp32", bits=32):
-    metrics = metrics or {"num-examples": num_examples, "train-loss": loss, "partition-id": node}
+    metrics = metrics or {"num-examples": num_examples, "train-loss": loss, "partition-id": node,
+                          "train-s": 1.5, "encode-s": 0.01}
     arrays, meta = encode_update(update, get_codec(codec, bits=bits), torch.Generator().manual_seed(node))
     content = RecordDict({"update": arrays, "update-meta": meta, "metrics": MetricRecord(metrics)})
     return Message(content=content, metadata=metadata(node))
@@ -108,7 +109,7 @@ def test_a_round_without_usable_updates_keeps_the_model(strategy):
 
 
 def test_replies_with_extra_metrics_or_float_counts_are_rejected_not_fatal(strategy):
-    bad = {"num-examples": 2.5, "train-loss": 0.1, "partition-id": 1}
+    bad = {"num-examples": 2.5, "train-loss": 0.1, "partition-id": 1, "train-s": 1.0, "encode-s": 0.1}
     arrays, _ = strategy.aggregate_train(1, [reply(1, random_state(1), 1, metrics=bad), reply(2, random_state(2), 4)])
     assert arrays is not None
     statuses = [r.status for r in strategy.ledger.of_round(1)]

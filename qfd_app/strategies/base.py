@@ -21,6 +21,7 @@ global model.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from logging import INFO, WARNING
@@ -41,7 +42,7 @@ from qfd_app.quant import decode_update, default_block_size, get_codec, payload_
 
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY, STATE_KEY = "update", "update-meta", "metrics", "device-state"
 # The metrics every train reply carries, with their types: one schema, so replies never differ.
-REPLY_METRICS = {"num-examples": int, "train-loss": float, "partition-id": int}
+REPLY_METRICS = {"num-examples": int, "train-loss": float, "partition-id": int, "train-s": float, "encode-s": float}
 QUERY_TIMEOUT_S = 300.0
 DEADLINE_RTOL = 1e-9
 
@@ -156,6 +157,7 @@ class EdgeStrategy(FedAvg):
         """Sample, query, plan; one train message per scheduled device."""
         self._global = arrays.to_torch_state_dict()
         nodes = self._wait_for_nodes(grid)
+        started = time.perf_counter()
         states: dict[int, DeviceState] = {}
         unknown = [n for n in nodes if n not in self._partition_of]
         if unknown:  # learn who they are; their answers are also this round's states
@@ -167,8 +169,9 @@ class EdgeStrategy(FedAvg):
         states.update(self._query(server_round, [n for n in sampled if n not in states], grid))
         sampled = [n for n in sampled if n in states]
         log(INFO, "Round %d: sampled %d of %d devices", server_round, size, len(nodes))
-
+        queried = time.perf_counter()
         assigned = self._plan(server_round, sampled, [states[n] for n in sampled])
+        self.ledger.book_phases(server_round, query_s=queried - started, solve_s=time.perf_counter() - queried)
         self._assigned[server_round] = assigned
         messages = []
         for node, plan in assigned.items():
@@ -202,8 +205,7 @@ class EdgeStrategy(FedAvg):
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
-                                        f"query failed: {reply.error.reason}"))  # fmt: skip
+                self._book_unplanned(server_round, node, FAILED, f"query failed: {reply.error.reason}")
                 continue
             record = reply.content.config_records.get(STATE_KEY)
             try:
@@ -216,12 +218,14 @@ class EdgeStrategy(FedAvg):
                 states[node] = parse_state(record)
             except StateError as err:
                 log(WARNING, "Round %d: rejected the state of node %d: %s", server_round, node, err)
-                self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", REJECTED,
-                                        f"bad state: {err}"))  # fmt: skip
+                self._book_unplanned(server_round, node, REJECTED, f"bad state: {err}")
         for node in set(nodes) - answered:
-            self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", FAILED,
-                                    "no answer to the query before its timeout"))  # fmt: skip
+            self._book_unplanned(server_round, node, FAILED, "no answer to the query before its timeout")
         return states
+
+    def _book_unplanned(self, server_round: int, node: int, status: str, reason: str) -> None:
+        """Book a device that dropped out before it could be planned (nothing charged)."""
+        self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", status, reason))
 
     # ------------------------------------------------------------------ planning
     def _plan(self, server_round: int, nodes: list[int], states: list[DeviceState]) -> dict[int, Assignment]:
@@ -281,6 +285,7 @@ class EdgeStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and book each reply, then add the weighted mean update to the global model."""
+        started = time.perf_counter()
         assigned = self._assigned.pop(server_round, {})
         accepted: list[tuple[int, dict[str, torch.Tensor]]] = []
         for reply in replies:
@@ -310,6 +315,8 @@ class EdgeStrategy(FedAvg):
         log(INFO, "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
             server_round, summary["devices_ok"], summary["devices_failed"], summary["devices_rejected"],
             summary["devices_excluded"], summary["energy_j"])  # fmt: skip
+        decoded = time.perf_counter()
+        self.ledger.book_phases(server_round, decode_s=decoded - started)
         if not accepted:
             log(WARNING, "Round %d: no usable update; the global model stays as it was.", server_round)
             return None, None
@@ -321,7 +328,9 @@ class EdgeStrategy(FedAvg):
             new_global[name] = weights + mean_update.to(weights.dtype)
         self.update_sq_norm = sq_norm
         metrics = MetricRecord({"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]})
-        return ArrayRecord(torch_state_dict=new_global), metrics
+        new_arrays = ArrayRecord(torch_state_dict=new_global)
+        self.ledger.book_phases(server_round, aggregate_s=time.perf_counter() - decoded)
+        return new_arrays, metrics
 
     def decode_update(self, reply: Message, plan: Assignment) -> dict[str, torch.Tensor]:
         """The update carried by a reply, as fp32 tensors; raises `ValueError` if unusable.
@@ -364,6 +373,7 @@ class EdgeStrategy(FedAvg):
             bytes_up=sent,
             deadline_missed=charged and compute_s + upload_s > self.physics.network.deadline_s * (1 + DEADLINE_RTOL),
             num_examples=metrics.get("num-examples", 0), train_loss=metrics.get("train-loss", math.nan),
+            host_train_s=metrics.get("train-s", 0.0), host_encode_s=metrics.get("encode-s", 0.0),
         )  # fmt: skip
 
 

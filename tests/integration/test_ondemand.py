@@ -110,3 +110,11 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
     ]
     assert sampled[0] == sampled[1] and len(sampled[0]) == 2  # same 2 of 3 devices, same fading
     assert np.isfinite([float(r["fid"]) for r in table]).all()
+
+
+def test_each_round_is_timed_by_phase_and_the_phases_fit_in_the_round(ondemand_run):
+    for r in read_csv(ondemand_run / "rounds.csv"):
+        phases = {k: float(r[k] or 0) for k in ("query_s", "solve_s", "train_s", "encode_s", "decode_s",
+                                                "aggregate_s", "checkpoint_s", "evaluate_s")}  # fmt: skip
+        assert all(phases[k] > 0 for k in ("query_s", "solve_s", "train_s", "encode_s", "decode_s", "aggregate_s"))
+        assert sum(phases.values()) <= float(r["round_s"])

@@ -1,0 +1,49 @@
+"""Scale benchmark: 1 000 registered devices, 50 sampled per round, on one machine.
+
+Runs `scenarios/many-devices.toml` (1 000 devices) with `fraction-train = 0.05` for 2 rounds
+in Flower's simulation engine and records the wall time per round, the phase times of
+rounds.csv and the peak resident memory of every process of the run (SuperLink,
+ServerApp, Ray and its workers; from /proc, so Linux only).
+
+    python benchmarks/bench_scale.py                 # print the table
+    python benchmarks/bench_scale.py --write-docs    # also replace the block in docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from simrun import ROOT, phase_table, simulate, write_block
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--fraction", type=float, default=0.05)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--run-config", default="local-epochs=1", help="more run-config overrides")
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = (f"scenario='many-devices' num-server-rounds={args.rounds} fraction-train={args.fraction} "
+                  f"eval-interval=0 eval-samples=64 sample-steps=10 {args.run_config}")  # fmt: skip
+        run_dir, peak, wall = simulate(Path(tmp), config, num_supernodes=args.devices)
+        table, _ = phase_table(run_dir, skip_first=False)
+    text = (
+        f"`python benchmarks/bench_scale.py` ({args.devices} devices registered, "
+        f"{round(args.devices * args.fraction)} sampled per round, {args.rounds} rounds, `{args.run_config}`) on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores: whole run {wall:.0f} s, "
+        f"**peak memory of all its processes {peak / 2**30:.2f} GiB**. Mean per round (round 1 also queries "
+        f"all {args.devices} devices once to learn who they are):\n\n{table}"
+    )
+    print(text)
+    if args.write_docs:
+        write_block(ROOT / "docs" / "benchmarks.md", "scale", text)
+
+
+if __name__ == "__main__":
+    main()
