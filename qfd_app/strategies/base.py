@@ -158,15 +158,14 @@ class EdgeStrategy(FedAvg):
         self._global = arrays.to_torch_state_dict()
         nodes = self._wait_for_nodes(grid)
         started = time.perf_counter()
-        states: dict[int, DeviceState] = {}
+        # Devices never seen are asked who they are; their answers are also this round's states.
         unknown = [n for n in nodes if n not in self._partition_of]
-        if unknown:  # learn who they are; their answers are also this round's states
-            states.update(self._query(server_round, unknown, grid))
+        states = self._query(server_round, unknown, grid)
         known = sorted((self._partition_of[n], n) for n in nodes if n in self._partition_of)
         size = min(max(int(len(nodes) * self.fraction_train), self.min_train_nodes), len(known))
         rng = np.random.default_rng([self.seed, server_round])
         sampled = sorted(known[i][1] for i in rng.choice(len(known), size=size, replace=False))
-        states.update(self._query(server_round, [n for n in sampled if n not in states], grid))
+        states.update(self._query(server_round, [n for n in sampled if n not in unknown], grid))
         sampled = [n for n in sampled if n in states]
         log(INFO, "Round %d: sampled %d of %d devices", server_round, size, len(nodes))
         queried = time.perf_counter()
