@@ -14,6 +14,7 @@ Outputs under the comparison folder: `runs/<label>/<run dir>`, `comparison.csv`,
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def run_comparison(
 
     from qfd_app.launch import flwr_run, superlink
 
-    settings = check_settings(variants, {**base, "scenario": scenario})
+    check_settings(variants, {**base, "scenario": scenario})
     out.mkdir(parents=True, exist_ok=True)
     federation = f"num-supernodes={num_devices} client-resources-num-cpus=1"
     runs = {}
@@ -110,18 +111,21 @@ def run_comparison(
             folder = out / "runs" / variant.label.replace(":", "-")
             config = {**flatten_dict(base), "scenario": scenario, **variant.overrides, "output-dir": str(folder)}
             echo(f"== {variant.label}: {time.strftime('%H:%M:%S')}")
-            log = (out / f"{variant.label.replace(':', '-')}.log").open("w")
-            done = flwr_run(
-                env, " ".join(f"{k}={_toml(v)}" for k, v in config.items()), federation, timeout_s=timeout_s,
-                on_line=lambda line: (log.write(line + "\n"), echo(line) if "[qfd]" in line else None),
-            )  # fmt: skip
-            log.close()
+            with (out / f"{variant.label.replace(':', '-')}.log").open("w") as log:
+
+                def on_line(line: str, log=log) -> None:
+                    log.write(line + "\n")
+                    if "[qfd]" in line:  # progress lines of the ServerApp
+                        echo(line)
+
+                run_config = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
+                done = flwr_run(env, run_config, federation, timeout_s=timeout_s, on_line=on_line)
             found = sorted(folder.glob("*/summary.json"))
             if done.returncode != 0 or not found:
                 raise CompareError(f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}")
             runs[variant.label] = found[-1].parent
     (out / "runs.json").write_text(json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n")
-    write_comparison(out, runs, settings)
+    write_comparison(out, runs)
     return out
 
 
@@ -129,7 +133,7 @@ def _toml(value) -> str:
     return f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def write_comparison(out: Path, runs: dict[str, Path], settings: dict[str, Settings] | None = None) -> list[dict]:
+def write_comparison(out: Path, runs: dict[str, Path]) -> list[dict]:
     """comparison.csv, comparison.md and plots from finished run directories."""
     from qfd_app.report import plot_comparison
 
@@ -138,8 +142,6 @@ def write_comparison(out: Path, runs: dict[str, Path], settings: dict[str, Setti
     for row in rows:
         row["energy_vs_first"] = _ratio(row["energy_j"], first["energy_j"])
         row["bytes_vs_first"] = _ratio(row["bytes_up"], first["bytes_up"])
-    import csv
-
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
         writer.writeheader()
