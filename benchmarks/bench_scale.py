@@ -17,7 +17,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from simrun import ROOT, phase_table, simulate, write_block
+from simrun import ROOT, per_round_table, simulate, write_block
 
 
 def main() -> None:
@@ -32,13 +32,13 @@ def main() -> None:
         config = (f"scenario='many-devices' num-server-rounds={args.rounds} fraction-train={args.fraction} "
                   f"eval-interval=0 eval-samples=64 sample-steps=10 {args.run_config}")  # fmt: skip
         run_dir, peak, wall = simulate(Path(tmp), config, num_supernodes=args.devices)
-        table, _ = phase_table(run_dir, skip_first=False)
+        table = per_round_table(run_dir)
     text = (
         f"`python benchmarks/bench_scale.py` ({args.devices} devices registered, "
         f"{round(args.devices * args.fraction)} sampled per round, {args.rounds} rounds, `{args.run_config}`) on "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores: whole run {wall:.0f} s, "
-        f"**peak memory of all its processes {peak / 2**30:.2f} GiB**. Mean per round (round 1 also queries "
-        f"all {args.devices} devices once to learn who they are):\n\n{table}"
+        f"**peak memory of all its processes {peak / 2**30:.2f} GiB**. Seconds per phase and round (round 1 "
+        f"also queries all {args.devices} devices once to learn who they are; the last round evaluates):\n\n{table}"
     )
     print(text)
     if args.write_docs:

@@ -88,6 +88,18 @@ def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, 
     return "\n".join(lines), mean
 
 
+def per_round_table(run_dir: Path) -> str:
+    """Seconds per phase, one column per round."""
+    rows = read_csv(run_dir / "rounds.csv")
+    lines = ["| phase | " + " | ".join(f"round {r['round']}" for r in rows) + " |",
+             "|---|" + "---:|" * len(rows)]  # fmt: skip
+    for k in PHASES:
+        lines.append(f"| {k[:-2]} | " + " | ".join(f"{float(r[k] or 0):.3f}" for r in rows) + " |")
+    other = [float(r["round_s"]) - sum(float(r[k] or 0) for k in PHASES if k != "round_s") for r in rows]
+    lines.append("| other (messaging, dispatch, serialisation, idle) | " + " | ".join(f"{o:.3f}" for o in other) + " |")
+    return "\n".join(lines)
+
+
 def write_block(doc: Path, name: str, text: str) -> None:
     """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `doc`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -179,15 +179,16 @@ def format_table(rows: list[dict]) -> str:
     """The comparison as a markdown table; ratios are against the first strategy."""
     first = rows[0]["strategy"]
     lines = [
-        f"| strategy | energy J (compute / upload) | energy vs {first} | uplink MB | bytes vs {first} | "
-        "final FID | coverage | excluded | deadline misses | demand violations | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| strategy | rounds | energy J (compute / upload) | energy vs {first} | uplink MB | bytes vs {first} | "
+        "final FID | coverage | class entropy | excluded | deadline misses | demand violations | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['strategy']} ({r['resource_policy']}) | {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
-            f"{r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % | {r['bytes_up'] / 1e6:.3f} | "
-            f"{100 * r['bytes_vs_first']:.1f} % | {r['fid']:.3f} | {r['coverage']:.2f} | {r['devices_excluded']} | "
+            f"| {r['strategy']} ({r['resource_policy']}) | {r['rounds']} | {r['energy_j']:.4g} "
+            f"({r['energy_compute_j']:.3g} / {r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % | "
+            f"{r['bytes_up'] / 1e6:.3f} | {100 * r['bytes_vs_first']:.1f} % | {r['fid']:.3f} | {r['coverage']:.2f} | "
+            f"{r['class_entropy']:.3f} | {r['devices_excluded']} | "
             f"{r['deadline_misses']} | {r['demand_violations']} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from qfd_app import ddpm
+from typer.testing import CliRunner
+
+from qfd_app import cli, ddpm
 from qfd_app.compare import parse_variants, run_comparison
 from qfd_app.edge import load_scenario
 from qfd_app.ledger import read_csv
@@ -110,6 +112,12 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
     ]
     assert sampled[0] == sampled[1] and len(sampled[0]) == 2  # same 2 of 3 devices, same fading
     assert np.isfinite([float(r["fid"]) for r in table]).all()
+    # `qfd report` redraws a comparison from its runs
+    for png in (out / "plots").glob("*.png"):
+        png.unlink()
+    result = CliRunner().invoke(cli.app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"energy_bytes.png", "fid.png", "bits.png"}
 
 
 def test_each_round_is_timed_by_phase_and_the_phases_fit_in_the_round(ondemand_run):
