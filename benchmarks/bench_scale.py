@@ -12,12 +12,10 @@ ServerApp, Ray and its workers; from /proc, so Linux only).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-from simrun import ROOT, per_round_table, simulate, write_block
+from simrun import ROOT, machine, per_round_table, simulate, write_block
 
 
 def main() -> None:
@@ -36,7 +34,7 @@ def main() -> None:
     text = (
         f"`python benchmarks/bench_scale.py` ({args.devices} devices registered, "
         f"{round(args.devices * args.fraction)} sampled per round, {args.rounds} rounds, `{args.run_config}`) on "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores: whole run {wall:.0f} s, "
+        f"{machine()}: whole run {wall:.0f} s, "
         f"**peak memory of all its processes {peak / 2**30:.2f} GiB**. Seconds per phase and round (round 1 "
         f"also queries all {args.devices} devices once to learn who they are; the last round evaluates):\n\n{table}"
     )

@@ -16,6 +16,19 @@ from qfd_app.launch import flwr_run, superlink  # noqa: E402
 from qfd_app.ledger import PHASES, read_csv  # noqa: E402
 
 
+def machine() -> str:
+    """The CPU model and core count, as /proc/cpuinfo names them."""
+    import os
+    import platform
+
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
