@@ -18,10 +18,11 @@ from typing import Any
 from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
 from qfd_app.ddpm import LR_SCHEDULES, PRESETS
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
+from qfd_app.planning import RESOURCE_POLICIES as PLAN_RESOURCE_POLICIES
+from qfd_app.planning import STRATEGIES
 from qfd_app.quant import codec_names, get_codec
 
-STRATEGIES = ("fedavg", "fixed", "ondemand")
-RESOURCE_POLICIES = ("auto", "race-to-idle", "optimal")
+RESOURCE_POLICIES = ("auto", *PLAN_RESOURCE_POLICIES)
 DEVICES = ("auto", "cpu", "cuda")
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from qfd_app.edge import Allocation, Candidates, Devices, Network, candidate_bits, race_to_idle, solve_round
+from qfd_app.planning import RESOURCE_POLICIES
 from qfd_app.strategies.base import EdgeStrategy
-
-RESOURCE_POLICIES = ("race-to-idle", "optimal")
 
 
 class FullPrecisionFedAvg(EdgeStrategy):
