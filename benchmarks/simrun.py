@@ -94,7 +94,8 @@ def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, 
     lines = ["| phase | mean s per round | share of the round |", "|---|---:|---:|"]
     for k in PHASES[:-1]:
         lines.append(f"| {k[:-2]} | {mean[k]:.3f} | {100 * mean[k] / round_s:.1f} % |")
-    lines.append(f"| other (Flower messaging, Ray dispatch, model (de)serialisation, idle cores) | {other:.3f} | {100 * other / round_s:.1f} % |")
+    lines.append(f"| other (Flower messaging, Ray dispatch, model (de)serialisation, idle cores) | {other:.3f} | "
+                 f"{100 * other / round_s:.1f} % |")
     lines.append(f"| **round** | **{round_s:.3f}** | 100 % |")
     non_training = round_s - mean["train_s"] - mean["evaluate_s"]
     mean["non_training_share"] = non_training / round_s

@@ -83,7 +83,11 @@ def plan(
 def compare(
     scenario: Annotated[str, typer.Argument(help="Scenario name (default, heterogeneous, …) or path to a .toml file.")],
     strategies: Annotated[
-        str, typer.Option(help="Comma-separated: fedavg, fedavg:optimal, fixed, fixed:<bits>, ondemand; add :fp32-training to train fixed or ondemand in fp32.")
+        str,
+        typer.Option(
+            help="Comma-separated: fedavg, fedavg:optimal, fixed, fixed:<bits>, ondemand; "
+            "add :fp32-training to train fixed or ondemand in fp32."
+        ),
     ] = "fedavg,fixed,ondemand",
     rounds: Annotated[int | None, typer.Option(min=1, help="Rounds of every run (default: the app's).")] = None,
     bits: Annotated[int, typer.Option(min=1, max=32, help="Bit-width of a plain `fixed`.")] = 8,
@@ -115,7 +119,8 @@ def compare(
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}")).expanduser().resolve()
         typer.echo(f"comparison folder: {out}")
-        run_comparison(scenario_ref, variants, out, base=base, num_devices=devices or loaded.num_devices, echo=typer.echo)
+        num_devices = devices or loaded.num_devices
+        run_comparison(scenario_ref, variants, out, base=base, num_devices=num_devices, echo=typer.echo)
     except (CompareError, ScenarioError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     typer.echo((out / "comparison.md").read_text())

@@ -2,14 +2,14 @@
 
 partition 0 raises in round 2; partition 1 kills its own process (a hard crash) in the
 last round (3: in Flower 1.42's simulation the Ray worker dies with it and the engine keeps
-sending later devices to the dead worker, so a crash earlier would fail healthy devices too); partition 2 truncates one tensor of its payload; partition 3 reports a NaN
-channel gain. The others behave.
+sending later devices to the dead worker, so a crash earlier would fail healthy devices
+too); partition 2 truncates one tensor of its payload; partition 3 reports a NaN channel
+gain. The others behave.
 """
 
 import math
 import os
 
-import numpy as np
 from flwr.app import Array, Context, Message
 from flwr.clientapp import ClientApp
 
