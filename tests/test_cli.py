@@ -30,3 +30,34 @@ def test_sample_draws_a_grid_from_an_exported_pipeline(tmp_path):
 def test_sample_of_a_missing_folder_fails_cleanly(tmp_path):
     result = runner.invoke(app, ["sample", str(tmp_path / "nope")])
     assert result.exit_code != 0
+
+
+import pytest  # noqa: E402
+
+
+def flat(output: str) -> str:
+    """The message of a rich error box on one line (its borders and wrapping removed)."""
+    return " ".join(output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compare", "default", "--strategies", "fedavg,sgd"], "--strategies: 'sgd' is not a strategy"),
+        (["compare", "default", "--strategies", "fixed:many"], "fixed takes a bit-width"),
+        (["compare", "default", "--strategies", "ondemand,ondemand"], "lists a strategy twice"),
+        (["compare", "nowhere"], "Unknown scenario 'nowhere'"),
+        (["compare", "default", "--run-config", "batch-size=0"], "'batch-size' setting must be"),
+        (["compare", "default", "--strategies", "fixed:40"], "'bits' setting must be"),
+    ],
+)
+def test_compare_refuses_bad_options_before_running_anything(tmp_path, args, message):
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "cmp")])
+    assert result.exit_code == 1
+    assert message in flat(result.output), result.output
+    assert not (tmp_path / "cmp").exists()  # nothing started
+
+
+def test_report_of_a_folder_without_a_run_fails_cleanly(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 1 and "neither a run" in flat(result.output)
