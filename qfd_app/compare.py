@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qfd_app.ledger import read_csv
-from qfd_app.settings import STRATEGIES, SettingsError, Settings, default_run_config
+from qfd_app.planning import RESOURCE_POLICIES
+from qfd_app.settings import STRATEGIES, Settings, SettingsError, default_run_config
 
 TABLE_FIELDS = (
     "strategy", "resource_policy", "rounds", "energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
@@ -55,8 +56,8 @@ def parse_variants(spec: str, bits: int) -> list[Variant]:
         if name not in STRATEGIES:
             raise CompareError(f"--strategies: {name!r} is not a strategy; use {', '.join(STRATEGIES)}.")
         if name == "fedavg" and option:
-            if option not in ("race-to-idle", "optimal"):
-                raise CompareError(f"--strategies: {item!r}: fedavg takes :race-to-idle or :optimal.")
+            if option not in RESOURCE_POLICIES:
+                raise CompareError(f"--strategies: {item!r}: fedavg takes :{' or :'.join(RESOURCE_POLICIES)}.")
             overrides["resource-policy"] = option
         elif name == "fixed":
             try:
@@ -157,11 +158,10 @@ def _ratio(a: float, b: float) -> float:
 
 def _row(label: str, run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
     devices = read_csv(run_dir / "devices.csv")
     return {
         "strategy": label,
-        "resource_policy": summary.get("resource_policy", config.get("resource-policy", "")),
+        "resource_policy": summary["resource_policy"],
         "rounds": summary["rounds"],
         **{k: summary[k] for k in ("energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
                                    "devices_excluded", "deadline_misses", "wall_s")},  # fmt: skip
