@@ -80,11 +80,13 @@ def train(msg: Message, context: Context) -> Message:
         )
     trained = time.perf_counter()
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
-    context.state[RANGES_KEY] = MetricRecord({str(m): v for m, v in range_sq_sums(update).items()})
+    ranges = range_sq_sums(update)
+    context.state[RANGES_KEY] = MetricRecord({str(m): v for m, v in ranges.items()})
     arrays, meta = encode_update(update, codec, torch.Generator().manual_seed(seed))
     metrics = {
         "num-examples": len(images), "train-loss": loss, "partition-id": partition_id,
         "train-s": trained - started, "encode-s": time.perf_counter() - trained,
+        **{f"range-sq-{m}": v for m, v in ranges.items()},
     }  # fmt: skip
     content = RecordDict({UPDATE_KEY: arrays, UPDATE_META_KEY: meta, METRICS_KEY: MetricRecord(metrics)})
     return Message(content, reply_to=msg)

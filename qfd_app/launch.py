@@ -47,9 +47,12 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def superlink(flwr_home: Path, **extra_env: str):
-    """Start `flower-superlink --simulation` on a free loopback port; yield the env for `flwr`."""
+def start_superlink(flwr_home: Path, **extra_env: str) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start `flower-superlink --simulation` on a free loopback port in its own process group.
+
+    Returns the process (stop it with `stop_group`) and the environment for `flwr` commands
+    against it (connection `CONNECTION` in `flwr_home`).
+    """
     port = free_port()
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
@@ -57,33 +60,41 @@ def superlink(flwr_home: Path, **extra_env: str):
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = flower_env(flwr_home, **extra_env)
-    log = open(flwr_home / "superlink.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-         "--port", str(port), "--disable-runtime-dependency-installation"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    with open(flwr_home / "superlink.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(port), "--disable-runtime-dependency-installation"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.time() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, env
+        if proc.poll() is not None or time.time() > deadline:
+            stop_group(proc)
+            raise RuntimeError(f"SuperLink did not start: {(flwr_home / 'superlink.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+@contextmanager
+def superlink(flwr_home: Path, **extra_env: str):
+    """A private SuperLink (`start_superlink`) for the `with` block; yields the env for `flwr`."""
+    proc, env = start_superlink(flwr_home, **extra_env)
     try:
-        deadline = time.time() + 60
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"SuperLink did not start: {(flwr_home / 'superlink.log').read_text()[-2000:]}")
-            time.sleep(0.3)
         yield env
     finally:
         stop_group(proc)
-        log.close()
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM the process group we started, then SIGKILL what is left of it."""
+    """SIGTERM the process group we started, then SIGKILL what is left of it and of every
+    process below it (Flower starts its SuperExec, and Ray its agents, in sessions of their own)."""
+    below = descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        pass
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
@@ -93,6 +104,37 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    _signal_all(below + descendants(proc.pid), signal.SIGKILL)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` and every process below it at once, as a crash of that machine would."""
+    _signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The PIDs of the children of `pid`, their children, and so on (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def flwr_run(

@@ -1,7 +1,8 @@
 """The ledger: what every device did and sent in every round, and one line per round.
 
 Rows are appended to `devices.csv` and `rounds.csv` in the run directory as the run goes,
-so progress is on disk at every moment and a killed run loses nothing already booked.
+so progress is on disk at every moment and a killed run loses nothing already booked. A
+ledger opened on a run directory that has a devices.csv (a resumed run) goes on from it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class Ledger:
     def __init__(self, run_dir: Path):
         self.devices_csv = Path(run_dir) / "devices.csv"
         self.rounds_csv = Path(run_dir) / "rounds.csv"
-        self.records: list[DeviceRecord] = []
+        self.records = [_parse_record(row) for row in read_csv(self.devices_csv)] if self.devices_csv.exists() else []
         self.broadcast_bytes: dict[int, int] = {}
         self.phases: dict[int, dict[str, float]] = {}
 
@@ -173,6 +174,14 @@ def _append(path: Path, fields: list[str], row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+_FROM_CSV = {"int": int, "float": float, "str": str, "bool": lambda text: text == "True"}
+
+
+def _parse_record(row: dict[str, str]) -> DeviceRecord:
+    """A devices.csv row back as the record that wrote it."""
+    return DeviceRecord(**{f.name: _FROM_CSV[f.type](row[f.name]) for f in dataclasses.fields(DeviceRecord)})
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

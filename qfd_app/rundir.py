@@ -1,9 +1,10 @@
-"""The run directory: its creation with config.json, checkpoints, and the after-round hook."""
+"""The run directory: a new one with config.json or a killed one to resume, and the after-round hook."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO
 from pathlib import Path
@@ -11,12 +12,12 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
-from safetensors.torch import save_file
 
+from qfd_app.checkpoint import Checkpoint, ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
 from qfd_app.report import save_grid
-from qfd_app.settings import Settings
+from qfd_app.settings import RESUMABLE, Settings, SettingsError
 
 
 def create_run_dir(settings: Settings, run_id: int | str) -> Path:
@@ -28,18 +29,53 @@ def create_run_dir(settings: Settings, run_id: int | str) -> Path:
     return path
 
 
-def save_checkpoint(run_dir: Path, server_round: int, state: dict[str, torch.Tensor]) -> Path:
-    """Write the global model after `server_round` atomically; keep only the latest."""
-    folder = run_dir / "checkpoints"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"round_{server_round:03d}.safetensors"
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"round": str(server_round)})
-    tmp.replace(path)
-    for old in folder.glob("round_*.safetensors"):
-        if old != path:
-            old.unlink()
-    return path
+def open_run_dir(settings: Settings, run_id: int | str) -> tuple[Path, Checkpoint | None]:
+    """A new run directory, or, with `resume`, the run to go on with and its latest checkpoint.
+
+    Raises
+    ------
+    SettingsError
+        If `resume` names no resumable run, or one trained with other settings (the
+        message names the keys that differ).
+    """
+    if not settings.resume:
+        return create_run_dir(settings, run_id), None
+    run_dir = _last_unfinished(settings) if settings.resume == "last" else Path(settings.resume).expanduser()
+    saved = _saved_config(run_dir)
+    differ = [k for k, v in settings.to_run_config().items() if k not in RESUMABLE and saved.get(k) != v]
+    if differ:
+        shown = ", ".join(f"{k!r} ({saved.get(k)!r} there, {settings.to_run_config()[k]!r} now)" for k in differ)
+        raise SettingsError(f"The 'resume' setting names {run_dir}, trained with other settings: {shown}.")
+    if (run_dir / "summary.json").exists():
+        raise SettingsError(f"The 'resume' setting names {run_dir}, which finished (it has summary.json).")
+    try:
+        return run_dir, load_checkpoint(run_dir)
+    except ResumeError as err:
+        raise SettingsError(f"The 'resume' setting names a run that cannot go on: {err}.") from None
+
+
+def _saved_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise SettingsError(f"The 'resume' setting must name a run directory with a config.json; {err}") from None
+
+
+def _last_unfinished(settings: Settings) -> Path:
+    """The newest run in `output-dir` with these settings, a checkpoint and no summary.json."""
+    wanted = {k: v for k, v in settings.to_run_config().items() if k not in RESUMABLE}
+    candidates = [
+        p.parent
+        for p in Path(settings.output_dir).expanduser().glob("*/config.json")
+        if not (p.parent / "summary.json").exists() and (p.parent / "checkpoints").is_dir()
+    ]
+    matching = [p for p in candidates if all(_saved_config(p).get(k) == v for k, v in wanted.items())]
+    if not matching:
+        raise SettingsError(
+            f"The 'resume' setting is 'last', but {settings.output_dir} holds no unfinished run with these "
+            "settings (a config.json equal to them, a checkpoint and no summary.json)."
+        )
+    return max(matching, key=lambda p: (p / "config.json").stat().st_mtime)
 
 
 # What the progress line of a round shows (rounds.csv has everything).
@@ -49,10 +85,13 @@ LOGGED = ("devices_ok", "devices_failed", "devices_rejected", "devices_excluded"
 
 @dataclass
 class AfterRound:
-    """Flower's `evaluate_fn`: after every round checkpoint, evaluate when due, write rounds.csv.
+    """Flower's `evaluate_fn`: after every round evaluate when due, write rounds.csv, checkpoint.
 
     Evaluates every `eval_interval` rounds and always after the last one
-    (`eval_interval = 0`: only after the last).
+    (`eval_interval = 0`: only after the last). Flower counts rounds from 1; in a resumed
+    run `first_round` is the checkpoint's round + 1, and the rounds booked are the run's.
+    The checkpoint is committed last, so a complete checkpoint of round r always holds
+    round r's ledger rows.
     """
 
     run_dir: Path
@@ -61,37 +100,45 @@ class AfterRound:
     evaluator: Evaluator
     eval_interval: int
     num_rounds: int
-    started: float = field(default_factory=time.time)
+    strategy_state: Callable[[], dict]
+    first_round: int = 1
+    wall_before_s: float = 0.0  # what the run took before it was resumed
     last_scores: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
     _round_started: float = field(default_factory=time.perf_counter)
 
     def due(self, server_round: int) -> bool:
         every = self.eval_interval and server_round % self.eval_interval == 0
         return bool(every) or server_round == self.num_rounds
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:  # before training: nothing to book, the first round starts now
+    def wall_s(self) -> float:
+        return self.wall_before_s + time.time() - self.started
+
+    def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if flower_round == 0:  # before training: nothing to book, the first round starts now
             self._round_started = time.perf_counter()
             return None
+        server_round = flower_round + self.first_round - 1
         begun = time.perf_counter()
         state = arrays.to_torch_state_dict()
         self.model.load_state_dict(state)
-        save_checkpoint(self.run_dir, server_round, state)
-        checkpointed = time.perf_counter()
-        self.ledger.book_phases(server_round, checkpoint_s=checkpointed - begun)
         if self.due(server_round):
             scores, images = self.evaluator(self.model)
             save_grid(images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png")
-            self.ledger.book_phases(server_round, evaluate_s=time.perf_counter() - checkpointed)
+            self.ledger.book_phases(server_round, evaluate_s=time.perf_counter() - begun)
             self.last_scores = scores
         else:
             scores = {}
+        checkpointing = time.perf_counter()
+        run_state = {"wall_s": self.wall_s(), "last_scores": self.last_scores, "strategy": self.strategy_state()}
+        staged = stage_checkpoint(self.run_dir, server_round, state, run_state)
         now = time.perf_counter()
-        self.ledger.book_phases(server_round, round_s=now - self._round_started)
+        self.ledger.book_phases(server_round, checkpoint_s=now - checkpointing, round_s=now - self._round_started)
         self._round_started = now
         row = {**self.ledger.summarise(server_round), **scores}
-        row["wall_s"] = round(time.time() - self.started, 2)
+        row["wall_s"] = round(self.wall_s(), 2)
         self.ledger.write_round(row)
+        commit_checkpoint(self.run_dir, staged)
         shown = ", ".join(f"{k} {row[k]:.4g}" for k in LOGGED if isinstance(row.get(k), (int, float)))
         log(INFO, "[qfd] round %d/%d: %s", server_round, self.num_rounds, shown)
         return MetricRecord({k: float(v) for k, v in row.items() if k != "round"})

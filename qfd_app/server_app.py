@@ -1,4 +1,4 @@
-"""qfd ServerApp: settings → scenario, data and model → strategy → rounds → evaluation → export."""
+"""qfd ServerApp: settings → run directory (new or resumed) → data, model, strategy → rounds → export."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from qfd_app import ddpm
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
 from qfd_app.report import plot_rounds
-from qfd_app.rundir import AfterRound, create_run_dir
+from qfd_app.rundir import AfterRound, open_run_dir
 from qfd_app.settings import load_settings
 from qfd_app.strategies import make_strategy, round_physics
 
@@ -27,7 +27,7 @@ def main(grid: Grid, context: Context) -> None:
     settings = load_settings(context.run_config)  # fails here, before any device is contacted
     scenario = settings.load_scenario()
     started = time.time()
-    run_dir = create_run_dir(settings, context.run_id)
+    run_dir, checkpoint = open_run_dir(settings, context.run_id)  # a bad `resume` fails here too
     log(INFO, "[qfd] run directory: %s", run_dir)
     device = ddpm.pick_device(settings.device)
 
@@ -37,21 +37,30 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[qfd] %s UNet, %d parameters; reference FID (train vs held-out) %.3f",
         settings.model, sum(p.numel() for p in model.parameters()), evaluator.reference_fid)  # fmt: skip
 
-    ledger = Ledger(run_dir)
+    ledger = Ledger(run_dir)  # a resumed run's ledger goes on from its checkpoint's
     physics = round_physics(settings, scenario, channels=evaluator.test.pixels.shape[1])
     strategy = make_strategy(settings, ledger, physics)
     log(INFO, "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)", settings.strategy,
         scenario.name, settings.resources, physics.gamma, physics.network.deadline_s, physics.epochs)  # fmt: skip
-    after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds)
-    result = strategy.start(
+    after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds,
+                             strategy_state=strategy.state, started=started)  # fmt: skip
+    done = 0
+    if checkpoint is not None:
+        done = checkpoint.round
+        model.load_state_dict(checkpoint.model)
+        strategy.restore(checkpoint.state["strategy"], completed_rounds=done)
+        after_round.first_round, after_round.wall_before_s = done + 1, checkpoint.state["wall_s"]
+        after_round.last_scores = checkpoint.state["last_scores"]
+        log(INFO, "[qfd] resuming after round %d of %d (Flower counts the remaining rounds from 1)",
+            done, settings.num_server_rounds)  # fmt: skip
+    strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(torch_state_dict=model.state_dict()),
-        num_rounds=settings.num_server_rounds,
+        num_rounds=settings.num_server_rounds - done,
         train_config=ConfigRecord({"local-epochs": settings.local_epochs}),
-        evaluate_fn=after_round,
+        evaluate_fn=after_round,  # loads each round's global model into `model`
     )
 
-    model.load_state_dict(result.arrays.to_torch_state_dict())
     ddpm.export_pipeline(model, run_dir / "final")
     plot_rounds(run_dir)
     summary = {
@@ -60,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
         "resource_policy": settings.resources,
         "gamma": physics.gamma,
         "rounds": settings.num_server_rounds,
-        "wall_s": round(time.time() - started, 1),
+        "wall_s": round(after_round.wall_s(), 1),
         "reference_fid": evaluator.reference_fid,
         **{f"final_{k}": v for k, v in after_round.last_scores.items()},
         **ledger.totals(),

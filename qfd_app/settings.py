@@ -135,6 +135,24 @@ class AbsolutePath:
         return "an absolute path (or one starting with '~'), outside the app folder"
 
 
+class Resume:
+    """Where a run starts: '' (false) a new run; 'last' (true) the newest unfinished run in
+    `output-dir` with the same settings; or the absolute path of a run directory."""
+
+    def check(self, value: Any) -> str | None:
+        ok = isinstance(value, bool) or (
+            isinstance(value, str) and (value in ("", "last") or Path(value).expanduser().is_absolute())
+        )
+        return None if ok else self.describe()
+
+    def describe(self) -> str:
+        return "false or '' (a new run), true or 'last' (the newest unfinished run in output-dir), or a run directory"
+
+    @staticmethod
+    def normalise(value: bool | str) -> str:
+        return {True: "last", False: ""}.get(value, value) if isinstance(value, bool) else value
+
+
 # The settings a run accepts: key (as in pyproject / --run-config) → allowed values.
 CONSTRAINTS: dict[str, Any] = {
     "strategy": Options(STRATEGIES),
@@ -162,7 +180,12 @@ CONSTRAINTS: dict[str, Any] = {
     "output-dir": AbsolutePath(),
     "device": Options(DEVICES),
     "client-threads": Interval(int, 0, 256),
+    "max-update-norm": Interval(float, 0, None),
+    "resume": Resume(),
 }
+
+# Settings a resumed run may change: they do not alter what is trained (`resume` names the run).
+RESUMABLE = ("resume", "output-dir", "device", "client-threads")
 
 
 @dataclass(frozen=True)
@@ -194,6 +217,8 @@ class Settings:
     output_dir: str
     device: str
     client_threads: int
+    max_update_norm: float
+    resume: str
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
@@ -218,6 +243,8 @@ class Settings:
                 raise SettingsError(f"The {key!r} setting must be {problem}. Got {value!r} instead.")
             if isinstance(constraint, Interval) and constraint.kind is float:
                 value = float(value)
+            if isinstance(constraint, Resume):
+                value = constraint.normalise(value)
             values[key.replace("-", "_")] = value
         try:  # the codec decides which bit-widths it can encode
             get_codec(values["codec"], bits=values["bits"])

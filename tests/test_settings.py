@@ -11,6 +11,7 @@ from qfd_app.settings import (
     DatasetName,
     ImageSize,
     Interval,
+    Resume,
     Options,
     ScenarioName,
     Settings,
@@ -49,6 +50,8 @@ def invalid_values(constraint):
         return ["relative/runs", "", 3]
     if isinstance(constraint, ScenarioName):
         return ["nowhere", "/no/such/file.toml", "", 3]
+    if isinstance(constraint, Resume):
+        return ["relative/run", "latest", 1, None]
     raise AssertionError(f"no invalid values known for {constraint!r}")
 
 
@@ -127,3 +130,8 @@ def test_auto_resources_race_to_idle_for_fedavg_only():
     assert with_overrides({"strategy": "fedavg"}).resources == "race-to-idle"
     assert with_overrides({"strategy": "fedavg", "resource-policy": "optimal"}).resources == "optimal"
     assert with_overrides({"strategy": "ondemand"}).resources == "optimal"
+
+
+@pytest.mark.parametrize("value, expected", [(True, "last"), (False, ""), ("last", "last"), ("", ""), ("/r/x", "/r/x")])
+def test_resume_true_means_the_last_unfinished_run(value, expected):
+    assert with_overrides({"resume": value}).resume == expected

@@ -25,7 +25,7 @@ def metadata(node):
 
 def reply(node, update, num_examples, loss=0.5, metrics=None, codec="fp32", bits=32):
     metrics = metrics or {"num-examples": num_examples, "train-loss": loss, "partition-id": node,
-                          "train-s": 1.5, "encode-s": 0.01}
+                          "train-s": 1.5, "encode-s": 0.01, "range-sq-64": 2.0, "range-sq-256": 3.0}
     arrays, meta = encode_update(update, get_codec(codec, bits=bits), torch.Generator().manual_seed(node))
     content = RecordDict({"update": arrays, "update-meta": meta, "metrics": MetricRecord(metrics)})
     return Message(content=content, metadata=metadata(node))
@@ -227,3 +227,44 @@ def test_a_device_that_has_not_trained_is_priced_like_the_others(tmp_path):
     states = smoke_states({64: 50.0, 256: 50.0})
     fresh = [states[0], states[1], type(states[2])(**{**states[2].__dict__, "range_sq": {}})]
     assert plan_bits(strategy, fresh) == plan_bits(strategy, states)
+
+
+def test_a_metric_of_the_wrong_type_rejects_the_reply_naming_the_metric(strategy):
+    metrics = {"num-examples": 10, "train-loss": [0.5, 0.4], "partition-id": 1, "train-s": 1.0, "encode-s": 0.1,
+               "range-sq-64": 1.0, "range-sq-256": 1.0}  # fmt: skip
+    strategy.aggregate_train(1, [reply(1, random_state(1), 10, metrics=metrics), reply(2, random_state(2), 4)])
+    rejected = [r for r in strategy.ledger.of_round(1) if r.status == "rejected"]
+    assert [r.node_id for r in rejected] == [1] and "'train-loss' must be float" in rejected[0].reason
+
+
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path):
+    updates = {node: random_state(20 + node) for node in (1, 2, 3, 4)}
+    results = []
+    for order in ([1, 2, 3, 4], [4, 2, 1, 3], [3, 1, 4, 2]):
+        (folder := tmp_path / "-".join(map(str, order))).mkdir()
+        strategy = make_strategy(folder)
+        arrays, _ = strategy.aggregate_train(1, [reply(n, updates[n], 7 * n) for n in order])
+        results.append(arrays.to_torch_state_dict())
+    for other in results[1:]:
+        assert all(torch.equal(results[0][name], other[name]) for name in SHAPES)  # bitwise
+
+
+def test_updates_longer_than_max_update_norm_are_scaled_down_to_it(tmp_path):
+    strategy = make_strategy(tmp_path)
+    short = {k: v * 1e-3 for k, v in random_state(1).items()}
+    long = {k: v * 100 for k, v in random_state(2).items()}
+    norm = lambda u: float(np.sqrt(sum(np.square(t.numpy().astype(np.float64)).sum() for t in u.values())))  # noqa: E731
+    strategy.max_update_norm = bound = 2 * norm(short)
+    assert norm(long) > 10 * bound
+    arrays, _ = strategy.aggregate_train(1, [reply(1, short, 10), reply(2, long, 10)])
+    new = arrays.to_torch_state_dict()
+    for name in SHAPES:  # the mean of the short update and the long one cut to the bound
+        expected = strategy._global[name] + 0.5 * short[name] + 0.5 * long[name] * (bound / norm(long))
+        torch.testing.assert_close(new[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_server_remembers_each_partitions_range_sums_from_its_reply(strategy):
+    metrics = {"num-examples": 10, "train-loss": 0.5, "partition-id": 3, "train-s": 1.0, "encode-s": 0.1,
+               "range-sq-64": 12.5, "range-sq-256": 30.0}  # fmt: skip
+    strategy.aggregate_train(1, [reply(3, random_state(3), 10, metrics=metrics)])
+    assert strategy.range_sq == {3: {64: 12.5, 256: 30.0}}

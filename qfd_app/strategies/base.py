@@ -14,8 +14,12 @@ Each round (`configure_train`):
 
 `aggregate_train` decodes every reply against the codec and bits assigned to *that*
 device, books its energy from the plan and the **bytes actually received** (upload time =
-bits / rate), flags deadline misses, and adds the example-weighted mean update to the
-global model.
+bits / rate), flags deadline misses, clips each update to `max_update_norm` when set, and
+adds the example-weighted mean update to the global model (in partition order, so that the
+sum does not depend on the order the replies came in).
+
+What the strategy learns across rounds — ‖Δ̄‖² and each device's update range sums — is
+its `state()`, saved with every checkpoint; `restore` continues a killed run from one.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from qfd_app.edge import Allocation, Candidates, Devices, Network
 from qfd_app.edge.energy import uplink_rate_bps
-from qfd_app.edge.state import DeviceState, StateError, parse_state, solver_inputs
+from qfd_app.edge.state import RANGE_BLOCK_SIZES, DeviceState, StateError, parse_state, solver_inputs
 from qfd_app.ledger import EXCLUDED, FAILED, OK, REJECTED, DeviceRecord, Ledger
 from qfd_app.quant import decode_update, default_block_size, get_codec, payload_bytes
 
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY, STATE_KEY = "update", "update-meta", "metrics", "device-state"
 # The metrics every train reply carries, with their types: one schema, so replies never differ.
-REPLY_METRICS = {"num-examples": int, "train-loss": float, "partition-id": int, "train-s": float, "encode-s": float}
+# range-sq-<m> is the Σ m R² of the update for block size m (`device.range_sq_sums`).
+REPLY_METRICS = {
+    "num-examples": int, "train-loss": float, "partition-id": int, "train-s": float, "encode-s": float,
+    **{f"range-sq-{m}": float for m in RANGE_BLOCK_SIZES},
+}  # fmt: skip
 QUERY_TIMEOUT_S = 300.0
 DEADLINE_RTOL = 1e-9
 
@@ -108,6 +116,9 @@ class EdgeStrategy(FedAvg):
         Fraction of connected devices sampled each round (at least `min_train_nodes`).
     seed : int
         Seed of the device sampling.
+    max_update_norm : float
+        Clip each device's update to this L2 norm before averaging, to cap the influence
+        of one device; 0 leaves updates as they are.
     """
 
     def __init__(
@@ -117,6 +128,7 @@ class EdgeStrategy(FedAvg):
         *,
         fraction_train: float,
         seed: int,
+        max_update_norm: float = 0.0,
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
     ):
@@ -127,8 +139,10 @@ class EdgeStrategy(FedAvg):
             min_evaluate_nodes=0,
             min_available_nodes=min_available_nodes,
         )
-        self.ledger, self.physics, self.seed = ledger, physics, seed
+        self.ledger, self.physics, self.seed, self.max_update_norm = ledger, physics, seed, max_update_norm
         self.update_sq_norm = math.nan  # ‖Δ̄‖² of the last aggregate update; unknown before round 1
+        self.range_sq: dict[int, dict[int, float]] = {}  # partition → range sums of its last update
+        self.round_offset = 0  # rounds done before a resume: Flower's round r is round r + offset
         self._partition_of: dict[int, int] = {}  # node id → partition id, learnt from queries
         self._global: dict[str, torch.Tensor] = {}
         self._assigned: dict[int, dict[int, Assignment]] = {}
@@ -150,11 +164,27 @@ class EdgeStrategy(FedAvg):
         """Whether the plan enforces ε; only `ondemand` does."""
         return False
 
+    # ------------------------------------------------------------------ checkpoint
+    def state(self) -> dict:
+        """What the strategy learnt so far, as JSON-able values (saved with each checkpoint)."""
+        return {
+            "update_sq_norm": self.update_sq_norm if math.isfinite(self.update_sq_norm) else None,
+            "range_sq": {str(p): {str(m): v for m, v in sums.items()} for p, sums in self.range_sq.items()},
+        }
+
+    def restore(self, state: dict, completed_rounds: int) -> None:
+        """Go on after `completed_rounds` rounds from a `state()`."""
+        norm = state["update_sq_norm"]
+        self.update_sq_norm = math.nan if norm is None else float(norm)
+        self.range_sq = {int(p): {int(m): float(v) for m, v in sums.items()} for p, sums in state["range_sq"].items()}
+        self.round_offset = completed_rounds
+
     # ------------------------------------------------------------------ sampling and query
     def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self, flower_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample, query, plan; one train message per scheduled device."""
+        server_round = flower_round + self.round_offset
         self._global = arrays.to_torch_state_dict()
         nodes = self._wait_for_nodes(grid)
         started = time.perf_counter()
@@ -169,7 +199,7 @@ class EdgeStrategy(FedAvg):
         sampled = [n for n in sampled if n in states]
         log(INFO, "Round %d: sampled %d of %d devices", server_round, size, len(nodes))
         queried = time.perf_counter()
-        assigned = self._plan(server_round, sampled, [states[n] for n in sampled])
+        assigned = self._plan(server_round, sampled, [self._with_ranges(n, states[n]) for n in sampled])
         self.ledger.book_phases(server_round, query_s=queried - started, solve_s=time.perf_counter() - queried)
         self._assigned[server_round] = assigned
         messages = []
@@ -230,7 +260,7 @@ class EdgeStrategy(FedAvg):
     def _plan(self, server_round: int, nodes: list[int], states: list[DeviceState]) -> dict[int, Assignment]:
         if not nodes:
             return {}
-        states = self._with_range_estimates(states)
+        states = self._with_mean_ranges(states)
         network = self.physics.network
         budget_on = self.error_budget_active() and math.isfinite(self.update_sq_norm) and all(s.range_sq for s in states)
         if budget_on:
@@ -265,8 +295,14 @@ class EdgeStrategy(FedAvg):
             )  # fmt: skip
         return assigned
 
+    def _with_ranges(self, node: int, state: DeviceState) -> DeviceState:
+        """A device that reports no range sums (it never trained, or it restarted) gets the ones
+        of its last update the server received, if any."""
+        known = self.range_sq.get(self._partition_of[node])
+        return replace(state, range_sq=known) if not state.range_sq and known else state
+
     @staticmethod
-    def _with_range_estimates(states: list[DeviceState]) -> list[DeviceState]:
+    def _with_mean_ranges(states: list[DeviceState]) -> list[DeviceState]:
         """A device that has not trained yet gets the mean range statistics of those that have."""
         known = [s.range_sq for s in states if s.range_sq]
         if not known or len(known) == len(states):
@@ -281,12 +317,13 @@ class EdgeStrategy(FedAvg):
 
     # ------------------------------------------------------------------ aggregation
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+        self, flower_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate and book each reply, then add the weighted mean update to the global model."""
+        server_round = flower_round + self.round_offset
         started = time.perf_counter()
         assigned = self._assigned.pop(server_round, {})
-        accepted: list[tuple[int, dict[str, torch.Tensor]]] = []
+        accepted: list[tuple[int, int, dict[str, torch.Tensor]]] = []  # (partition, examples, update)
         for reply in replies:
             node = reply.metadata.src_node_id
             plan = assigned.pop(node, None)
@@ -306,7 +343,8 @@ class EdgeStrategy(FedAvg):
                 self.ledger.book(self._record(server_round, node, plan, REJECTED, str(err), sent=sent))
                 continue
             self.ledger.book(self._record(server_round, node, plan, OK, "", sent=sent, metrics=metrics))
-            accepted.append((metrics["num-examples"], update))
+            self.range_sq[plan.partition_id] = {m: metrics[f"range-sq-{m}"] for m in RANGE_BLOCK_SIZES}
+            accepted.append((plan.partition_id, metrics["num-examples"], self._clipped(update)))
         for node, plan in assigned.items():
             self.ledger.book(self._record(server_round, node, plan, FAILED, "no reply before the round's timeout"))
 
@@ -319,10 +357,11 @@ class EdgeStrategy(FedAvg):
         if not accepted:
             log(WARNING, "Round %d: no usable update; the global model stays as it was.", server_round)
             return None, None
-        total = sum(n for n, _ in accepted)
+        accepted.sort(key=lambda item: item[0])
+        total = sum(n for _, n, _ in accepted)
         new_global, sq_norm = {}, 0.0
         for name, weights in self._global.items():
-            mean_update = sum(update[name] * (n / total) for n, update in accepted)
+            mean_update = sum(update[name] * (n / total) for _, n, update in accepted)
             sq_norm += float(mean_update.double().square().sum())
             new_global[name] = weights + mean_update.to(weights.dtype)
         self.update_sq_norm = sq_norm
@@ -330,6 +369,15 @@ class EdgeStrategy(FedAvg):
         new_arrays = ArrayRecord(torch_state_dict=new_global)
         self.ledger.book_phases(server_round, aggregate_s=time.perf_counter() - decoded)
         return new_arrays, metrics
+
+    def _clipped(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`update` scaled down to L2 norm `max_update_norm` if it is longer (0: unchanged)."""
+        if not self.max_update_norm:
+            return update
+        norm = math.sqrt(sum(float(t.double().square().sum()) for t in update.values()))
+        if norm <= self.max_update_norm:
+            return update
+        return {name: t * (self.max_update_norm / norm) for name, t in update.items()}
 
     def decode_update(self, reply: Message, plan: Assignment) -> dict[str, torch.Tensor]:
         """The update carried by a reply, as fp32 tensors; raises `ValueError` if unusable.

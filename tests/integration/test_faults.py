@@ -75,11 +75,16 @@ def test_a_nan_channel_gain_is_rejected_before_training(faulty_run):
     assert all(r["status"] == "rejected" and "gain" in r["reason"] and int(r["bits"]) == 0 for r in mine)
 
 
+def test_a_metric_of_the_wrong_type_is_rejected_naming_it(faulty_run):
+    rows = rows_of(faulty_run, 5)
+    assert rows[1]["status"] == "rejected" and "'train-loss' must be float" in rows[1]["reason"]
+    assert rows[2]["status"] == "ok"
+
+
 def test_healthy_devices_train_every_round_and_the_model_stays_finite(faulty_run):
-    for partition in (4, 5):  # round 3 may have gone to the worker partition 1 killed
-        rows = rows_of(faulty_run, partition)
-        assert rows[1]["status"] == rows[2]["status"] == "ok"
-    state = load_file(next((faulty_run / "checkpoints").glob("round_003.safetensors")))
+    rows = rows_of(faulty_run, 4)  # round 3 may have gone to the worker partition 1 killed
+    assert rows[1]["status"] == rows[2]["status"] == "ok"
+    state = load_file(faulty_run / "checkpoints" / "round_003" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in state.values())
     summary = json.loads((faulty_run / "summary.json").read_text())
     assert summary["rounds"] == 3

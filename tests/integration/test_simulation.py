@@ -49,7 +49,7 @@ def fixed4_run(flower):
 def test_run_directory_holds_every_output(fedavg_run):
     run_dir, log = fedavg_run
     for name in ("config.json", "rounds.csv", "devices.csv", "summary.json", "final/model_index.json",
-                 "samples/round_001.png", "samples/round_002.png", "checkpoints/round_002.safetensors",
+                 "samples/round_001.png", "samples/round_002.png", "checkpoints/round_002/model.safetensors",
                  "plots/rounds.png"):  # fmt: skip
         assert (run_dir / name).exists(), name
     assert str(run_dir) in log  # the run directory is printed
@@ -74,7 +74,7 @@ def test_global_model_changed_from_its_seeded_initialisation(fedavg_run):
     run_dir, _ = fedavg_run
     torch.manual_seed(0)
     initial = ddpm.build_unet("tiny", 16).state_dict()
-    trained = load_file(run_dir / "checkpoints" / "round_002.safetensors")
+    trained = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
     assert trained.keys() == initial.keys()
     assert all(torch.isfinite(v).all() for v in trained.values())
     moved = sum(float((trained[k] - initial[k]).abs().sum()) for k in initial)
@@ -86,7 +86,7 @@ def test_final_model_loads_as_a_diffusers_pipeline_and_samples(fedavg_run):
     pipeline = DDPMPipeline.from_pretrained(run_dir / "final")
     images = pipeline(batch_size=2, num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
-    trained = load_file(run_dir / "checkpoints" / "round_002.safetensors")
+    trained = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
     assert all(torch.equal(pipeline.unet.state_dict()[k], v) for k, v in trained.items())
 
 
@@ -109,6 +109,6 @@ def test_fixed_4_bit_run_trains_the_model(fixed4_run):
     assert float(rounds[1]["train_loss"]) < float(rounds[0]["train_loss"])
     torch.manual_seed(0)
     initial = ddpm.build_unet("tiny", 16).state_dict()
-    trained = load_file(run_dir / "checkpoints" / "round_002.safetensors")
+    trained = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in trained.values())
     assert sum(float((trained[k] - initial[k]).abs().sum()) for k in initial) > 1.0

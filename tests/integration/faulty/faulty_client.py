@@ -4,7 +4,7 @@ partition 0 raises in round 2; partition 1 kills its own process (a hard crash) 
 last round (3: in Flower 1.42's simulation the Ray worker dies with it and the engine keeps
 sending later devices to the dead worker, so a crash earlier would fail healthy devices
 too); partition 2 truncates one tensor of its payload; partition 3 reports a NaN channel
-gain. The others behave.
+gain; partition 5 reports its train loss as a list in round 1. The others behave.
 """
 
 import math
@@ -44,4 +44,7 @@ def train(msg: Message, context: Context) -> Message:
         name = next(iter(arrays))
         array = arrays[name]
         arrays[name] = Array(dtype=array.dtype, shape=array.shape, stype=array.stype, data=array.data[:-3])
+    if partition == 5 and server_round == 1:
+        metrics = reply.content["metrics"]
+        metrics["train-loss"] = [metrics["train-loss"]]
     return reply

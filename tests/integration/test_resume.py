@@ -1,0 +1,101 @@
+"""Resume: SIGKILL a real simulation after round 2 of 4, resume it, and get the uninterrupted run.
+
+Three real `flwr run`s of the default `ondemand` strategy on 4 virtual devices, 2 sampled a
+round (so devices train, sit out and come back, and the error budget prices them with
+the range sums the server remembers): one uninterrupted, one whose whole server side
+(SuperLink, ServerApp, Ray) is SIGKILLed as soon as round 2's checkpoint is committed, and
+one that resumes it (`resume = true`) on a fresh SuperLink.
+
+Why bitwise equality holds: every random draw of a round comes from generators seeded by
+(seed, round, partition), each device trains single-threaded, and the server adds the
+updates in partition order, so nothing depends on which process ran what or when.
+"""
+
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qfd_app.launch import flwr_run, kill_tree, start_superlink, stop_group
+from qfd_app.ledger import PHASES, read_csv
+
+pytestmark = pytest.mark.slow
+
+CONFIG = ("num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 eval-samples=64 "
+          "sample-steps=5 strategy='ondemand'")  # fmt: skip
+FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
+HOST_COLUMNS = {"node_id", "host_train_s", "host_encode_s", *PHASES, "wall_s"}  # the host's, not the run's
+
+
+def run(root, name, extra="", kill_after_round=None):
+    """One `flwr run` on its own SuperLink; returns (log, run dir, checkpoints present at the kill)."""
+    out = root / name
+    proc, env = start_superlink(root / f"home-{name}", QFD_CACHE_DIR=str(root / "cache"))
+    seen_at_kill = []
+    stop = threading.Event()
+
+    def kill_when_checkpointed():
+        while not stop.is_set():
+            done = sorted(p.name for p in out.glob(f"*/checkpoints/round_{kill_after_round:03d}"))
+            if done:
+                kill_tree(proc)  # the server side (SuperLink, ServerApp, Ray) dies mid-run, no cleanup
+                seen_at_kill.extend(p.name for p in out.glob("*/checkpoints/*"))
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_when_checkpointed, daemon=True)
+    if kill_after_round:
+        watcher.start()
+    try:
+        done = flwr_run(env, f"{CONFIG} {extra} output-dir='{out}'", FEDERATION, timeout_s=600)
+    finally:
+        stop.set()
+        stop_group(proc)
+    runs = [p.parent for p in out.glob("*/config.json")]
+    assert len(runs) == 1, done.stdout[-3000:]
+    return done.stdout, runs[0], seen_at_kill
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    _, full, _ = run(root, "full")
+    _, killed, seen_at_kill = run(root, "killed", kill_after_round=2)
+    killed_rounds = [r["round"] for r in read_csv(killed / "rounds.csv")]
+    log, resumed, _ = run(root, "killed", extra="resume=true")  # the last unfinished run in output-dir
+    return {"full": full, "killed": killed, "resumed": resumed, "log": log, "seen_at_kill": seen_at_kill,
+            "killed_rounds": killed_rounds}  # fmt: skip
+
+
+def deterministic(rows):
+    """The rows without the host's timings, in (round, partition) order (replies come in any order)."""
+    rows = sorted(rows, key=lambda r: (int(r["round"]), int(r.get("partition_id", -1))))
+    return [{k: v for k, v in row.items() if k not in HOST_COLUMNS} for row in rows]
+
+
+def test_the_kill_came_after_round_2_and_before_the_run_ended(runs):
+    assert runs["seen_at_kill"] == ["round_002"]
+    assert runs["killed_rounds"] == ["1", "2"]
+
+
+def test_the_resumed_run_continues_in_the_same_directory_from_round_3(runs):
+    assert runs["resumed"] == runs["killed"]
+    assert "resuming after round 2 of 4" in runs["log"]
+    assert (runs["resumed"] / "summary.json").exists() and (runs["resumed"] / "final" / "model_index.json").exists()
+
+
+def test_the_ledger_equals_the_uninterrupted_runs(runs):
+    full = read_csv(runs["full"] / "devices.csv")
+    resumed = read_csv(runs["resumed"] / "devices.csv")
+    assert {r["round"] for r in full} == {"1", "2", "3", "4"}
+    assert deterministic(resumed) == deterministic(full)  # bits, plan, energy, bytes, losses: every value
+    assert deterministic(read_csv(runs["resumed"] / "rounds.csv")) == deterministic(read_csv(runs["full"] / "rounds.csv"))
+
+
+def test_the_final_model_equals_the_uninterrupted_runs(runs):
+    full = load_file(runs["full"] / "checkpoints" / "round_004" / "model.safetensors")
+    resumed = load_file(runs["resumed"] / "checkpoints" / "round_004" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)  # bitwise: see the module docstring

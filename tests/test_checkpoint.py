@@ -1,0 +1,121 @@
+"""Checkpoints and resuming: atomic writes, the ledger rolled back to the checkpoint, the
+run directory a `resume` setting names, and the strategy's state carried across."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from qfd_app.checkpoint import ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.ledger import DeviceRecord, Ledger, read_csv
+from qfd_app.rundir import create_run_dir, open_run_dir
+from qfd_app.settings import Settings, SettingsError, default_run_config
+
+
+def settings(tmp_path, **overrides):
+    return Settings.from_run_config({**default_run_config(), "output-dir": str(tmp_path), **overrides})
+
+
+def book_round(ledger, server_round, nodes=(1, 2)):
+    for node in nodes:
+        ledger.book(DeviceRecord(server_round, node, node, "phone", "ok", "", bits=4, energy_compute_j=0.5 * node,
+                                 num_examples=10, train_loss=0.25, deadline_missed=node == 2))  # fmt: skip
+    ledger.write_round({"round": server_round, **ledger.summarise(server_round)})
+
+
+def checkpoint(run_dir, server_round, value):
+    staged = stage_checkpoint(run_dir, server_round, {"w": torch.full((3,), value)}, {"strategy": {"x": value}})
+    return commit_checkpoint(run_dir, staged)
+
+
+def test_only_the_latest_complete_checkpoint_is_kept_and_loaded(tmp_path):
+    ledger = Ledger(tmp_path)
+    for r in (1, 2):
+        book_round(ledger, r)
+        checkpoint(tmp_path, r, float(r))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["round_002"]
+    stage_checkpoint(tmp_path, 3, {"w": torch.zeros(3)}, {})  # killed before its commit
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == 2 and loaded.state == {"strategy": {"x": 2.0}}
+    assert torch.equal(loaded.model["w"], torch.full((3,), 2.0))
+
+
+def test_loading_rolls_the_ledger_back_to_the_checkpoint(tmp_path):
+    ledger = Ledger(tmp_path)
+    for r in (1, 2):
+        book_round(ledger, r)
+    checkpoint(tmp_path, 2, 2.0)
+    book_round(ledger, 3)  # a half-done round 3 …
+    assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {"1", "2", "3"}
+    load_checkpoint(tmp_path)  # … is dropped
+    assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {"1", "2"}
+    assert [row["round"] for row in read_csv(tmp_path / "rounds.csv")] == ["1", "2"]
+    resumed = Ledger(tmp_path)
+    assert resumed.records == [r for r in ledger.records if r.round <= 2]  # every type read back
+    assert resumed.totals()["deadline_misses"] == 2
+
+
+def test_a_run_without_a_checkpoint_cannot_be_loaded(tmp_path):
+    with pytest.raises(ResumeError, match="no complete checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_resume_last_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path):
+    first = create_run_dir(settings(tmp_path), "1")
+    checkpoint(first, 1, 1.0)
+    other = create_run_dir(settings(tmp_path, seed=5), "2")  # other settings
+    checkpoint(other, 1, 1.0)
+    run_dir, loaded = open_run_dir(settings(tmp_path, resume="last", device="cpu"), "3")
+    assert run_dir == first and loaded.round == 1
+    (first / "summary.json").write_text("{}")  # finished: nothing left to resume
+    with pytest.raises(SettingsError, match="'resume'.*no unfinished run"):
+        open_run_dir(settings(tmp_path, resume=True), "4")
+
+
+def test_resume_refuses_a_run_trained_with_other_settings(tmp_path):
+    run_dir = create_run_dir(settings(tmp_path, **{"local-epochs": 3}), "1")
+    checkpoint(run_dir, 1, 1.0)
+    with pytest.raises(SettingsError, match=r"'resume'.*'local-epochs' \(3 there, 10 now\)"):
+        open_run_dir(settings(tmp_path, resume=str(run_dir)), "2")
+    open_run_dir(settings(tmp_path, resume=str(run_dir), **{"local-epochs": 3}), "2")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d, "no complete checkpoint"),
+    (lambda d: (d / "summary.json").write_text("{}") and d, "finished"),
+    (lambda d: d / "nothing-here", "config.json"),
+])  # fmt: skip
+def test_resume_refuses_what_cannot_go_on(tmp_path, make, message):
+    run_dir = create_run_dir(settings(tmp_path), "1")
+    target = make(run_dir) or run_dir
+    with pytest.raises(SettingsError, match=f"'resume'.*{message}"):
+        open_run_dir(settings(tmp_path, resume=str(target)), "2")
+
+
+def test_the_strategy_state_survives_json_and_restores_the_same_plan(tmp_path):
+    from tests.test_strategy import ondemand, plan_bits, smoke_states
+
+    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy.update_sq_norm = 1.0
+    strategy.range_sq = {0: {64: 50.0, 256: 50.0}, 1: {64: 40.0, 256: 40.0}, 2: {64: 30.0, 256: 30.0}}
+    saved = json.loads(json.dumps(strategy.state()))
+    fresh = ondemand(tmp_path / "b", epsilon=0.05)
+    fresh.restore(saved, completed_rounds=2)
+    assert fresh.round_offset == 2 and fresh.update_sq_norm == 1.0 and fresh.range_sq == strategy.range_sq
+    # devices that restarted report no ranges: the server's memory prices them as before
+    forgetful = smoke_states({})
+    fresh._partition_of = {10 + i: i for i in range(3)}
+    remembered = [fresh._with_ranges(10 + i, s) for i, s in enumerate(forgetful)]
+    reported = [s.__class__(**{**s.__dict__, "range_sq": strategy.range_sq[i]}) for i, s in enumerate(forgetful)]
+    assert plan_bits(fresh, remembered) == plan_bits(strategy, reported)
+
+
+def test_an_unknown_aggregate_norm_is_saved_as_null(tmp_path):
+    from tests.test_strategy import ondemand
+
+    strategy = ondemand(tmp_path, epsilon=0.05)
+    saved = json.loads(json.dumps(strategy.state(), allow_nan=False))
+    assert saved["update_sq_norm"] is None
+    strategy.restore(saved, completed_rounds=1)
+    assert math.isnan(strategy.update_sq_norm)
