@@ -1,0 +1,187 @@
+"""Deployment as on edge boxes, on loopback: the deploy/ scripts, TLS, SuperNode keys, one profile per node.
+
+A SuperLink with TLS and SuperNode authentication, three registered SuperNodes that name their
+device profiles in `--node-config`, and one SuperNode whose key was never registered; then
+`flwr run` of this app for two rounds of `ondemand`.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qfd_app.launch import APP_DIR, BIN, flower_env, free_port, stop_group
+from qfd_app.ledger import read_csv
+
+pytestmark = pytest.mark.slow
+
+DEPLOY = APP_DIR / "deploy"
+CONNECTION = "qfd-deploy"
+PROFILES = {0: ("iot", 2, 4), 1: ("phone", 4, 8), 2: ("edge", 8, 16)}  # partition: class, bits-min, bits-max
+RUN_CONFIG = ("num-server-rounds=2 local-epochs=1 fraction-train=1.0 eval-interval=0 eval-samples=64 "
+              "sample-steps=5 output-dir='{out}'")  # fmt: skip
+
+
+def descendants(pids):
+    """Every live process below `pids` (from /proc), so that detached grandchildren are stopped too."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def is_flower(pid):
+    """Whether `pid` is still a Flower process (and not a new process that got the number)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"flwr" in cmdline or b"flower" in cmdline
+
+
+class Processes:
+    """The processes this test starts, each in its own session, each with a log file; stopped by PID."""
+
+    def __init__(self, root, env):
+        self.root, self.env, self.procs, self.logs = root, env, {}, []
+
+    def start(self, name, args, **extra_env):
+        log = open(self.root / f"{name}.log", "w")
+        self.logs.append(log)
+        self.procs[name] = subprocess.Popen(
+            [str(a) for a in args], env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self.procs[name]
+
+    def log(self, name):
+        return (self.root / f"{name}.log").read_text()
+
+    def stop_all(self):
+        """Stop every process group we started, then whatever they spawned outside their groups."""
+        spawned = descendants(p.pid for p in self.procs.values())
+        for proc in self.procs.values():
+            stop_group(proc, grace_s=10)
+            proc.wait()
+        deadline = time.time() + 15  # a SuperExec leaves its own session but exits when its parent has gone
+        while (left := [pid for pid in spawned if is_flower(pid)]) and time.time() < deadline:
+            time.sleep(0.5)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for log in self.logs:
+            log.close()
+
+
+def run_script(name, *args, env):
+    return subprocess.run(["bash", str(DEPLOY / name), *map(str, args)], env=env, check=True, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def wait_until_listening(port, proc, timeout_s=60):
+    deadline = time.time() + timeout_s
+    while proc.poll() is None and time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"the SuperLink is not listening on {port} (exit code {proc.poll()})")
+
+
+def wait_until_online(env, count, timeout_s=120):
+    """Poll `flwr supernode list` until `count` SuperNodes are online (the strategy starts with those present)."""
+    deadline, listed = time.time() + timeout_s, ""
+    while time.time() < deadline:
+        listed = subprocess.run([str(BIN / "flwr"), "supernode", "list", CONNECTION, "--format", "json"], env=env,
+                                capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        if listed.count('"status": "online"') >= count:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"fewer than {count} SuperNodes came online:\n{listed}")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    env = flower_env(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache"))
+    certs, keys = root / "certs", root / "keys"
+    run_script("make-certs.sh", certs, "127.0.0.1", env=env)
+    run_script("make-keys.sh", keys, "node0", "node1", "node2", "rogue", env=env)
+    port = free_port()
+    procs = Processes(root, env)
+    try:
+        superlink = procs.start("superlink", [DEPLOY / "start-superlink.sh", certs, root / "state.db"],
+                                SUPERLINK_HOST="127.0.0.1", SUPERLINK_PORT=str(port))  # fmt: skip
+        wait_until_listening(port, superlink)
+        run_script("add-connection.sh", CONNECTION, f"127.0.0.1:{port}", certs / "ca.crt", env=env)
+        run_script("register.sh", CONNECTION, *(keys / f"node{p}.pub" for p in PROFILES), env=env)
+        node = [DEPLOY / "start-supernode.sh", "--superlink", f"127.0.0.1:{port}", "--ca", certs / "ca.crt"]
+        for partition, (device_class, bits_min, bits_max) in PROFILES.items():
+            procs.start(f"node{partition}", [*node, "--key", keys / f"node{partition}", "--port", free_port(),
+                                             "--partition-id", partition, "--num-partitions", len(PROFILES),
+                                             "--device-class", device_class, "--bits-min", bits_min,
+                                             "--bits-max", bits_max])  # fmt: skip
+        rogue = procs.start("rogue", [*node, "--key", keys / "rogue", "--port", free_port(),
+                                      "--partition-id", 0, "--num-partitions", len(PROFILES)])  # fmt: skip
+        wait_until_online(env, len(PROFILES))
+        rogue.wait(timeout=120)
+        with open(root / "flwr-run.log", "w") as out:
+            subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
+                            "--run-config", RUN_CONFIG.format(out=root / "out")],
+                           env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)  # fmt: skip
+        runs = list((root / "out").glob("*/summary.json"))  # `flwr run` exits 0 even when the ServerApp fails
+        assert len(runs) == 1, (root / "flwr-run.log").read_text()[-5000:]
+        yield runs[0].parent, procs
+    finally:
+        procs.stop_all()
+
+
+def node_id_of(procs, name):
+    return int(re.search(r"SuperNode ID: (\d+)", procs.log(name)).group(1))
+
+
+def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
+    run_dir, procs = deployment
+    assert procs.procs["rogue"].returncode != 0
+    assert "2004" in procs.log("rogue") and "SuperNode ID" not in procs.log("rogue")
+    booked = {int(r["node_id"]) for r in read_csv(run_dir / "devices.csv")}
+    assert booked == {node_id_of(procs, f"node{p}") for p in PROFILES}  # the registered ones, and only those
+
+
+def test_each_device_trains_every_round_within_its_own_profile(deployment):
+    run_dir, procs = deployment
+    rows = read_csv(run_dir / "devices.csv")
+    for partition, (device_class, bits_min, bits_max) in PROFILES.items():
+        mine = [r for r in rows if int(r["partition_id"]) == partition]
+        assert sorted(int(r["round"]) for r in mine) == [1, 2]
+        for r in mine:
+            assert r["status"] == "ok", r
+            assert int(r["node_id"]) == node_id_of(procs, f"node{partition}")
+            assert r["device_class"] == device_class
+            assert (int(r["bits_min"]), int(r["bits_max"])) == (bits_min, bits_max)
+            assert bits_min <= int(r["bits"]) <= bits_max
+
+
+def test_the_run_writes_its_summary_on_the_superlink_host(deployment):
+    run_dir, _ = deployment
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["strategy"] == "ondemand"
+    assert (run_dir / "final" / "model_index.json").exists()
