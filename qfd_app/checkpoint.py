@@ -78,10 +78,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     ResumeError
         If the run directory holds no complete checkpoint.
     """
-    folders = [p for p in (run_dir / "checkpoints").glob("round_*") if p.is_dir() and p.suffix != ".tmp"]
-    if not folders:
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
         raise ResumeError(f"{run_dir} holds no complete checkpoint (checkpoints/round_XXX/) to resume from")
-    latest = max(folders, key=lambda p: int(p.name.removeprefix("round_")))
     state = json.loads((latest / STATE_FILE).read_text())
     for name in LEDGER_FILES:
         target = run_dir / name
@@ -91,6 +90,12 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         elif target.exists():
             target.unlink()
     return Checkpoint(round=int(state.pop("round")), model=load_file(latest / MODEL_FILE), state=state)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The folder of the latest complete checkpoint of `run_dir`, or None."""
+    folders = [p for p in (run_dir / "checkpoints").glob("round_*") if p.is_dir() and p.suffix != ".tmp"]
+    return max(folders, key=lambda p: int(p.name.removeprefix("round_")), default=None)
 
 
 def _folder(run_dir: Path, server_round: int) -> Path:

@@ -148,3 +148,75 @@ def report(
             typer.echo(path)
     else:
         raise click.ClickException(f"{run_dir} holds neither a run (rounds.csv) nor a comparison (runs.json).")
+
+
+@app.command()
+def run(
+    app_dir: Annotated[Path, typer.Argument(help="The Flower app (the folder with pyproject.toml).")] = Path("."),
+    superlink: Annotated[
+        str | None, typer.Argument(help="The SuperLink connection of $FLWR_HOME/config.toml (default: its default).")
+    ] = None,
+    run_config: Annotated[
+        str, typer.Option("--run-config", "-c", help="Overrides, as for `flwr run --run-config`.")
+    ] = "",
+    federation_config: Annotated[
+        str, typer.Option(help='Simulation settings, e.g. "num-supernodes=10 client-resources-num-cpus=1".')
+    ] = "",
+) -> None:
+    """Check every setting, then `flwr run --stream`; the exit code says whether the run completed.
+
+    A bad setting stops here with one line naming it (exit 2), before any device is
+    contacted; a run that fails later exits 1 (`flwr run` itself exits 0 either way).
+    """
+    from qfd_app.launch import flwr_run, run_status, user_env
+
+    settings = _checked_settings(app_dir, run_config)
+    env = user_env()
+    done = flwr_run(env, run_config, federation_config, timeout_s=30 * 24 * 3600, app=app_dir.resolve(),
+                    on_line=typer.echo, connection=superlink)  # fmt: skip
+    status = run_status(env, done.stdout, connection=superlink)
+    if done.returncode != 0 or status != "finished:completed":
+        typer.echo(f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr run exited "
+                   f"{done.returncode}, status {status}", err=True)  # fmt: skip
+        raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of a killed run (it holds config.json).")],
+    superlink: Annotated[str | None, typer.Argument(help="The SuperLink connection (default: the default).")] = None,
+    app_dir: Annotated[Path, typer.Option(help="The Flower app the run used.")] = Path("."),
+    federation_config: Annotated[str, typer.Option(help="Simulation settings, as for `qfd run`.")] = "",
+) -> None:
+    """Go on with a killed run from its last complete round, with the settings it was started with."""
+    import json
+
+    from qfd_app.launch import run_config_arg
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        _fail(f"The run directory must hold the config.json of a run: {err}")
+    config["resume"] = str(run_dir.expanduser().resolve())
+    run(app_dir, superlink, run_config_arg(config), federation_config)
+
+
+def _checked_settings(app_dir: Path, run_config: str):
+    """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key."""
+    from flwr.common.config import parse_config_args
+
+    from qfd_app.rundir import resume_target
+    from qfd_app.settings import Settings, default_run_config
+
+    try:
+        overrides = parse_config_args([run_config]) if run_config else {}
+        settings = Settings.from_run_config({**default_run_config(app_dir / "pyproject.toml"), **overrides})
+        resume_target(settings)
+    except (OSError, ValueError) as err:  # SettingsError, ScenarioError, TOML errors
+        _fail(str(err))
+    return settings
+
+
+def _fail(message: str) -> None:
+    typer.echo("qfd: error: " + " ".join(message.split()), err=True)
+    raise typer.Exit(2)

@@ -101,7 +101,7 @@ def run_comparison(
     """Run every variant through Flower's simulation engine and write the comparison into `out`."""
     from flwr.common.config import flatten_dict
 
-    from qfd_app.launch import flwr_run, superlink
+    from qfd_app.launch import flwr_run, run_config_arg, superlink
 
     check_settings(variants, {**base, "scenario": scenario})
     out.mkdir(parents=True, exist_ok=True)
@@ -119,8 +119,7 @@ def run_comparison(
                     if "[qfd]" in line:  # progress lines of the ServerApp
                         echo(line)
 
-                run_config = " ".join(f"{k}={_toml(v)}" for k, v in config.items())
-                done = flwr_run(env, run_config, federation, timeout_s=timeout_s, on_line=on_line)
+                done = flwr_run(env, run_config_arg(config), federation, timeout_s=timeout_s, on_line=on_line)
             found = sorted(folder.glob("*/summary.json"))
             if done.returncode != 0 or not found:
                 raise CompareError(f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}")
@@ -128,10 +127,6 @@ def run_comparison(
     (out / "runs.json").write_text(json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n")
     write_comparison(out, runs)
     return out
-
-
-def _toml(value) -> str:
-    return f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def write_comparison(out: Path, runs: dict[str, Path]) -> list[dict]:

@@ -1,23 +1,27 @@
-"""A private SuperLink on loopback, and `flwr run` of this app against it (`qfd compare`, tests).
+"""A private SuperLink on loopback, and `flwr run` of this app against it or the user's (`qfd run`,
+`qfd compare`, tests), with the run's final status.
 
 The SuperLink is started in its own session (process group) and stopped by that group's
-id, so every process it spawned (SuperExec, simulation, Ray) goes with it and nothing
-else on the machine is touched. Flower's environment switches that keep a run offline and
+id and the PIDs found below it, so every process it spawned (SuperExec, simulation, Ray)
+goes with it and nothing else on the machine is touched. Flower's environment switches that keep a run offline and
 quiet are set for every process (no telemetry, no update check, no dependency install).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the folder with pyproject.toml (a checkout)
 BIN = Path(sys.executable).parent
@@ -44,6 +48,15 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **extra,
     )
+    return env
+
+
+def user_env() -> dict[str, str]:
+    """The caller's environment for `flwr` (their FLWR_HOME and connections), with this venv's
+    executables first and, unless set, no per-run dependency install (the app's are installed)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     return env
 
 
@@ -140,18 +153,19 @@ def _signal_all(pids: list[int], sig: int) -> None:
 def flwr_run(
     env: dict,
     run_config: str,
-    federation_config: str,
+    federation_config: str = "",
     timeout_s: float = 900,
     app: Path = APP_DIR,
     on_line: Callable[[str], None] | None = None,
+    connection: str | None = CONNECTION,
 ) -> subprocess.CompletedProcess:
-    """`flwr run <app> --stream` against the private SuperLink, until the run ends.
+    """`flwr run <app> [connection] --stream` until the run ends (connection None: the user's default).
 
     Every output line (stdout and stderr, merged) goes to `on_line` as it comes; the
     finished process carries all of them in `stdout`. A run past `timeout_s` is killed.
     """
-    args = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream",
-            "--federation-config", federation_config, "--run-config", run_config]  # fmt: skip
+    args = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream",
+            "--run-config", run_config, *(["--federation-config", federation_config] if federation_config else [])]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
@@ -165,3 +179,31 @@ def flwr_run(
     finally:
         timer.cancel()
     return subprocess.CompletedProcess(args, proc.returncode, stdout="".join(lines), stderr="")
+
+
+def run_status(env: dict, output: str, connection: str | None = CONNECTION) -> str:
+    """How the run that `flwr run` printed in `output` ended, as `flwr ls` says
+    (`finished:completed`, `finished:failed`, …); `unknown` if it cannot tell.
+
+    `flwr run --stream` exits 0 even when the ServerApp failed: this is how to know.
+    """
+    started = re.search(r"Successfully started run (\d+)", output)
+    if not started:
+        return "unknown"
+    args = [str(BIN / "flwr"), "ls", *([connection] if connection else []), "--run-id", started[1], "--format", "json"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        return str(json.loads(done.stdout)["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "unknown"
+
+
+def run_config_arg(config: Mapping[str, Any]) -> str:
+    """`config` as one `--run-config` argument (`key=value ...`, TOML values)."""
+    return " ".join(f"{key}={_toml(value)}" for key, value in config.items())
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) else repr(value)

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from qfd_app.checkpoint import Checkpoint, ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.checkpoint import Checkpoint, commit_checkpoint, latest_checkpoint, load_checkpoint, stage_checkpoint
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
 from qfd_app.report import save_grid
@@ -30,28 +30,36 @@ def create_run_dir(settings: Settings, run_id: int | str) -> Path:
 
 
 def open_run_dir(settings: Settings, run_id: int | str) -> tuple[Path, Checkpoint | None]:
-    """A new run directory, or, with `resume`, the run to go on with and its latest checkpoint.
+    """A new run directory, or, with `resume`, the run to go on with and its latest checkpoint."""
+    run_dir = resume_target(settings)
+    if run_dir is None:
+        return create_run_dir(settings, run_id), None
+    return run_dir, load_checkpoint(run_dir)
+
+
+def resume_target(settings: Settings) -> Path | None:
+    """The run directory the `resume` setting names (None: a new run), checked to go on.
 
     Raises
     ------
     SettingsError
-        If `resume` names no resumable run, or one trained with other settings (the
-        message names the keys that differ).
+        If `resume` names no run directory, one that finished or has no checkpoint, or one
+        trained with other settings (the message names the keys that differ).
     """
     if not settings.resume:
-        return create_run_dir(settings, run_id), None
+        return None
     run_dir = _last_unfinished(settings) if settings.resume == "last" else Path(settings.resume).expanduser()
     saved = _saved_config(run_dir)
-    differ = [k for k, v in settings.to_run_config().items() if k not in RESUMABLE and saved.get(k) != v]
+    now = settings.to_run_config()
+    differ = [k for k, v in now.items() if k not in RESUMABLE and saved.get(k) != v]
     if differ:
-        shown = ", ".join(f"{k!r} ({saved.get(k)!r} there, {settings.to_run_config()[k]!r} now)" for k in differ)
+        shown = ", ".join(f"{k!r} ({saved.get(k)!r} there, {now[k]!r} now)" for k in differ)
         raise SettingsError(f"The 'resume' setting names {run_dir}, trained with other settings: {shown}.")
     if (run_dir / "summary.json").exists():
         raise SettingsError(f"The 'resume' setting names {run_dir}, which finished (it has summary.json).")
-    try:
-        return run_dir, load_checkpoint(run_dir)
-    except ResumeError as err:
-        raise SettingsError(f"The 'resume' setting names a run that cannot go on: {err}.") from None
+    if latest_checkpoint(run_dir) is None:
+        raise SettingsError(f"The 'resume' setting names {run_dir}, which holds no complete checkpoint to go on from.")
+    return run_dir
 
 
 def _saved_config(run_dir: Path) -> dict:
