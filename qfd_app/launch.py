@@ -164,8 +164,8 @@ def flwr_run(
     Every output line (stdout and stderr, merged) goes to `on_line` as it comes; the
     finished process carries all of them in `stdout`. A run past `timeout_s` is killed.
     """
-    args = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream",
-            "--run-config", run_config, *(["--federation-config", federation_config] if federation_config else [])]  # fmt: skip
+    args = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream", "--run-config",
+            run_config, *(["--federation-config", federation_config] if federation_config else [])]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()

@@ -163,6 +163,7 @@ CONSTRAINTS: dict[str, Any] = {
     "quantized-training": Boolean(),
     "num-server-rounds": Interval(int, 1, None),
     "fraction-train": Interval(float, 0, 1, closed="right"),
+    "min-available-nodes": Interval(int, 1, None),
     "local-epochs": Interval(int, 1, None),
     "batch-size": Interval(int, 1, None),
     "learning-rate": Interval(float, 0, 1, closed="right"),
@@ -200,6 +201,7 @@ class Settings:
     quantized_training: bool
     num_server_rounds: int
     fraction_train: float
+    min_available_nodes: int
     local_epochs: int
     batch_size: int
     learning_rate: float

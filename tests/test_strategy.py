@@ -253,7 +253,10 @@ def test_updates_longer_than_max_update_norm_are_scaled_down_to_it(tmp_path):
     strategy = make_strategy(tmp_path)
     short = {k: v * 1e-3 for k, v in random_state(1).items()}
     long = {k: v * 100 for k, v in random_state(2).items()}
-    norm = lambda u: float(np.sqrt(sum(np.square(t.numpy().astype(np.float64)).sum() for t in u.values())))  # noqa: E731
+
+    def norm(update):
+        return float(np.sqrt(sum(np.square(t.numpy().astype(np.float64)).sum() for t in update.values())))
+
     strategy.max_update_norm = bound = 2 * norm(short)
     assert norm(long) > 10 * bound
     arrays, _ = strategy.aggregate_train(1, [reply(1, short, 10), reply(2, long, 10)])

@@ -39,7 +39,10 @@ def round_physics(settings: Settings, scenario: Scenario, channels: int) -> Roun
 
 def make_strategy(settings: Settings, ledger: Ledger, physics: RoundPhysics) -> EdgeStrategy:
     """The strategy named by `settings.strategy`, booking into `ledger`."""
-    common = {"fraction_train": settings.fraction_train, "seed": settings.seed, "max_update_norm": settings.max_update_norm}
+    common = {
+        "fraction_train": settings.fraction_train, "seed": settings.seed, "max_update_norm": settings.max_update_norm,
+        "min_available_nodes": settings.min_available_nodes,
+    }  # fmt: skip
     if settings.strategy == "fedavg":
         return FullPrecisionFedAvg(ledger, physics, resource_policy=settings.resources, **common)
     if settings.strategy == "fixed":
