@@ -7,7 +7,7 @@ from torch.nn.utils import parametrize
 
 from qfd_app.ddpm import build_unet, train_scheduler
 from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
-from qfd_app.quant.fakequant import CLIP_FACTORS
+from qfd_app.quant.fakequant import CLIP_FACTORS, GROUP_SIZE
 
 CONV_AND_LINEAR = (nn.Conv2d, nn.Linear)
 
@@ -23,40 +23,58 @@ def quantizable(model):
     return [m for m in model.modules() if isinstance(m, CONV_AND_LINEAR)][1:-1]
 
 
-def affine_grid(per_channel, bits, alpha):
-    """The min/max grid of each channel shrunk by `alpha`, zero exactly on it (an independent reference)."""
+def groups_of(weight):
+    """Each output channel's fan-in in consecutive groups of GROUP_SIZE, zero-padded: (groups, GROUP_SIZE)."""
+    rows = weight.reshape(weight.shape[0], -1)
+    pad = torch.zeros(rows.shape[0], -rows.shape[1] % GROUP_SIZE)
+    return torch.cat([rows, pad], 1).reshape(-1, GROUP_SIZE)
+
+
+def affine_grid(groups, bits, alpha):
+    """Each group's min/max grid shrunk by `alpha`, zero exactly on it (an independent reference)."""
     levels = 2**bits - 1
-    low, high = alpha * per_channel.amin(1).clamp(max=0), alpha * per_channel.amax(1).clamp(min=0)
+    low, high = alpha * groups.amin(1).clamp(max=0), alpha * groups.amax(1).clamp(min=0)
     scale = ((high - low) / levels).clamp_min(torch.finfo(torch.float32).eps)
     zero_point = (-low / scale).round().clamp(0, levels).to(torch.int32)
-    return torch.fake_quantize_per_channel_affine(per_channel, scale, zero_point, 0, 0, levels)
+    return torch.fake_quantize_per_channel_affine(groups, scale, zero_point, 0, 0, levels)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_channel(unet, bits):
+def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_group(unet, bits):
     with fake_quantized(unet, bits):
         for module in quantizable(unet):
-            weight = module.weight.detach()  # the parametrized (quantized) view
-            per_channel = weight.reshape(weight.shape[0], -1)
-            assert max(len(torch.unique(row)) for row in per_channel) <= 2**bits
+            groups = groups_of(module.weight.detach())  # the parametrized (quantized) view
+            assert max(len(torch.unique(group)) for group in groups) <= 2**bits
             assert module.parametrizations.weight.original.dtype == torch.float32
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_each_channel_gets_the_clipped_grid_of_least_squared_error(unet, bits):
+def test_each_group_gets_the_clipped_grid_of_least_squared_error(unet, bits):
     """Against brute force over the clipping factors: never worse than min/max, and the best one."""
     gained = 0
     with fake_quantized(unet, bits):
         for module in quantizable(unet):
-            master = module.parametrizations.weight.original.detach()
-            per_channel = master.reshape(master.shape[0], -1)
-            error = (module.weight.detach().reshape(per_channel.shape) - per_channel).square().sum(1)
-            candidates = torch.stack([(affine_grid(per_channel, bits, a) - per_channel).square().sum(1)
+            master = groups_of(module.parametrizations.weight.original.detach())
+            error = (groups_of(module.weight.detach()) - master).square().sum(1)
+            candidates = torch.stack([(affine_grid(master, bits, a) - master).square().sum(1)
                                       for a in CLIP_FACTORS.tolist()])  # fmt: skip
             torch.testing.assert_close(error, candidates.min(0).values, rtol=1e-5, atol=1e-12)
             assert torch.all(error <= candidates[0] * (1 + 1e-5) + 1e-12)  # α = 1 is min/max
             gained += int((error < candidates[0] * (1 - 1e-3)).sum())
     assert gained > 0 or bits == 8  # at 2–4 bits clipping beats min/max somewhere
+
+
+def test_groups_quantize_more_finely_than_whole_channels(unet):
+    """The point of groups: less error than the best clipped grid per output channel."""
+    for bits in (2, 4):
+        grouped = per_channel = 0.0
+        with fake_quantized(unet, bits):
+            for module in quantizable(unet):
+                master = module.parametrizations.weight.original.detach()
+                grouped += float((module.weight.detach() - master).square().sum())
+                rows = master.reshape(master.shape[0], -1)
+                per_channel += min(float((affine_grid(rows, bits, a) - rows).square().sum()) for a in CLIP_FACTORS)
+        assert grouped < 0.9 * per_channel
 
 
 def test_every_conv_and_linear_weight_but_the_image_facing_ends_is_quantized(unet):
