@@ -3,6 +3,7 @@
 ``checkpoints/round_XXX/`` of a run directory holds
 
     model.safetensors        the global model after round XXX
+    average.safetensors      the moving average of the global models (`ema.py`), if the run keeps one
     state.json               the round, the strategy's estimates, the wall time so far, the last scores
     devices.csv, rounds.csv  the ledger up to and including round XXX
 
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LEDGER_FILES = ("devices.csv", "rounds.csv")
-MODEL_FILE, STATE_FILE = "model.safetensors", "state.json"
+MODEL_FILE, AVERAGE_FILE, STATE_FILE = "model.safetensors", "average.safetensors", "state.json"
 
 
 class ResumeError(ValueError):
@@ -40,14 +41,24 @@ class Checkpoint:
     round: int
     model: dict[str, torch.Tensor]
     state: dict
+    average: dict[str, torch.Tensor] | None = None
 
 
-def stage_checkpoint(run_dir: Path, server_round: int, model: dict[str, torch.Tensor], state: dict) -> Path:
-    """Write the model and the state of `server_round` to a temporary folder; `commit_checkpoint` finishes."""
+def stage_checkpoint(
+    run_dir: Path,
+    server_round: int,
+    model: dict[str, torch.Tensor],
+    state: dict,
+    average: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the model, its average and the state of `server_round` to a temporary folder;
+    `commit_checkpoint` finishes."""
     staged = _folder(run_dir, server_round).with_suffix(".tmp")
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.items()}, staged / MODEL_FILE)
+    if average is not None:
+        save_file({k: v.contiguous() for k, v in average.items()}, staged / AVERAGE_FILE)
     (staged / STATE_FILE).write_text(json.dumps({"round": server_round, **state}, indent=1) + "\n")
     return staged
 
@@ -89,7 +100,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             os.replace(target.with_suffix(".restoring"), target)
         elif target.exists():
             target.unlink()
-    return Checkpoint(round=int(state.pop("round")), model=load_file(latest / MODEL_FILE), state=state)
+    average = load_file(latest / AVERAGE_FILE) if (latest / AVERAGE_FILE).exists() else None
+    return Checkpoint(round=int(state.pop("round")), model=load_file(latest / MODEL_FILE), state=state, average=average)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

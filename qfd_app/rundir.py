@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
 from qfd_app.checkpoint import Checkpoint, commit_checkpoint, latest_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.ema import RoundAverage
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
 from qfd_app.report import save_grid
@@ -93,7 +94,8 @@ LOGGED = ("devices_ok", "devices_failed", "devices_rejected", "devices_excluded"
 
 @dataclass
 class AfterRound:
-    """Flower's `evaluate_fn`: after every round evaluate when due, write rounds.csv, checkpoint.
+    """Flower's `evaluate_fn`: after every round fold the global model into the average, evaluate
+    the average when due, write rounds.csv, checkpoint.
 
     Evaluates every `eval_interval` rounds and always after the last one
     (`eval_interval = 0`: only after the last). Flower counts rounds from 1; in a resumed
@@ -109,6 +111,7 @@ class AfterRound:
     eval_interval: int
     num_rounds: int
     strategy_state: Callable[[], dict]
+    average: RoundAverage
     first_round: int = 1
     wall_before_s: float = 0.0  # what the run took before it was resumed
     last_scores: dict[str, float] = field(default_factory=dict)
@@ -130,8 +133,9 @@ class AfterRound:
         begun = time.perf_counter()
         state = arrays.to_torch_state_dict()
         self.model.load_state_dict(state)
+        averaged = self.average.update(self.model)
         if self.due(server_round):
-            scores, images = self.evaluator(self.model)
+            scores, images = self.evaluator(averaged)
             save_grid(images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png")
             self.ledger.book_phases(server_round, evaluate_s=time.perf_counter() - begun)
             self.last_scores = scores
@@ -139,7 +143,10 @@ class AfterRound:
             scores = {}
         checkpointing = time.perf_counter()
         run_state = {"wall_s": self.wall_s(), "last_scores": self.last_scores, "strategy": self.strategy_state()}
-        staged = stage_checkpoint(self.run_dir, server_round, state, run_state)
+        average = self.average.state()
+        if average is not None:
+            run_state["average_rounds"] = average[1]
+        staged = stage_checkpoint(self.run_dir, server_round, state, run_state, average and average[0])
         now = time.perf_counter()
         self.ledger.book_phases(server_round, checkpoint_s=now - checkpointing, round_s=now - self._round_started)
         self._round_started = now

@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from qfd_app import ddpm
+from qfd_app.ema import RoundAverage
 from qfd_app.evaluation import Evaluator
 from qfd_app.ledger import Ledger
 from qfd_app.report import plot_rounds
@@ -42,12 +43,15 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(settings, ledger, physics)
     log(INFO, "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)", settings.strategy,
         scenario.name, settings.resources, physics.gamma, physics.network.deadline_s, physics.epochs)  # fmt: skip
+    average = RoundAverage(model, settings.ema_decay)
     after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds,
-                             strategy_state=strategy.state, started=started)  # fmt: skip
+                             strategy_state=strategy.state, average=average, started=started)  # fmt: skip
     done = 0
     if checkpoint is not None:
         done = checkpoint.round
         model.load_state_dict(checkpoint.model)
+        if checkpoint.average is not None:
+            average.restore(checkpoint.average, checkpoint.state["average_rounds"])
         strategy.restore(checkpoint.state["strategy"], completed_rounds=done)
         after_round.first_round, after_round.wall_before_s = done + 1, checkpoint.state["wall_s"]
         after_round.last_scores = checkpoint.state["last_scores"]
@@ -61,7 +65,7 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=after_round,  # loads each round's global model into `model`
     )
 
-    ddpm.export_pipeline(model, run_dir / "final")
+    ddpm.export_pipeline(average.model, run_dir / "final")  # the averaged model (the global one if ema-decay = 0)
     plot_rounds(run_dir)
     summary = {
         "strategy": settings.strategy,

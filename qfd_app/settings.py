@@ -177,6 +177,7 @@ CONSTRAINTS: dict[str, Any] = {
     "eval-interval": Interval(int, 0, None),
     "eval-samples": Interval(int, 16, None),
     "sample-steps": Interval(int, 1, 1000),
+    "ema-decay": Interval(float, 0, 1, closed="left"),
     "seed": Interval(int, 0, 2**31 - 1),
     "output-dir": AbsolutePath(),
     "device": Options(DEVICES),
@@ -215,6 +216,7 @@ class Settings:
     eval_interval: int
     eval_samples: int
     sample_steps: int
+    ema_decay: float
     seed: int
     output_dir: str
     device: str
