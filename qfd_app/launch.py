@@ -3,8 +3,9 @@
 
 The SuperLink is started in its own session (process group) and stopped by that group's
 id and the PIDs found below it, so every process it spawned (SuperExec, simulation, Ray)
-goes with it and nothing else on the machine is touched. Flower's environment switches that keep a run offline and
-quiet are set for every process (no telemetry, no update check, no dependency install).
+goes with it and nothing else on the machine is touched. Flower's environment switches
+that keep a run offline and quiet are set for every process (no telemetry, no update
+check, no dependency install).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-    _signal_all(below + descendants(proc.pid), signal.SIGKILL)
+    _signal_all(below, signal.SIGKILL)  # those that left the group and outlived it
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
