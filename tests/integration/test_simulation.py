@@ -86,8 +86,12 @@ def test_final_model_loads_as_a_diffusers_pipeline_and_samples(fedavg_run):
     pipeline = DDPMPipeline.from_pretrained(run_dir / "final")
     images = pipeline(batch_size=2, num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
-    trained = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
-    assert all(torch.equal(pipeline.unet.state_dict()[k], v) for k, v in trained.items())
+    # the export is the moving average of the global models (ema-decay), checkpointed beside the last one
+    averaged = load_file(run_dir / "checkpoints" / "round_002" / "average.safetensors")
+    last = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
+    exported = pipeline.unet.state_dict()
+    assert averaged.keys() and all(torch.equal(exported[k], v) for k, v in averaged.items())
+    assert any(not torch.equal(exported[k], last[k]) for k in averaged)
 
 
 def test_fixed_4_bit_uploads_weigh_half_a_byte_per_parameter_plus_scales(fixed4_run):
