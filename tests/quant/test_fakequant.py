@@ -7,7 +7,7 @@ from torch.nn.utils import parametrize
 
 from qfd_app.ddpm import build_unet, train_scheduler
 from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
-from qfd_app.quant.fakequant import CLIP_FACTORS, GROUP_SIZE
+from qfd_app.quant.fakequant import CLIP_FACTORS, CLIP_SEARCH_EVERY, GROUP_SIZE
 
 CONV_AND_LINEAR = (nn.Conv2d, nn.Linear)
 
@@ -62,6 +62,33 @@ def test_each_group_gets_the_clipped_grid_of_least_squared_error(unet, bits):
             assert torch.all(error <= candidates[0] * (1 + 1e-5) + 1e-12)  # α = 1 is min/max
             gained += int((error < candidates[0] * (1 - 1e-3)).sum())
     assert gained > 0 or bits == 8  # at 2–4 bits clipping beats min/max somewhere
+
+
+def least_error(groups, bits):
+    """Per group, the least squared error of any clipped grid (brute force over CLIP_FACTORS)."""
+    return torch.stack([(affine_grid(groups, bits, a) - groups).square().sum(1) for a in CLIP_FACTORS.tolist()]).min(0).values
+
+
+def test_clipping_factors_are_searched_again_every_few_passes_and_kept_in_between(unet):
+    bits = 3
+    with fake_quantized(unet, bits):
+        module = quantizable(unet)[2]
+        quantizer, master = module.parametrizations.weight[0], module.parametrizations.weight.original
+        module.weight  # pass 1 searches
+        kept = quantizer.alpha.clone()
+        with torch.no_grad():  # reshape every group's spread, as training might over many steps
+            master.mul_(torch.linspace(0.1, 3.0, master.numel()).reshape(master.shape) ** 3)
+        groups = groups_of(master.detach())
+        kept_passes = 0
+        while quantizer.forwards % CLIP_SEARCH_EVERY:  # until the next search: the kept α, current weights
+            torch.testing.assert_close(groups_of(module.weight.detach()), affine_grid(groups, bits, kept), rtol=0, atol=0)
+            kept_passes += 1
+        assert kept_passes >= CLIP_SEARCH_EVERY - 2  # (registering the parametrization runs one pass)
+        assert torch.equal(quantizer.alpha, kept)
+        searched = groups_of(module.weight.detach())  # this pass searches again
+        error = (searched - groups).square().sum(1)
+        torch.testing.assert_close(error, least_error(groups, bits), rtol=1e-5, atol=1e-12)
+        assert not torch.equal(quantizer.alpha, kept)
 
 
 def test_groups_quantize_more_finely_than_whole_channels(unet):
