@@ -77,6 +77,7 @@ def train(msg: Message, context: Context) -> Message:
             ),
             seed=seed,
             device=ddpm.pick_device(settings.device),
+            warmup_steps=settings.lr_warmup_steps,
         )
     trained = time.perf_counter()
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}

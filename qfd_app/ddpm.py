@@ -108,15 +108,20 @@ def train_local(
     learning_rate: float,
     seed: int,
     device: torch.device,
+    warmup_steps: int = 0,
 ) -> float:
     """Train `model` in place on `images` (N×C×H×W in [-1, 1]) with the DDPM objective.
 
     Each step draws a timestep and Gaussian noise per image, noises the batch with the
-    forward process and regresses the noise (MSE), with a fresh AdamW. Returns the mean
+    forward process and regresses the noise (MSE), with a fresh AdamW whose rate rises
+    linearly over the first `warmup_steps` steps to `learning_rate`. A fresh Adam's first
+    steps move every weight by about the full rate whatever its gradient's size (its moment
+    estimates hold one sample), and a device starts afresh every round. Returns the mean
     loss over all steps.
     """
     scheduler = train_scheduler()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     total, steps = 0.0, 0
@@ -132,6 +137,7 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            warmup.step()
             total += loss.item()
             steps += 1
     return total / max(steps, 1)

@@ -168,6 +168,7 @@ CONSTRAINTS: dict[str, Any] = {
     "batch-size": Interval(int, 1, None),
     "learning-rate": Interval(float, 0, 1, closed="right"),
     "lr-schedule": Options(LR_SCHEDULES),
+    "lr-warmup-steps": Interval(int, 0, None),
     "dataset": DatasetName(),
     "image-size": ImageSize(),
     "test-fraction": Interval(float, 0, 0.5, closed="right"),
@@ -207,6 +208,7 @@ class Settings:
     batch_size: int
     learning_rate: float
     lr_schedule: str
+    lr_warmup_steps: int
     dataset: str
     image_size: int
     test_fraction: float

@@ -30,6 +30,7 @@ RUN_CONFIG_ERRORS = [
     ("learning-rate=nan", "learning-rate"),
     ("learning-rate=2.0", "learning-rate"),
     ("lr-schedule='step'", "lr-schedule"),
+    ("lr-warmup-steps=-1", "lr-warmup-steps"),
     ("dataset='cifar10'", "dataset"),
     ("image-size=12", "image-size"),
     ("test-fraction=0.9", "test-fraction"),

@@ -48,6 +48,27 @@ def test_local_training_is_reproducible_from_its_seed():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+def _first_step_sizes(warmup_steps: int, learning_rate: float = 1e-3) -> torch.Tensor:
+    """|Δw| of every weight after one AdamW step of `train_local` (one batch, one epoch)."""
+    torch.manual_seed(0)
+    model = ddpm.build_unet("tiny", 16)
+    before = [p.detach().clone() for p in model.parameters()]
+    images = DataSpec().load_partition(2, 50).pixels[:8]
+    ddpm.train_local(
+        model, images, epochs=1, batch_size=8, learning_rate=learning_rate, seed=3, device=CPU,
+        warmup_steps=warmup_steps,
+    )  # fmt: skip
+    return torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(model.parameters(), before)])
+
+
+def test_warmup_scales_the_first_step_by_one_over_its_length():
+    # a fresh Adam's first step moves each weight by about the full rate (m/sqrt(v) = ±1)
+    full, warmed = _first_step_sizes(0), _first_step_sizes(10)
+    assert full.max() == pytest.approx(1e-3, rel=0.02)  # (plus AdamW's weight decay)
+    assert warmed.max() == pytest.approx(1e-4, rel=0.02)
+    assert torch.equal(_first_step_sizes(1), full)  # one warmup step is no warmup
+
+
 def test_sampling_returns_images_in_range_and_is_seeded():
     torch.manual_seed(0)
     model = ddpm.build_unet("tiny", 16)
