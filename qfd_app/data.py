@@ -2,8 +2,10 @@
 
 Embedded data is wrapped as a `datasets.Dataset` of (index, label) rows, so that
 flwr-datasets' partitioners split embedded and hub data alike. A
-held-out split, drawn once from the seed, is never given to a client: it is the reference
-set of the FID.
+held-out split, never given to a client, is the reference set of the FID. It is the same
+for every run (drawn once with `SPLIT_SEED`, as a hub dataset's `test` split is fixed), so
+that runs of different seeds are scored against the same images; a run's seed draws its
+partitions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
 EMBEDDED = ("mnist5k", "digits")
+SPLIT_SEED = 0  # the held-out split of an embedded dataset, whatever the run's seed
 HF_PREFIX = "hf:"
 PARTITIONERS = ("iid", "dirichlet")
 
@@ -62,15 +65,18 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _embedded_splits(name: str, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """The embedded dataset split by `seed` into (train, held-out) `datasets.Dataset`s.
+    """The embedded dataset split into (train, held-out) `datasets.Dataset`s: the held-out
+    images drawn with `SPLIT_SEED`, the training images in an order drawn from `seed` (the
+    IID partitioner cuts that order into contiguous shards).
 
     The Datasets hold only `index` and `label` (what partitioners need); pixels stay in one
     numpy array, which is much faster than Arrow round trips of nested image lists.
     """
     _, labels = _embedded_arrays(name)
-    order = np.random.default_rng(seed).permutation(len(labels))
     n_test = int(round(test_fraction * len(labels)))
-    test, train = order[:n_test], order[n_test:]
+    test = np.random.default_rng(SPLIT_SEED).permutation(len(labels))[:n_test]
+    order = np.random.default_rng(seed).permutation(len(labels))
+    train = order[~np.isin(order, test)]
 
     def wrap(idx: np.ndarray) -> Dataset:
         return Dataset.from_dict({"index": idx, "label": labels[idx]})

@@ -9,20 +9,24 @@ import torch
 from qfd_app import ddpm, quality
 from qfd_app.data import DataSpec
 
+EVAL_SEED = 0  # the feature network's training and the sampling noise of every evaluation
+
 
 @dataclass
 class Evaluator:
     """Samples a model with DDIM and scores the images on the dataset's feature network.
 
     The feature network is trained once per dataset split (cached on disk); the reference is
-    the held-out split, which no device trains on.
+    the held-out split, which no device trains on. The network, the held-out split and the
+    sampling noise do not depend on the run's seed (`EVAL_SEED`), so FIDs of runs with
+    different seeds are on one scale.
     """
 
     data: DataSpec
     num_samples: int
     steps: int
-    seed: int
     device: torch.device
+    seed: int = EVAL_SEED
 
     def __post_init__(self) -> None:
         self.test = self.data.load_test()

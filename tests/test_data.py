@@ -31,6 +31,13 @@ def test_held_out_split_is_never_in_the_training_split():
     assert sum(test.values()) == 500 and sum(train.values()) == 4500
 
 
+def test_the_held_out_split_is_the_same_whatever_the_seed_while_partitions_follow_it():
+    # FIDs of runs with different seeds must be measured against the same images
+    a, b = DataSpec(seed=0), DataSpec(seed=7)
+    assert rows(a.load_test()) == rows(b.load_test())
+    assert rows(a.load_partition(0, 10)) != rows(b.load_partition(0, 10))
+
+
 def test_embedded_mnist_is_16px_in_minus_one_to_one():
     images = DataSpec().load_partition(0, 10)
     assert images.pixels.shape[1:] == (1, 16, 16)
