@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from qfd_app import ddpm, quality
 from qfd_app.data import DataSpec
 
-EVAL_SEED = 0  # the feature network's training and the sampling noise of every evaluation
+EVAL_SEED = 0  # the data order the feature network trains on, its init, the sampling noise
 
 
 @dataclass
@@ -17,27 +17,27 @@ class Evaluator:
     """Samples a model with DDIM and scores the images on the dataset's feature network.
 
     The feature network is trained once per dataset split (cached on disk); the reference is
-    the held-out split, which no device trains on. The network, the held-out split and the
-    sampling noise do not depend on the run's seed (`EVAL_SEED`), so FIDs of runs with
-    different seeds are on one scale.
+    the held-out split, which no device trains on. None of it depends on the run's seed —
+    the network trains on the training split in `EVAL_SEED`'s order, and every evaluation
+    samples the same noise — so FIDs of runs with different seeds are on one scale.
     """
 
     data: DataSpec
     num_samples: int
     steps: int
     device: torch.device
-    seed: int = EVAL_SEED
 
     def __post_init__(self) -> None:
-        self.test = self.data.load_test()
-        train = self.data.load_train()
-        self.net = quality.feature_net_for(self.data.dataset, train.pixels, train.labels, seed=self.seed)
+        data = replace(self.data, seed=EVAL_SEED)
+        self.test = data.load_test()
+        train = data.load_train()
+        self.net = quality.feature_net_for(data.dataset, train.pixels, train.labels, seed=EVAL_SEED)
         # The floor: training images vs the held-out split at the same count.
         self.reference_fid = quality.fid(self.net, train.pixels[: self.num_samples], self.test.pixels)
 
     def __call__(self, model: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor]:
         """Scores of `model` and the images they were computed on."""
-        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=self.seed, device=self.device)
+        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=EVAL_SEED, device=self.device)
         div = quality.diversity(self.net, images)
         scores = {
             "fid": quality.fid(self.net, images, self.test.pixels),
