@@ -169,6 +169,7 @@ CONSTRAINTS: dict[str, Any] = {
     "learning-rate": Interval(float, 0, 1, closed="right"),
     "lr-schedule": Options(LR_SCHEDULES),
     "lr-warmup-steps": Interval(int, 0, None),
+    "max-grad-norm": Interval(float, 0, None),
     "dataset": DatasetName(),
     "image-size": ImageSize(),
     "test-fraction": Interval(float, 0, 0.5, closed="right"),
@@ -209,6 +210,7 @@ class Settings:
     learning_rate: float
     lr_schedule: str
     lr_warmup_steps: int
+    max_grad_norm: float
     dataset: str
     image_size: int
     test_fraction: float

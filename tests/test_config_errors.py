@@ -31,6 +31,7 @@ RUN_CONFIG_ERRORS = [
     ("learning-rate=2.0", "learning-rate"),
     ("lr-schedule='step'", "lr-schedule"),
     ("lr-warmup-steps=-1", "lr-warmup-steps"),
+    ("max-grad-norm=-0.5", "max-grad-norm"),
     ("dataset='cifar10'", "dataset"),
     ("image-size=12", "image-size"),
     ("test-fraction=0.9", "test-fraction"),

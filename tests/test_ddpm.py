@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import DDPMPipeline
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from qfd_app import ddpm
 from qfd_app.data import DataSpec
@@ -67,6 +68,39 @@ def test_warmup_scales_the_first_step_by_one_over_its_length():
     assert full.max() == pytest.approx(1e-3, rel=0.02)  # (plus AdamW's weight decay)
     assert warmed.max() == pytest.approx(1e-4, rel=0.02)
     assert torch.equal(_first_step_sizes(1), full)  # one warmup step is no warmup
+
+
+def _optimizer_steps(images: torch.Tensor, **train_kwargs) -> list[float]:
+    """The L2 norm of the gradient each optimizer step of `train_local` applies."""
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    torch.manual_seed(0)
+    model = ddpm.build_unet("tiny", 16)
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        ddpm.train_local(model, images, learning_rate=2e-3, seed=4, device=CPU, **train_kwargs)
+    finally:
+        handle.remove()
+    return norms
+
+
+def test_gradients_are_clipped_to_max_grad_norm():
+    images = DataSpec().load_partition(3, 50).pixels[:64]
+    free = _optimizer_steps(images, epochs=2, batch_size=16)
+    bound = 0.5 * sorted(free)[len(free) // 2]  # below most unclipped norms
+    clipped = _optimizer_steps(images, epochs=2, batch_size=16, max_grad_norm=bound)
+    assert max(free) > bound
+    assert max(clipped) == pytest.approx(bound, rel=1e-4)  # scaled down to the bound, not below
+
+
+def test_a_ragged_last_batch_is_left_out_unless_it_is_the_only_one():
+    images = DataSpec().load_partition(3, 50).pixels
+    assert len(_optimizer_steps(images[:40], epochs=3, batch_size=16)) == 3 * 2  # 40 = 2·16 + 8
+    assert len(_optimizer_steps(images[:10], epochs=3, batch_size=16)) == 3  # one short batch per epoch
 
 
 def test_sampling_returns_images_in_range_and_is_seeded():
