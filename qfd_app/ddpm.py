@@ -99,7 +99,7 @@ def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator) 
     450 images would end each epoch with a step on 2 images, as large as any other under
     Adam and 16 times as noisy."""
     order = torch.randperm(len(images), generator=generator)
-    end = len(images) - len(images) % batch_size if len(images) >= batch_size else len(images)
+    end = len(images) // batch_size * batch_size or len(images)
     for start in range(0, end, batch_size):
         yield images[order[start : start + batch_size]]
 
@@ -124,11 +124,12 @@ def train_local(
     steps move every weight by about the full rate whatever its gradient's size (its moment
     estimates hold one sample), and a device starts afresh every round. Gradients longer
     than `max_grad_norm` (L2 over all parameters; 0: no limit) are scaled down to it, as
-    diffusers' training examples do: at the default rate a few outlier batches otherwise
-    throw the weights far off. Returns the mean loss over all steps.
+    diffusers' training examples do (at the default rate, a central run's averaged model
+    scored FID 3.51 with it and 4.11 without, docs/results.md). Returns the mean loss over
+    all steps.
     """
     scheduler = train_scheduler()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, fused=True)  # fused: ~7 % faster step on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, fused=True)  # ~7 % faster steps on CPU
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
