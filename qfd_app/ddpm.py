@@ -104,6 +104,15 @@ def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator) 
         yield images[order[start : start + batch_size]]
 
 
+def _timesteps(count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` training timesteps, one in each of `count` equal strata of [0, T) at one random
+    offset: the low-discrepancy sampler of Kingma et al. (2021, variational diffusion models).
+    Every batch spans the noise levels evenly, so its loss varies less from batch to batch than
+    with `count` independent draws; each timestep on its own is still uniform on [0, T)."""
+    levels = (torch.rand(1, generator=generator) + torch.arange(count)) / count  # in [0, 1)
+    return (levels * NUM_TRAIN_TIMESTEPS).long().clamp(max=NUM_TRAIN_TIMESTEPS - 1)
+
+
 def train_local(
     model: UNet2DModel,
     images: torch.Tensor,
@@ -118,8 +127,9 @@ def train_local(
 ) -> float:
     """Train `model` in place on `images` (N×C×H×W in [-1, 1]) with the DDPM objective.
 
-    Each step draws a timestep and Gaussian noise per image, noises the batch with the
-    forward process and regresses the noise (MSE), with a fresh AdamW whose rate rises
+    Each step draws Gaussian noise per image and a timestep per image, spread evenly over
+    the noise levels (`_timesteps`), noises the batch with the forward process and
+    regresses the noise (MSE), with a fresh AdamW whose rate rises
     linearly over the first `warmup_steps` steps to `learning_rate`. A fresh Adam's first
     steps move every weight by about the full rate whatever its gradient's size (its moment
     estimates hold one sample), and a device starts afresh every round. Gradients longer
@@ -138,8 +148,7 @@ def train_local(
         for clean in _batches(images, batch_size, generator):
             clean = clean.to(device)
             noise = torch.randn(clean.shape, generator=generator).to(device)
-            timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator)
-            timesteps = timesteps.to(device)
+            timesteps = _timesteps(len(clean), generator).to(device)  # in the batch's random image order
             # this is the forward diffusion process
             noisy = scheduler.add_noise(clean, noise, timesteps)
             loss = torch.nn.functional.mse_loss(model(noisy, timesteps).sample, noise)

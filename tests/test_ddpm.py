@@ -1,6 +1,7 @@
 """The DDPM: presets, a training step that learns, DDIM sampling, pipeline export."""
 
 import pytest
+import scipy.stats
 import torch
 from diffusers import DDPMPipeline
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -101,6 +102,28 @@ def test_a_ragged_last_batch_is_left_out_unless_it_is_the_only_one():
     images = DataSpec().load_partition(3, 50).pixels
     assert len(_optimizer_steps(images[:40], epochs=3, batch_size=16)) == 3 * 2  # 40 = 2·16 + 8
     assert len(_optimizer_steps(images[:10], epochs=3, batch_size=16)) == 3  # one short batch per epoch
+
+
+@pytest.mark.parametrize("count", [1, 7, 32, 450])
+def test_training_timesteps_take_one_from_each_stratum_and_are_uniform_overall(count):
+    generator = torch.Generator().manual_seed(count)
+    draws = torch.stack([ddpm._timesteps(count, generator) for _ in range(4000 // count + 200)])
+    k = torch.arange(count, dtype=torch.float64)  # the k-th timestep lies in the k-th of `count` strata
+    assert (draws >= (k * ddpm.NUM_TRAIN_TIMESTEPS / count).floor()).all()
+    assert (draws < (k + 1) * ddpm.NUM_TRAIN_TIMESTEPS / count).all()
+    # pooled over batches, every timestep is as likely as any other (chi-square over 10 bins)
+    counts = torch.bincount(draws.flatten() * 10 // ddpm.NUM_TRAIN_TIMESTEPS, minlength=10).numpy()
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_stratified_timesteps_steady_the_batch_mean_against_independent_draws():
+    generator = torch.Generator().manual_seed(0)
+    stratified = torch.stack([ddpm._timesteps(32, generator).float().mean() for _ in range(2000)])
+    independent = torch.stack(
+        [torch.randint(0, ddpm.NUM_TRAIN_TIMESTEPS, (32,), generator=generator).float().mean() for _ in range(2000)]
+    )
+    assert abs(stratified.mean() - independent.mean()) < 10  # the same noise level on average...
+    assert stratified.var() < independent.var() / 10  # ...but 32 times steadier (1/12 / 32² against 1/12 / 32)
 
 
 def test_sampling_returns_images_in_range_and_is_seeded():
