@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -35,11 +36,19 @@ def sample(
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, max=1000, help="DDIM steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
+    eps_scale: Annotated[
+        float | None,
+        typer.Option(min=0.5, max=2.0, help="Divide DDIM's predicted noise by this (epsilon scaling). "
+                     "Default: the run's sample-eps-scale (config.json beside final/), else 1."),
+    ] = None,
 ) -> None:
     """Draw images from an exported model and save them as a grid."""
     from qfd_app.report import sample_grid_from_pipeline
 
-    typer.echo(sample_grid_from_pipeline(model_dir, out, num=num, steps=steps, seed=seed))
+    if eps_scale is None:  # sample as the run evaluated
+        config = model_dir.parent / "config.json"
+        eps_scale = json.loads(config.read_text()).get("sample-eps-scale", 1.0) if config.is_file() else 1.0
+    typer.echo(sample_grid_from_pipeline(model_dir, out, num=num, steps=steps, seed=seed, eps_scale=eps_scale))
 
 
 @app.command()
@@ -63,8 +72,6 @@ def plan(
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
 ) -> None:
     """Solve one round's energy plan without training and print it."""
-    import json
-
     import click
 
     from qfd_app.planning import format_plan, plan_round
@@ -132,8 +139,6 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, or a comparison folder of `qfd compare`.")],
 ) -> None:
     """Redraw the plots of a run (plots/) or of a comparison (table and plots)."""
-    import json
-
     import click
 
     from qfd_app.compare import write_comparison
@@ -189,8 +194,6 @@ def resume(
     federation_config: Annotated[str, typer.Option(help="Simulation settings, as for `qfd run`.")] = "",
 ) -> None:
     """Go on with a killed run from its last complete round, with the settings it was started with."""
-    import json
-
     from qfd_app.launch import run_config_arg
 
     try:

@@ -26,6 +26,7 @@ class Evaluator:
     num_samples: int
     steps: int
     device: torch.device
+    eps_scale: float = 1.0  # DDIM's epsilon scaling (`ddpm.sample`)
 
     def __post_init__(self) -> None:
         data = replace(self.data, seed=EVAL_SEED)
@@ -37,7 +38,8 @@ class Evaluator:
 
     def __call__(self, model: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor]:
         """Scores of `model` and the images they were computed on."""
-        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=EVAL_SEED, device=self.device)
+        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=EVAL_SEED, device=self.device,
+                             eps_scale=self.eps_scale)
         div = quality.diversity(self.net, images)
         scores = {
             "fid": quality.fid(self.net, images, self.test.pixels),

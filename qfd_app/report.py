@@ -140,12 +140,14 @@ def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
     return paths
 
 
-def sample_grid_from_pipeline(model_dir: Path, out: Path, *, num: int, steps: int, seed: int) -> Path:
+def sample_grid_from_pipeline(
+    model_dir: Path, out: Path, *, num: int, steps: int, seed: int, eps_scale: float = 1.0
+) -> Path:
     """Load an exported `DDPMPipeline`, draw `num` images with DDIM and save their grid."""
     from diffusers import DDPMPipeline
 
     from qfd_app.ddpm import pick_device, sample
 
     pipeline = DDPMPipeline.from_pretrained(model_dir)
-    images = sample(pipeline.unet, num, steps=steps, seed=seed, device=pick_device("auto"))
+    images = sample(pipeline.unet, num, steps=steps, seed=seed, device=pick_device("auto"), eps_scale=eps_scale)
     return save_grid(images, out)

@@ -179,6 +179,7 @@ CONSTRAINTS: dict[str, Any] = {
     "eval-interval": Interval(int, 0, None),
     "eval-samples": Interval(int, 16, None),
     "sample-steps": Interval(int, 1, 1000),
+    "sample-eps-scale": Interval(float, 0.5, 2.0),
     "ema-decay": Interval(float, 0, 1, closed="left"),
     "seed": Interval(int, 0, 2**31 - 1),
     "output-dir": AbsolutePath(),
@@ -220,6 +221,7 @@ class Settings:
     eval_interval: int
     eval_samples: int
     sample_steps: int
+    sample_eps_scale: float
     ema_decay: float
     seed: int
     output_dir: str

@@ -27,6 +27,20 @@ def test_sample_draws_a_grid_from_an_exported_pipeline(tmp_path):
     assert picture.shape[:2] == ((1 + 17) * 4, (1 + 8 * 17) * 4)
 
 
+def test_sample_uses_the_runs_epsilon_scaling_unless_told_otherwise(tmp_path):
+    torch.manual_seed(0)
+    ddpm.export_pipeline(ddpm.build_unet("tiny", 16), tmp_path / "final")
+    (tmp_path / "config.json").write_text('{"sample-eps-scale": 1.5}')
+    grids = {}
+    for name, extra in {"run's": [], "1.5": ["--eps-scale", "1.5"], "1": ["--eps-scale", "1"]}.items():
+        out = tmp_path / f"{name}.png"
+        result = runner.invoke(app, ["sample", str(tmp_path / "final"), "--out", str(out), "--num", "4",
+                                     "--steps", "3", *extra])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        grids[name] = out.read_bytes()
+    assert grids["run's"] == grids["1.5"] != grids["1"]
+
+
 def test_sample_of_a_missing_folder_fails_cleanly(tmp_path):
     result = runner.invoke(app, ["sample", str(tmp_path / "nope")])
     assert result.exit_code != 0

@@ -41,6 +41,7 @@ RUN_CONFIG_ERRORS = [
     ("eval-interval=-1", "eval-interval"),
     ("eval-samples=1", "eval-samples"),
     ("sample-steps=0", "sample-steps"),
+    ("sample-eps-scale=0.0", "sample-eps-scale"),
     ("seed=-1", "seed"),
     ("output-dir='relative/runs'", "output-dir"),
     ("device='tpu'", "device"),

@@ -135,6 +135,20 @@ def test_sampling_returns_images_in_range_and_is_seeded():
     assert torch.equal(a, b)
 
 
+def test_epsilon_scaling_is_dividing_the_models_noise_prediction():
+    # reference: the same model with its output layer scaled by 1/λ predicts ε/λ exactly
+    torch.manual_seed(0)
+    model = ddpm.build_unet("tiny", 16)
+    scaled = ddpm.build_unet("tiny", 16)
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        scaled.conv_out.weight /= 1.25
+        scaled.conv_out.bias /= 1.25
+    expected = ddpm.sample(scaled, 4, steps=5, seed=3, device=CPU)
+    assert torch.allclose(ddpm.sample(model, 4, steps=5, seed=3, device=CPU, eps_scale=1.25), expected, atol=1e-4)
+    assert not torch.allclose(ddpm.sample(model, 4, steps=5, seed=3, device=CPU), expected, atol=0.1)
+
+
 def test_exported_pipeline_loads_with_diffusers_and_samples(tmp_path):
     torch.manual_seed(0)
     model = ddpm.build_unet("tiny", 16)
