@@ -32,7 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[qfd] run directory: %s", run_dir)
     device = ddpm.pick_device(settings.device)
 
-    evaluator = Evaluator(settings.data, settings.eval_samples, settings.sample_steps, device, settings.sample_eps_scale)
+    evaluator = Evaluator(settings.data, settings.eval_samples, settings.sample_steps, device,
+                          eps_scale=settings.sample_eps_scale)
     torch.manual_seed(settings.seed)
     model = ddpm.build_unet(settings.model, settings.image_size, evaluator.test.pixels.shape[1])
     log(INFO, "[qfd] %s UNet, %d parameters; reference FID (train vs held-out) %.3f",
