@@ -38,8 +38,8 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
     eps_scale: Annotated[
         float | None,
-        typer.Option(min=0.5, max=2.0, help="Divide DDIM's predicted noise by this (epsilon scaling). "
-                     "Default: the run's sample-eps-scale (config.json beside final/), else 1."),
+        typer.Option(min=0.5, max=2.0, help="Epsilon scaling: DDIM divides the predicted noise by "
+                     "1 + (this - 1)·t/T. Default: the run's sample-eps-scale (config.json beside final/), else 1."),
     ] = None,
 ) -> None:
     """Draw images from an exported model and save them as a grid."""

@@ -135,18 +135,37 @@ def test_sampling_returns_images_in_range_and_is_seeded():
     assert torch.equal(a, b)
 
 
-def test_epsilon_scaling_is_dividing_the_models_noise_prediction():
-    # reference: the same model with its output layer scaled by 1/λ predicts ε/λ exactly
+class _DividedAt:
+    """Reference: `model` with its noise prediction at timestep t divided by 1 + (λ − 1)·t/T."""
+
+    def __init__(self, model, scale: float):
+        self.model, self.scale, self.config = model, scale, model.config
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, x, t):
+        output = self.model(x, t)
+        output.sample = output.sample / (1 + (self.scale - 1) * int(t) / ddpm.NUM_TRAIN_TIMESTEPS)
+        return output
+
+
+def test_epsilon_scaling_divides_the_noise_prediction_most_at_the_noisiest_steps():
     torch.manual_seed(0)
     model = ddpm.build_unet("tiny", 16)
-    scaled = ddpm.build_unet("tiny", 16)
-    scaled.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        scaled.conv_out.weight /= 1.25
-        scaled.conv_out.bias /= 1.25
-    expected = ddpm.sample(scaled, 4, steps=5, seed=3, device=CPU)
-    assert torch.allclose(ddpm.sample(model, 4, steps=5, seed=3, device=CPU, eps_scale=1.25), expected, atol=1e-4)
+    expected = ddpm.sample(_DividedAt(model, 1.25), 4, steps=5, seed=3, device=CPU)
+    assert torch.allclose(ddpm.sample(model, 4, steps=5, seed=3, device=CPU, eps_scale=1.25), expected, atol=1e-5)
     assert not torch.allclose(ddpm.sample(model, 4, steps=5, seed=3, device=CPU), expected, atol=0.1)
+    # a constant factor (the model's output layer scaled by 1/λ) is another sampler
+    constant = ddpm.build_unet("tiny", 16)
+    constant.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        constant.conv_out.weight /= 1.25
+        constant.conv_out.bias /= 1.25
+    assert not torch.allclose(ddpm.sample(constant, 4, steps=5, seed=3, device=CPU), expected, atol=0.1)
 
 
 def test_exported_pipeline_loads_with_diffusers_and_samples(tmp_path):
