@@ -79,6 +79,7 @@ def train(msg: Message, context: Context) -> Message:
             device=ddpm.pick_device(settings.device),
             warmup_steps=settings.lr_warmup_steps,
             max_grad_norm=settings.max_grad_norm,
+            compute_dtype=settings.compute_dtype(train_bits),
         )
     trained = time.perf_counter()
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}

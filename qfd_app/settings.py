@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
 from qfd_app.ddpm import LR_SCHEDULES, PRESETS
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
 from qfd_app.planning import RESOURCE_POLICIES as PLAN_RESOURCE_POLICIES
 from qfd_app.planning import STRATEGIES
-from qfd_app.quant import codec_names, get_codec
+from qfd_app.quant import FULL_PRECISION_BITS, codec_names, get_codec
 
 RESOURCE_POLICIES = ("auto", *PLAN_RESOURCE_POLICIES)
 DEVICES = ("auto", "cpu", "cuda")
@@ -161,6 +163,7 @@ CONSTRAINTS: dict[str, Any] = {
     "codec": Options(codec_names()),
     "bits": Interval(int, 1, 32),
     "quantized-training": Boolean(),
+    "low-bit-compute": Options(("bf16", "fp32")),
     "num-server-rounds": Interval(int, 1, None),
     "fraction-train": Interval(float, 0, 1, closed="right"),
     "min-available-nodes": Interval(int, 1, None),
@@ -203,6 +206,7 @@ class Settings:
     codec: str
     bits: int
     quantized_training: bool
+    low_bit_compute: str
     num_server_rounds: int
     fraction_train: float
     min_available_nodes: int
@@ -273,6 +277,12 @@ class Settings:
         if self.resource_policy != "auto":
             return self.resource_policy
         return "race-to-idle" if self.strategy == "fedavg" else "optimal"
+
+    def compute_dtype(self, train_bits: int) -> torch.dtype:
+        """What a device training with its weights at `train_bits` computes in: bfloat16 below
+        16 bits unless `low-bit-compute = 'fp32'`; float32 in full precision."""
+        low_bits = train_bits < FULL_PRECISION_BITS and self.low_bit_compute == "bf16"
+        return torch.bfloat16 if low_bits else torch.float32
 
     def load_scenario(self) -> Scenario:
         return load_scenario(self.scenario)

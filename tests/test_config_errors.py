@@ -21,6 +21,7 @@ RUN_CONFIG_ERRORS = [
     ("bits=0", "bits"),
     ("bits=33", "bits"),
     ("quantized-training='yes'", "quantized-training"),
+    ("low-bit-compute='fp16'", "low-bit-compute"),
     ("num-server-rounds=0", "num-server-rounds"),
     ("num-server-rounds=2.5", "num-server-rounds"),
     ("fraction-train=1.5", "fraction-train"),

@@ -50,6 +50,30 @@ def test_local_training_is_reproducible_from_its_seed():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+def test_bf16_compute_trains_the_fp32_weights_through_bf16_convolutions():
+    images = DataSpec().load_partition(4, 50).pixels[:64]
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = ddpm.build_unet("tiny", 16)
+        start = [p.detach().clone() for p in model.parameters()]
+        seen = set()
+        hooks = [m.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+                 for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+        loss = ddpm.train_local(model, images, epochs=2, batch_size=16, learning_rate=1e-3, seed=6, device=CPU,
+                                warmup_steps=4, compute_dtype=dtype)  # fmt: skip
+        for hook in hooks:
+            hook.remove()
+        assert seen == {dtype}
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        update = torch.cat([(p.detach() - s).flatten() for p, s in zip(model.parameters(), start)])
+        results[dtype] = loss, update
+    (loss32, update32), (loss16, update16) = results[torch.float32], results[torch.bfloat16]
+    # the same training up to bf16's rounding: close, not equal
+    assert loss16 == pytest.approx(loss32, rel=0.02) and loss16 != loss32
+    assert torch.nn.functional.cosine_similarity(update16, update32, dim=0) > 0.9
+
+
 def _first_step_sizes(warmup_steps: int, learning_rate: float = 1e-3) -> torch.Tensor:
     """|Δw| of every weight after one AdamW step of `train_local` (one batch, one epoch)."""
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from qfd_app.settings import (
     CONSTRAINTS,
@@ -124,6 +125,12 @@ def test_a_broken_scenario_file_is_refused_with_the_scenario_key(tmp_path):
 def test_settings_that_do_not_fit_together_are_refused_naming_the_key(overrides, message):
     with pytest.raises(SettingsError, match=message):
         with_overrides(overrides)
+
+
+def test_devices_compute_in_bf16_below_16_bits_unless_told_fp32():
+    bf16, fp32 = with_overrides({}), with_overrides({"low-bit-compute": "fp32"})
+    assert [bf16.compute_dtype(b) for b in (2, 4, 8, 15, 16, 32)] == [torch.bfloat16] * 4 + [torch.float32] * 2
+    assert {fp32.compute_dtype(b) for b in (2, 4, 8, 15, 16, 32)} == {torch.float32}
 
 
 def test_auto_resources_race_to_idle_for_fedavg_only():

@@ -16,7 +16,13 @@ Flower's records only.
 """
 
 from .codec import Codec, Encoded, PayloadError, codec_names, get_codec
-from .fakequant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
+from .fakequant import (
+    FULL_PRECISION_BITS,
+    apply_fake_quant,
+    fake_quantized,
+    is_fake_quantized,
+    remove_fake_quant,
+)
 from .payload import (
     decode_update,
     encode_update,
@@ -27,6 +33,7 @@ from .payload import (
 from .uniform import block_ranges, default_block_size, uniform_error_bound
 
 __all__ = [
+    "FULL_PRECISION_BITS",
     "Codec",
     "Encoded",
     "PayloadError",
