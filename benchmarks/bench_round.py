@@ -29,7 +29,7 @@ def per_message_costs(repeats: int = 5) -> str:
     import torch
     from flwr.app import ArrayRecord
 
-    from qfd_app import ddpm
+    from qfd_app.diffusion import ddpm
     from qfd_app.device import device_state, range_sq_sums
     from qfd_app.quant import decode_update, encode_update, fake_quantized, get_codec
     from qfd_app.settings import load_settings

@@ -20,8 +20,8 @@ import time
 import torch
 from simrun import ROOT, machine, write_block
 
-from qfd_app import ddpm
-from qfd_app.data import DataSpec
+from qfd_app.diffusion import ddpm
+from qfd_app.diffusion.data import DataSpec
 from qfd_app.quant import fake_quantized
 from qfd_app.quant import fakequant
 

@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qfd_app.launch import flwr_run, superlink  # noqa: E402
-from qfd_app.ledger import PHASES, read_csv  # noqa: E402
+from qfd_app.runs.launch import flwr_run, superlink  # noqa: E402
+from qfd_app.runs.ledger import PHASES, read_csv  # noqa: E402
 
 
 def machine() -> str:

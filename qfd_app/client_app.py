@@ -9,7 +9,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from qfd_app import ddpm
+from qfd_app.diffusion import ddpm
 from qfd_app.device import device_state, range_sq_sums
 from qfd_app.quant import encode_update, fake_quantized, get_codec
 from qfd_app.settings import load_settings

@@ -1,6 +1,6 @@
 """Planning a round without training: scenario → devices and candidates → solver → record.
 
-The glue between a scenario (`qfd_app.edge.scenario`), the real model (`qfd_app.ddpm`) and
+The glue between a scenario (`qfd_app.edge.scenario`), the real model (`qfd_app.diffusion.ddpm`) and
 the solver (`qfd_app.edge.allocate`). It measures the UNet once — its training FLOPs per
 sample with torch's FLOP counter (forward + backward) and its parameter shapes, on the
 `meta` device so that nothing is computed — and derives, per device and bit-width, the
@@ -66,7 +66,7 @@ def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
     """
     import torch
 
-    from qfd_app.ddpm import PRESETS, build_unet
+    from qfd_app.diffusion.ddpm import PRESETS, build_unet
 
     if preset not in PRESETS:
         raise ScenarioError(f"model.preset must be one of {', '.join(sorted(PRESETS))}; got {preset!r}.")

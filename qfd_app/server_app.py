@@ -11,12 +11,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from qfd_app import ddpm
-from qfd_app.ema import RoundAverage
-from qfd_app.evaluation import Evaluator
-from qfd_app.ledger import Ledger
-from qfd_app.report import plot_rounds
-from qfd_app.rundir import AfterRound, open_run_dir
+from qfd_app.diffusion import ddpm
+from qfd_app.diffusion.ema import RoundAverage
+from qfd_app.diffusion.evaluation import Evaluator
+from qfd_app.runs.ledger import Ledger
+from qfd_app.runs.report import plot_rounds
+from qfd_app.runs.rundir import AfterRound, open_run_dir
 from qfd_app.settings import load_settings
 from qfd_app.strategies import make_strategy, round_physics
 

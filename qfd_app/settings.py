@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from qfd_app.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
-from qfd_app.ddpm import LR_SCHEDULES, PRESETS
+from qfd_app.diffusion.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
+from qfd_app.diffusion.ddpm import LR_SCHEDULES, PRESETS
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
 from qfd_app.planning import RESOURCE_POLICIES as PLAN_RESOURCE_POLICIES
 from qfd_app.planning import STRATEGIES

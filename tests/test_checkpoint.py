@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from qfd_app.checkpoint import ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
-from qfd_app.ledger import DeviceRecord, Ledger, read_csv
-from qfd_app.rundir import create_run_dir, open_run_dir
+from qfd_app.runs.checkpoint import ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.runs.ledger import DeviceRecord, Ledger, read_csv
+from qfd_app.runs.rundir import create_run_dir, open_run_dir
 from qfd_app.settings import Settings, SettingsError, default_run_config
 
 

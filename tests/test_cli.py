@@ -3,8 +3,9 @@
 import torch
 from typer.testing import CliRunner
 
-from qfd_app import __version__, ddpm
-from qfd_app.cli import app
+from qfd_app import __version__
+from qfd_app.diffusion import ddpm
+from qfd_app.runs.cli import app
 
 runner = CliRunner()
 

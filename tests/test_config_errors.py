@@ -6,9 +6,9 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from qfd_app import launch
-from qfd_app.cli import app
-from qfd_app.launch import APP_DIR
+from qfd_app.runs import launch
+from qfd_app.runs.cli import app
+from qfd_app.runs.launch import APP_DIR
 
 # run-config overrides → the key the message must name
 RUN_CONFIG_ERRORS = [
@@ -106,7 +106,7 @@ def test_a_bad_scenario_value_stops_qfd_run_naming_the_key(nothing_starts, tmp_p
 
 
 def test_a_resume_of_a_run_with_other_settings_names_the_keys(nothing_starts, tmp_path):
-    from qfd_app.rundir import create_run_dir
+    from qfd_app.runs.rundir import create_run_dir
     from qfd_app.settings import Settings, default_run_config
 
     settings = Settings.from_run_config({**default_run_config(), "output-dir": str(tmp_path), "local-epochs": 2})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfd_app.data import DataSpec
+from qfd_app.diffusion.data import DataSpec
 
 
 def rows(images):

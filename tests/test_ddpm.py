@@ -6,8 +6,8 @@ import torch
 from diffusers import DDPMPipeline
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from qfd_app import ddpm
-from qfd_app.data import DataSpec
+from qfd_app.diffusion import ddpm
+from qfd_app.diffusion.data import DataSpec
 
 CPU = torch.device("cpu")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qfd_app.ddpm import build_unet
-from qfd_app.ema import RoundAverage
+from qfd_app.diffusion.ddpm import build_unet
+from qfd_app.diffusion.ema import RoundAverage
 
 
 def rounds_of_training(model, rounds, seed=0):

@@ -2,9 +2,9 @@
 
 import torch
 
-from qfd_app import ddpm
-from qfd_app.data import DataSpec
-from qfd_app.evaluation import Evaluator
+from qfd_app.diffusion import ddpm
+from qfd_app.diffusion.data import DataSpec
+from qfd_app.diffusion.evaluation import Evaluator
 
 CPU = torch.device("cpu")
 

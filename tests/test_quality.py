@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from qfd_app import quality
-from qfd_app.data import DataSpec
+from qfd_app.diffusion import quality
+from qfd_app.diffusion.data import DataSpec
 
 
 @pytest.fixture(scope="module")

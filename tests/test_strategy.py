@@ -10,7 +10,7 @@ from flwr.app import Array, Error, Message, Metadata, MetricRecord, RecordDict
 
 from qfd_app.edge import Network
 from qfd_app.edge.energy import uplink_rate_bps
-from qfd_app.ledger import Ledger, read_csv
+from qfd_app.runs.ledger import Ledger, read_csv
 from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
 from qfd_app.strategies.base import Assignment, RoundPhysics
 from qfd_app.strategies.fixed import FixedBits

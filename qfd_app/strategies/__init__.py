@@ -7,7 +7,7 @@ from logging import WARNING
 from flwr.common.logger import log
 
 from qfd_app.edge import Network, Scenario
-from qfd_app.ledger import Ledger
+from qfd_app.runs.ledger import Ledger
 from qfd_app.planning import model_profile
 from qfd_app.settings import Settings
 from qfd_app.strategies.base import EdgeStrategy, RoundPhysics

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from qfd_app.edge import Allocation, Candidates, Devices, Network
 from qfd_app.edge.energy import uplink_rate_bps
 from qfd_app.edge.state import RANGE_BLOCK_SIZES, DeviceState, StateError, parse_state, solver_inputs
-from qfd_app.ledger import EXCLUDED, FAILED, OK, REJECTED, DeviceRecord, Ledger
+from qfd_app.runs.ledger import EXCLUDED, FAILED, OK, REJECTED, DeviceRecord, Ledger
 from qfd_app.quant import decode_update, default_block_size, get_codec, payload_bytes
 
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY, STATE_KEY = "update", "update-meta", "metrics", "device-state"

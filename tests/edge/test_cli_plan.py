@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qfd_app.cli import app
+from qfd_app.runs.cli import app
 
 torch.set_num_threads(1)
 runner = CliRunner()

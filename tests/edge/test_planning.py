@@ -29,7 +29,7 @@ def tiny():
 
 
 def test_the_model_is_measured_not_guessed(tiny):
-    from qfd_app.ddpm import build_unet
+    from qfd_app.diffusion.ddpm import build_unet
 
     real = build_unet("tiny", 16, 1)
     assert tiny.parameters == sum(p.numel() for p in real.parameters())

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from qfd_app.launch import APP_DIR, BIN, flower_env, free_port, stop_group
-from qfd_app.ledger import read_csv
+from qfd_app.runs.launch import APP_DIR, BIN, flower_env, free_port, stop_group
+from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qfd_app.launch import APP_DIR, flwr_run, superlink
-from qfd_app.ledger import read_csv
+from qfd_app.runs.launch import APP_DIR, flwr_run, superlink
+from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,12 @@ import torch
 
 from typer.testing import CliRunner
 
-from qfd_app import cli, ddpm
-from qfd_app.compare import parse_variants, run_comparison
+from qfd_app.runs import cli
+from qfd_app.diffusion import ddpm
+from qfd_app.runs.compare import parse_variants, run_comparison
 from qfd_app.edge import load_scenario
-from qfd_app.ledger import read_csv
-from qfd_app.launch import flwr_run, superlink
+from qfd_app.runs.ledger import read_csv
+from qfd_app.runs.launch import flwr_run, superlink
 from qfd_app.planning import model_profile
 
 pytestmark = pytest.mark.slow

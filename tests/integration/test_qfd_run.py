@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from qfd_app.launch import APP_DIR, BIN, CONNECTION, superlink
+from qfd_app.runs.launch import APP_DIR, BIN, CONNECTION, superlink
 
 pytestmark = pytest.mark.slow
 

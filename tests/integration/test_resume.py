@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qfd_app.launch import flwr_run, kill_tree, start_superlink, stop_group
-from qfd_app.ledger import PHASES, read_csv
+from qfd_app.runs.launch import flwr_run, kill_tree, start_superlink, stop_group
+from qfd_app.runs.ledger import PHASES, read_csv
 
 pytestmark = pytest.mark.slow
 

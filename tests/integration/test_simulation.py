@@ -8,9 +8,9 @@ import torch
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 
-from qfd_app import ddpm
-from qfd_app.ledger import read_csv
-from qfd_app.launch import flwr_run, superlink
+from qfd_app.diffusion import ddpm
+from qfd_app.runs.ledger import read_csv
+from qfd_app.runs.launch import flwr_run, superlink
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qfd_app.ddpm import build_unet, train_scheduler
+from qfd_app.diffusion.ddpm import build_unet, train_scheduler
 from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
 from qfd_app.quant.fakequant import CLIP_FACTORS, CLIP_SEARCH_EVERY, GROUP_SIZE
 

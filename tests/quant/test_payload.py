@@ -7,7 +7,7 @@ from flwr.common import serde
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from qfd_app.ddpm import build_unet
+from qfd_app.diffusion.ddpm import build_unet
 from qfd_app.quant import (
     PayloadError,
     decode_update,

@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from qfd_app import ddpm, quality
-from qfd_app.data import DataSpec
+from qfd_app.diffusion import ddpm, quality
+from qfd_app.diffusion.data import DataSpec
 
 EVAL_SEED = 0  # the data order the feature network trains on, its init, the sampling noise
 

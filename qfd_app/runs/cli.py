@@ -43,7 +43,7 @@ def sample(
     ] = None,
 ) -> None:
     """Draw images from an exported model and save them as a grid."""
-    from qfd_app.report import sample_grid_from_pipeline
+    from qfd_app.runs.report import sample_grid_from_pipeline
 
     if eps_scale is None:  # sample as the run evaluated
         config = model_dir.parent / "config.json"
@@ -112,7 +112,7 @@ def compare(
     import click
     from flwr.common.config import parse_config_args
 
-    from qfd_app.compare import CompareError, check_settings, parse_variants, run_comparison
+    from qfd_app.runs.compare import CompareError, check_settings, parse_variants, run_comparison
     from qfd_app.edge import ScenarioError, load_scenario
 
     try:
@@ -141,8 +141,8 @@ def report(
     """Redraw the plots of a run (plots/) or of a comparison (table and plots)."""
     import click
 
-    from qfd_app.compare import write_comparison
-    from qfd_app.report import plot_rounds
+    from qfd_app.runs.compare import write_comparison
+    from qfd_app.runs.report import plot_rounds
 
     if (run_dir / "runs.json").is_file():
         runs = {k: Path(v) for k, v in json.loads((run_dir / "runs.json").read_text()).items()}
@@ -173,7 +173,7 @@ def run(
     A bad setting stops here with one line naming it (exit 2), before any device is
     contacted; a run that fails later exits 1 (`flwr run` itself exits 0 either way).
     """
-    from qfd_app.launch import flwr_run, run_status, user_env
+    from qfd_app.runs.launch import flwr_run, run_status, user_env
 
     settings = _checked_settings(app_dir, run_config)
     env = user_env()
@@ -194,7 +194,7 @@ def resume(
     federation_config: Annotated[str, typer.Option(help="Simulation settings, as for `qfd run`.")] = "",
 ) -> None:
     """Go on with a killed run from its last complete round, with the settings it was started with."""
-    from qfd_app.launch import run_config_arg
+    from qfd_app.runs.launch import run_config_arg
 
     try:
         config = json.loads((run_dir / "config.json").read_text())
@@ -208,7 +208,7 @@ def _checked_settings(app_dir: Path, run_config: str):
     """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key."""
     from flwr.common.config import parse_config_args
 
-    from qfd_app.rundir import resume_target
+    from qfd_app.runs.rundir import resume_target
     from qfd_app.settings import Settings, default_run_config
 
     try:

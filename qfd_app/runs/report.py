@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from qfd_app.ledger import read_csv  # noqa: E402
+from qfd_app.runs.ledger import read_csv  # noqa: E402
 
 
 def save_grid(images: torch.Tensor, path: Path, ncol: int = 8, scale: int = 4) -> Path:
@@ -146,7 +146,7 @@ def sample_grid_from_pipeline(
     """Load an exported `DDPMPipeline`, draw `num` images with DDIM and save their grid."""
     from diffusers import DDPMPipeline
 
-    from qfd_app.ddpm import pick_device, sample
+    from qfd_app.diffusion.ddpm import pick_device, sample
 
     pipeline = DDPMPipeline.from_pretrained(model_dir)
     images = sample(pipeline.unet, num, steps=steps, seed=seed, device=pick_device("auto"), eps_scale=eps_scale)

@@ -13,11 +13,11 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from qfd_app.checkpoint import Checkpoint, commit_checkpoint, latest_checkpoint, load_checkpoint, stage_checkpoint
-from qfd_app.ema import RoundAverage
-from qfd_app.evaluation import Evaluator
-from qfd_app.ledger import Ledger
-from qfd_app.report import save_grid
+from qfd_app.runs.checkpoint import Checkpoint, commit_checkpoint, latest_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.diffusion.ema import RoundAverage
+from qfd_app.diffusion.evaluation import Evaluator
+from qfd_app.runs.ledger import Ledger
+from qfd_app.runs.report import save_grid
 from qfd_app.settings import RESUMABLE, Settings, SettingsError
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from qfd_app.ledger import read_csv
+from qfd_app.runs.ledger import read_csv
 from qfd_app.planning import RESOURCE_POLICIES
 from qfd_app.settings import STRATEGIES, Settings, SettingsError, default_run_config
 
@@ -101,7 +101,7 @@ def run_comparison(
     """Run every variant through Flower's simulation engine and write the comparison into `out`."""
     from flwr.common.config import flatten_dict
 
-    from qfd_app.launch import flwr_run, run_config_arg, superlink
+    from qfd_app.runs.launch import flwr_run, run_config_arg, superlink
 
     check_settings(variants, {**base, "scenario": scenario})
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def run_comparison(
 
 def write_comparison(out: Path, runs: dict[str, Path]) -> list[dict]:
     """comparison.csv, comparison.md and plots from finished run directories."""
-    from qfd_app.report import plot_comparison
+    from qfd_app.runs.report import plot_comparison
 
     rows = [_row(label, Path(run)) for label, run in runs.items()]
     first = rows[0]

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the folder with pyproject.toml (a checkout)
+APP_DIR = Path(__file__).resolve().parents[2]  # the folder with pyproject.toml (a checkout)
 BIN = Path(sys.executable).parent
 CONNECTION = "qfd-local"
 
