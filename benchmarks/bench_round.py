@@ -30,8 +30,8 @@ def per_message_costs(repeats: int = 5) -> str:
     from flwr.app import ArrayRecord
 
     from qfd_app.diffusion import ddpm
-    from qfd_app.device import device_state, range_sq_sums
-    from qfd_app.quant import decode_update, encode_update, fake_quantized, get_codec
+    from qfd_app.edge.state import device_state
+    from qfd_app.quant import decode_update, encode_update, fake_quantized, get_codec, range_sq_sums
     from qfd_app.settings import load_settings
 
     torch.set_num_threads(1)

@@ -34,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from qfd_app.edge.allocate import solve_round  # noqa: E402
 from qfd_app.edge.scenario import load_scenario  # noqa: E402
-from qfd_app.planning import round_inputs  # noqa: E402
+from qfd_app.diffusion.profile import model_profile  # noqa: E402
+from qfd_app.edge.problem import Network  # noqa: E402
+from qfd_app.edge.state import fleet_state  # noqa: E402
+from qfd_app.strategies import get_strategy, planner  # noqa: E402
 
 SIZES = (10, 100, 1_000, 10_000, 100_000)
 START, END = "<!-- solver:start -->", "<!-- solver:end -->"
@@ -42,14 +45,21 @@ START, END = "<!-- solver:start -->", "<!-- solver:end -->"
 
 def binding_inputs(n: int, scenario: str, policy: str):
     """Round inputs for n devices with an error budget halfway between all-b_min and all-b_max."""
-    inputs = round_inputs(load_scenario(scenario), num_devices=n, bandwidth_policy=policy)
-    cand, dev = inputs.candidates, inputs.devices
+    s = load_scenario(scenario)
+    profile = model_profile("tiny", 16, 1)  # the default run's model; 450 samples per device, E = 10
+    fleet = s.fleet(n)
+    states = {i: fleet_state(fleet, i, 1, 450) for i in range(n)}
+    network = Network(bandwidth_hz=s.bandwidth_hz * n / s.num_devices, noise_w_per_hz=s.noise_w_per_hz,
+                      deadline_s=s.deadline_s, error_budget=s.epsilon, bandwidth_policy=policy)  # fmt: skip
+    physics = planner.RoundPhysics(network, 10, profile.flops_per_sample, s.gamma, profile.shapes)
+    history = planner.stand_in_history(list(range(n)), profile.shapes, s.update_rms, s.update_coherence)
+    _, _, dev, cand, network = planner.round_inputs(get_strategy("ondemand")(), physics, states, history)
     rows = np.arange(n)
     last = cand.valid.sum(axis=1) - 1
     w2 = dev.weight**2
     worst, best = np.sum(w2 * cand.error[:, 0]), np.sum(w2 * cand.error[rows, last])
     budget_abs = best + 0.5 * (worst - best)
-    network = dataclasses.replace(inputs.network, error_budget=budget_abs / inputs.network.update_sq_norm)
+    network = dataclasses.replace(network, error_budget=budget_abs / network.update_sq_norm)
     return dev, cand, network
 
 

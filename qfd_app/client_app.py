@@ -9,11 +9,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from qfd_app import protocol
 from qfd_app.diffusion import ddpm
-from qfd_app.device import device_state, range_sq_sums
-from qfd_app.quant import encode_update, fake_quantized, get_codec
+from qfd_app.edge.state import device_state
+from qfd_app.quant import encode_update, fake_quantized, get_codec, range_sq_sums
 from qfd_app.settings import load_settings
-from qfd_app.strategies.base import METRICS_KEY, STATE_KEY, UPDATE_KEY, UPDATE_META_KEY
 
 RANGES_KEY = "update-ranges"  # context.state: Σ m R² of the device's last update, per block size
 
@@ -40,13 +40,13 @@ def query(msg: Message, context: Context) -> Message:
         settings.load_scenario(),
         partition_id,
         num_partitions,
-        server_round=int(msg.content["config"]["server-round"]),
+        server_round=int(msg.content[protocol.CONFIG_KEY]["server-round"]),
         num_examples=len(images),
         node_config=context.node_config,
         range_sq={int(k): float(v) for k, v in ranges.items()},
     )
-    record = ConfigRecord({"partition-id": partition_id, **state.to_mapping()})
-    return Message(RecordDict({STATE_KEY: record}), reply_to=msg)
+    record = ConfigRecord(protocol.state_record(partition_id, state))
+    return Message(RecordDict({protocol.STATE_KEY: record}), reply_to=msg)
 
 
 @app.train()
@@ -56,12 +56,12 @@ def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(settings.client_threads)  # Ray runs several ClientApps per machine
     partition_id, num_partitions = _partition(context)
     images = settings.data.load_partition(partition_id, num_partitions)
-    config = msg.content["config"]
-    server_round, bits = int(config["server-round"]), int(config["bits"])
-    codec = get_codec(str(config["codec"]), bits=bits)
+    config = protocol.TrainConfig.from_record(msg.content[protocol.CONFIG_KEY])
+    server_round, bits = config.server_round, config.bits
+    codec = get_codec(config.codec, bits=bits)
     seed = settings.seed * 1_000_003 + server_round * 10_007 + partition_id
 
-    start = msg.content["arrays"].to_torch_state_dict()
+    start = msg.content[protocol.ARRAYS_KEY].to_torch_state_dict()
     model = ddpm.build_unet(settings.model, settings.image_size, images.pixels.shape[1])
     model.load_state_dict(start)
     train_bits = bits if settings.quantized_training else 32
@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
         loss = ddpm.train_local(
             model,
             images.pixels,
-            epochs=int(config["local-epochs"]),
+            epochs=config.local_epochs,
             batch_size=settings.batch_size,
             learning_rate=ddpm.round_learning_rate(
                 settings.learning_rate, server_round, settings.num_server_rounds, settings.lr_schedule
@@ -79,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
             device=ddpm.pick_device(settings.device),
             warmup_steps=settings.lr_warmup_steps,
             max_grad_norm=settings.max_grad_norm,
-            compute_dtype=settings.compute_dtype(train_bits),
+            compute_dtype=ddpm.compute_dtype(train_bits, settings.low_bit_compute),
         )
     trained = time.perf_counter()
     update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
@@ -91,5 +91,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-s": trained - started, "encode-s": time.perf_counter() - trained,
         **{f"range-sq-{m}": v for m, v in ranges.items()},
     }  # fmt: skip
-    content = RecordDict({UPDATE_KEY: arrays, UPDATE_META_KEY: meta, METRICS_KEY: MetricRecord(metrics)})
+    content = RecordDict(
+        {protocol.UPDATE_KEY: arrays, protocol.UPDATE_META_KEY: meta, protocol.METRICS_KEY: MetricRecord(metrics)}
+    )
     return Message(content, reply_to=msg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -18,7 +18,8 @@ from qfd_app.runs.ledger import Ledger
 from qfd_app.runs.report import plot_rounds
 from qfd_app.runs.rundir import AfterRound, open_run_dir
 from qfd_app.settings import load_settings
-from qfd_app.strategies import make_strategy, round_physics
+from qfd_app.strategies.base import make_strategy
+from qfd_app.strategies.planner import round_physics
 
 app = ServerApp()
 
@@ -42,6 +43,9 @@ def main(grid: Grid, context: Context) -> None:
     ledger = Ledger(run_dir)  # a resumed run's ledger goes on from its checkpoint's
     physics = round_physics(settings, scenario, channels=evaluator.test.pixels.shape[1])
     strategy = make_strategy(settings, ledger, physics)
+    if physics.gamma != scenario.gamma:
+        log(WARNING, "[qfd] quantized-training = false: devices compute in fp32, so γ = 0 (scenario: %g)",
+            scenario.gamma)  # fmt: skip
     log(INFO, "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)", settings.strategy,
         scenario.name, settings.resources, physics.gamma, physics.network.deadline_s, physics.epochs)  # fmt: skip
     average = RoundAverage(model, settings.ema_decay)

@@ -9,22 +9,22 @@ the user wrote it, what is allowed and what was received.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from qfd_app.diffusion.data import EMBEDDED, HF_PREFIX, PARTITIONERS, DataSpec
-from qfd_app.diffusion.ddpm import LR_SCHEDULES, PRESETS
+from qfd_app.diffusion.catalog import EMBEDDED, HF_PREFIX, LR_SCHEDULES, PARTITIONERS, PRESETS
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
-from qfd_app.planning import RESOURCE_POLICIES as PLAN_RESOURCE_POLICIES
-from qfd_app.planning import STRATEGIES
-from qfd_app.quant import FULL_PRECISION_BITS, codec_names, get_codec
+from qfd_app.quant.registry import codec_bits, codec_names
+from qfd_app.strategies.registry import RESOURCE_POLICIES as STRATEGY_RESOURCE_POLICIES
+from qfd_app.strategies.registry import Strategy, get_strategy, resource_policy, strategy_names
+from qfd_app.validation import Boolean, Constraint, Interval, Options, check_mapping, refusal
 
-RESOURCE_POLICIES = ("auto", *PLAN_RESOURCE_POLICIES)
+if TYPE_CHECKING:
+    from qfd_app.diffusion.data import DataSpec
+
+RESOURCE_POLICIES = ("auto", *STRATEGY_RESOURCE_POLICIES)
 DEVICES = ("auto", "cpu", "cuda")
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -33,51 +33,10 @@ class SettingsError(ValueError):
     """A run-config value that is missing, of the wrong type or out of range."""
 
 
-@dataclass(frozen=True)
-class Interval:
-    """A number of `kind` between `low` and `high` (None: unbounded), ends closed or open."""
-
-    kind: type
-    low: float | None
-    high: float | None
-    closed: str = "both"  # "both", "left", "right", "neither"
-
-    def check(self, value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return self.describe()
-        if self.kind is int and not isinstance(value, int):
-            return self.describe()
-        if not math.isfinite(value):
-            return self.describe()
-        low_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
-        high_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
-        return None if low_ok and high_ok else self.describe()
-
-    def describe(self) -> str:
-        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
-        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{'an int' if self.kind is int else 'a float'} in the range {left}{low}, {high}{right}"
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a fixed set of strings."""
-
-    values: tuple[str, ...]
-
-    def check(self, value: Any) -> str | None:
-        return None if isinstance(value, str) and value in self.values else self.describe()
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-
-class DatasetName:
+class DatasetName(Constraint):
     """An embedded dataset, or `hf:<name or local path>` for a Hugging Face dataset."""
 
-    def check(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> str | None:
         ok = isinstance(value, str) and (
             value in EMBEDDED or (value.startswith(HF_PREFIX) and len(value) > len(HF_PREFIX))
         )
@@ -87,49 +46,42 @@ class DatasetName:
         return f"one of {', '.join(repr(v) for v in EMBEDDED)} or 'hf:<dataset name or local path>'"
 
 
+@dataclass(frozen=True)
 class ImageSize(Interval):
     """A multiple of 8 (three or four 2× downsamplings of the UNet) in [8, 256]."""
 
-    def __init__(self) -> None:
-        super().__init__(int, 8, 256)
+    kind: type = int
+    low: float | None = 8
+    high: float | None = 256
 
-    def check(self, value: Any) -> str | None:
-        return super().check(value) or (None if value % 8 == 0 else self.describe())
+    def problem(self, value: Any) -> str | None:
+        return self.describe() if super().problem(value) or value % 8 else None
 
     def describe(self) -> str:
         return "a multiple of 8 in the range [8, 256]"
 
 
-class ScenarioName:
-    """A shipped scenario's name (`default`, …) or the path of a scenario TOML file that loads."""
+class ScenarioName(Constraint):
+    """A shipped scenario's name (`default`, …) or the path of a scenario TOML file that loads, whose
+    every device class demands at least one bit-width that a codec sends."""
 
-    def check(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> str | None:
         if not isinstance(value, str) or not value:
             return self.describe()
         try:
-            load_scenario(value)
+            load_scenario(value).check_widths(codec_bits())  # every class can be sent some width
         except ScenarioError as err:
-            return f"a scenario that loads ({err})"
+            return f"a scenario that loads ({str(err).rstrip('.')})"
         return None
 
     def describe(self) -> str:
         return "a scenario name from scenarios/ (e.g. 'default') or the path of a scenario .toml file"
 
 
-class Boolean:
-    """true or false."""
-
-    def check(self, value: Any) -> str | None:
-        return None if isinstance(value, bool) else self.describe()
-
-    def describe(self) -> str:
-        return "a boolean (true or false)"
-
-
-class AbsolutePath:
+class AbsolutePath(Constraint):
     """A directory path that is absolute once `~` is expanded (runs never land in the app)."""
 
-    def check(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> str | None:
         ok = isinstance(value, str) and Path(value).expanduser().is_absolute()
         return None if ok else self.describe()
 
@@ -137,11 +89,11 @@ class AbsolutePath:
         return "an absolute path (or one starting with '~'), outside the app folder"
 
 
-class Resume:
+class Resume(Constraint):
     """Where a run starts: '' (false) a new run; 'last' (true) the newest unfinished run in
     `output-dir` with the same settings; or the absolute path of a run directory."""
 
-    def check(self, value: Any) -> str | None:
+    def problem(self, value: Any) -> str | None:
         ok = isinstance(value, bool) or (
             isinstance(value, str) and (value in ("", "last") or Path(value).expanduser().is_absolute())
         )
@@ -150,14 +102,13 @@ class Resume:
     def describe(self) -> str:
         return "false or '' (a new run), true or 'last' (the newest unfinished run in output-dir), or a run directory"
 
-    @staticmethod
-    def normalise(value: bool | str) -> str:
+    def convert(self, value: bool | str) -> str:
         return {True: "last", False: ""}.get(value, value) if isinstance(value, bool) else value
 
 
 # The settings a run accepts: key (as in pyproject / --run-config) → allowed values.
-CONSTRAINTS: dict[str, Any] = {
-    "strategy": Options(STRATEGIES),
+CONSTRAINTS: dict[str, Constraint] = {
+    "strategy": Options(strategy_names()),
     "scenario": ScenarioName(),
     "resource-policy": Options(RESOURCE_POLICIES),
     "codec": Options(codec_names()),
@@ -244,26 +195,10 @@ class Settings:
             For an unknown or missing key, or a value outside what `CONSTRAINTS` allows; the
             message names the key, the allowed values and the value received.
         """
-        unknown = sorted(set(run_config) - set(CONSTRAINTS))
-        if unknown:
-            raise SettingsError(f"Unknown setting {unknown[0]!r}; known settings: {', '.join(CONSTRAINTS)}.")
-        values = {}
-        for key, constraint in CONSTRAINTS.items():
-            if key not in run_config:
-                raise SettingsError(f"The {key!r} setting is missing; it must be {constraint.describe()}.")
-            value = run_config[key]
-            problem = constraint.check(value)
-            if problem:
-                raise SettingsError(f"The {key!r} setting must be {problem}. Got {value!r} instead.")
-            if isinstance(constraint, Interval) and constraint.kind is float:
-                value = float(value)
-            if isinstance(constraint, Resume):
-                value = constraint.normalise(value)
-            values[key.replace("-", "_")] = value
-        try:  # the codec decides which bit-widths it can encode
-            get_codec(values["codec"], bits=values["bits"])
-        except ValueError as err:
-            raise SettingsError(f"The 'bits' setting does not fit codec {values['codec']!r}: {err}") from None
+        checked = check_mapping(
+            run_config, CONSTRAINTS, label=lambda k: f"The {k!r} setting", error=SettingsError, what="setting"
+        )
+        values = {key.replace("-", "_"): value for key, value in checked.items()}
         _cross_check(values)
         return cls(**values)
 
@@ -273,22 +208,20 @@ class Settings:
 
     @property
     def resources(self) -> str:
-        """The resource policy in force: `auto` is race-to-idle for fedavg, optimal otherwise."""
-        if self.resource_policy != "auto":
-            return self.resource_policy
-        return "race-to-idle" if self.strategy == "fedavg" else "optimal"
+        """The resource policy in force: `auto` is the strategy's first (fedavg: race-to-idle)."""
+        return resource_policy(get_strategy(self.strategy), self.resource_policy)
 
-    def compute_dtype(self, train_bits: int) -> torch.dtype:
-        """What a device training with its weights at `train_bits` computes in: bfloat16 below
-        16 bits unless `low-bit-compute = 'fp32'`; float32 in full precision."""
-        low_bits = train_bits < FULL_PRECISION_BITS and self.low_bit_compute == "bf16"
-        return torch.bfloat16 if low_bits else torch.float32
+    def rules(self) -> Strategy:
+        """The run's strategy (its rules, from the registry) with the run's codec, bits and resources."""
+        return get_strategy(self.strategy)(codec=self.codec, bits=self.bits, resource_policy=self.resources)
 
     def load_scenario(self) -> Scenario:
         return load_scenario(self.scenario)
 
     @property
     def data(self) -> DataSpec:
+        from qfd_app.diffusion.data import DataSpec  # torch and datasets: only when data is wanted
+
         return DataSpec(
             dataset=self.dataset,
             image_size=self.image_size,
@@ -300,17 +233,20 @@ class Settings:
 
 
 def _cross_check(values: dict[str, Any]) -> None:
-    """Settings that are fine alone but not together."""
-    if values["resource_policy"] == "race-to-idle" and values["strategy"] != "fedavg":
-        raise SettingsError(
-            f"The 'resource-policy' setting 'race-to-idle' is fedavg's; strategy {values['strategy']!r} "
-            "always optimises clock, power and bandwidth: use 'auto' or 'optimal'."
-        )
-    if values["strategy"] == "ondemand" and values["codec"] != "uniform":
-        raise SettingsError(
-            f"The 'codec' setting must be 'uniform' with strategy 'ondemand' (its error budget prices the "
-            f"uniform codec's error); got {values['codec']!r}."
-        )
+    """Settings that are fine alone but not together: the codec sends `bits`, and the strategy
+    (its declaration in the registry) takes the resource policy and the codec."""
+    codec, bits, strategy = values["codec"], values["bits"], get_strategy(values["strategy"])
+    if bits not in codec_bits(codec):
+        widths = ", ".join(map(str, codec_bits(codec)))
+        raise SettingsError(refusal(f"The 'bits' setting with codec {codec!r}", f"one of {widths}", bits))
+    policies = ("auto", *strategy.resource_policies)
+    if values["resource_policy"] not in policies:
+        allowed = Options(policies).describe()
+        raise SettingsError(refusal(f"The 'resource-policy' setting with strategy {strategy.name!r}", allowed,
+                                    values["resource_policy"]))  # fmt: skip
+    if strategy.codecs is not None and codec not in strategy.codecs:
+        raise SettingsError(refusal(f"The 'codec' setting with strategy {strategy.name!r}",
+                                    Options(strategy.codecs).describe(), codec))  # fmt: skip
 
 
 def default_run_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:

@@ -94,28 +94,32 @@ def test_resume_refuses_what_cannot_go_on(tmp_path, make, message):
 
 
 def test_the_strategy_state_survives_json_and_restores_the_same_plan(tmp_path):
-    from tests.test_strategy import ondemand, plan_bits, smoke_states
+    from dataclasses import replace
 
-    strategy = ondemand(tmp_path, epsilon=0.05)
+    from tests.test_strategy import Planned, make_strategy, plan_bits, smoke_states
+
+    strategy = Planned(epsilon=0.05)
     strategy.update_sq_norm = 1.0
-    strategy.range_sq = {0: {64: 50.0, 256: 50.0}, 1: {64: 40.0, 256: 40.0}, 2: {64: 30.0, 256: 30.0}}
-    saved = json.loads(json.dumps(strategy.state()))
-    fresh = ondemand(tmp_path / "b", epsilon=0.05)
+    strategy.history.range_sq = {0: {64: 50.0, 256: 50.0}, 1: {64: 40.0, 256: 40.0}, 2: {64: 30.0, 256: 30.0}}
+    edge = make_strategy(tmp_path / "a")
+    edge.history = strategy.history
+    saved = json.loads(json.dumps(edge.state()))
+    fresh = make_strategy(tmp_path / "b")
     fresh.restore(saved, completed_rounds=2)
-    assert fresh.round_offset == 2 and fresh.update_sq_norm == 1.0 and fresh.range_sq == strategy.range_sq
+    assert fresh.round_offset == 2 and fresh.history == strategy.history
     # devices that restarted report no ranges: the server's memory prices them as before
+    planned = Planned(epsilon=0.05)
+    planned.history = fresh.history
     forgetful = smoke_states({})
-    fresh._partition_of = {10 + i: i for i in range(3)}
-    remembered = [fresh._with_ranges(10 + i, s) for i, s in enumerate(forgetful)]
-    reported = [s.__class__(**{**s.__dict__, "range_sq": strategy.range_sq[i]}) for i, s in enumerate(forgetful)]
-    assert plan_bits(fresh, remembered) == plan_bits(strategy, reported)
+    reported = [replace(s, range_sq=strategy.history.range_sq[i]) for i, s in enumerate(forgetful)]
+    assert plan_bits(planned, forgetful) == plan_bits(strategy, reported)
 
 
 def test_an_unknown_aggregate_norm_is_saved_as_null(tmp_path):
-    from tests.test_strategy import ondemand
+    from tests.test_strategy import make_strategy
 
-    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy = make_strategy(tmp_path)
     saved = json.loads(json.dumps(strategy.state(), allow_nan=False))
     assert saved["update_sq_norm"] is None
     strategy.restore(saved, completed_rounds=1)
-    assert math.isnan(strategy.update_sq_norm)
+    assert math.isnan(strategy.history.update_sq_norm)

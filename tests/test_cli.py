@@ -42,9 +42,14 @@ def test_sample_uses_the_runs_epsilon_scaling_unless_told_otherwise(tmp_path):
     assert grids["run's"] == grids["1.5"] != grids["1"]
 
 
-def test_sample_of_a_missing_folder_fails_cleanly(tmp_path):
-    result = runner.invoke(app, ["sample", str(tmp_path / "nope")])
+def test_sample_of_a_missing_folder_fails_cleanly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short path, which the error box does not wrap
+    result = runner.invoke(app, ["sample", "nope"])
     assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # a refusal, not a traceback
+    assert result.exit_code == 2, result.output  # a bad argument, as click reports one
+    assert "'nope'" in flat(result.output) and "does not exist" in flat(result.output), result.output
+    assert not (tmp_path / "samples.png").exists()
 
 
 import pytest  # noqa: E402

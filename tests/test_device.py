@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from qfd_app.device import ProfileError, device_state, range_sq_sums
+from qfd_app.edge.state import ProfileError, device_state
 from qfd_app.edge import load_scenario
 from qfd_app.edge.devices import path_loss_db
-from qfd_app.quant import block_ranges, encode_update, decode_update, get_codec, uniform_error_bound
+from qfd_app.quant import block_ranges, decode_update, encode_update, get_codec, range_sq_sums, uniform_error_bound
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_in_simulation_a_device_is_its_row_of_the_scenario_fleet(scenario):
     for partition in range(10):
         state = device_state(scenario, partition, 10, server_round=4, num_examples=450, node_config={}, range_sq={})
         cls = fleet.classes[fleet.class_index[partition]]
-        assert (state.device_class, state.bits_min, state.bits_max) == (cls.name, cls.bits_min, cls.bits_max)
+        assert state.device_class == cls
         assert state.gain == fleet.gains(4)[partition] and state.distance_m == fleet.distance_m[partition]
 
 
@@ -34,8 +34,9 @@ def test_node_config_names_the_class_distance_and_demand_of_a_deployed_device(sc
     node_config = {"device-class": "edge", "distance-m": 80.0, "bits-min": 9, "bits-max": 12}
     base = device_state(scenario, 0, 10, 2, 450, {}, {})
     state = device_state(scenario, 0, 10, 2, 450, node_config, {64: 1.0})
-    assert (state.device_class, state.bits_min, state.bits_max, state.distance_m) == ("edge", 9, 12, 80.0)
-    assert state.cpu_hz_max == 3.0e9 and state.range_sq == {64: 1.0}
+    profile = state.device_class
+    assert (profile.name, profile.bits_min, profile.bits_max, state.distance_m) == ("edge", 9, 12, 80.0)
+    assert profile.cpu_hz_max == 3.0e9 and state.range_sq == {64: 1.0}
     # same shadowing and fading, other path loss
     assert 10 * math.log10(state.gain / base.gain) == pytest.approx(
         float(path_loss_db(base.distance_m) - path_loss_db(80.0)), rel=1e-9

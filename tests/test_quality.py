@@ -11,14 +11,18 @@ from qfd_app.diffusion.data import DataSpec
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory):
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    spec = DataSpec()
-    train, test = spec.load_train(), spec.load_test()
-    import os
-
-    os.environ["QFD_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    net = quality.feature_net_for("mnist5k", train.pixels, train.labels, seed=0)
-    return net, train, test
+    try:
+        spec = DataSpec()
+        train, test = spec.load_train(), spec.load_test()
+        # module-scoped, so not the function-scoped `monkeypatch`: the same, undone after this module's tests
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("QFD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+            net = quality.feature_net_for("mnist5k", train.pixels, train.labels, seed=0)
+            yield net, train, test
+    finally:
+        torch.set_num_threads(threads)
 
 
 def gaussian_blur(images, sigma):

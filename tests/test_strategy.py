@@ -12,8 +12,10 @@ from qfd_app.edge import Network
 from qfd_app.edge.energy import uplink_rate_bps
 from qfd_app.runs.ledger import Ledger, read_csv
 from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
-from qfd_app.strategies.base import Assignment, RoundPhysics
+from qfd_app.strategies import planner
+from qfd_app.strategies.base import EdgeStrategy
 from qfd_app.strategies.fixed import FixedBits
+from qfd_app.strategies.planner import Assignment, History, RoundPhysics
 
 SHAPES = {"conv.weight": (4, 2, 3, 3), "conv.bias": (4,)}
 
@@ -51,7 +53,7 @@ def assignment(node, codec, bits, *, bandwidth_hz=2e5, gain=1e-11, compute_s=10.
 
 def make_strategy(tmp_path, codec="fp32", bits=32, **plan):
     physics = RoundPhysics(NETWORK, epochs=1, flops_per_sample=1e6, gamma=1.0, shapes=tuple(SHAPES.values()))
-    s = FixedBits(Ledger(tmp_path), physics, codec=codec, bits=bits, fraction_train=1.0, seed=0)
+    s = EdgeStrategy(FixedBits(codec=codec, bits=bits), Ledger(tmp_path), physics, fraction_train=1.0, seed=0)
     s._global = random_state(0)
     s._assigned[1] = {node: assignment(node, codec, bits, **plan) for node in range(1, 7)}
     return s
@@ -160,7 +162,7 @@ def test_energy_is_booked_from_the_plan_and_the_bytes_really_received(tmp_path):
     plan = assignment(1, "uniform", 4)
     received = payload_bytes(sent.content["update"])
     rate = float(uplink_rate_bps(plan.bandwidth_hz, plan.gain, plan.power_w, NETWORK.noise_w_per_hz))
-    assert rows[1].bytes_up == received == strategy.payload_bits(4) / 8
+    assert rows[1].bytes_up == received == planner.payload_bits("uniform", 4, strategy.physics.shapes) / 8
     assert rows[1].upload_s == pytest.approx(8 * received / rate, rel=1e-12)
     assert rows[1].energy_upload_j == pytest.approx(plan.power_w * 8 * received / rate, rel=1e-12)
     assert rows[1].energy_compute_j == 0.5 and not rows[1].deadline_missed
@@ -179,14 +181,26 @@ def test_an_upload_that_breaks_the_deadline_is_flagged(tmp_path):
 # ---------------------------------------------------------------------- planning a round
 
 
-def ondemand(tmp_path, epsilon):
-    from qfd_app.planning import model_profile
-    from qfd_app.strategies.ondemand import OnDemand
+class Planned:
+    """`ondemand`'s rules, the tiny model's physics and a history, planning smoke-scenario rounds."""
 
-    profile = model_profile("tiny", 16, 1)
-    network = Network(bandwidth_hz=10e6, noise_w_per_hz=4e-21, deadline_s=300.0, error_budget=epsilon)
-    physics = RoundPhysics(network, epochs=1, flops_per_sample=profile.flops_per_sample, gamma=1.0, shapes=profile.shapes)
-    return OnDemand(Ledger(tmp_path), physics, fraction_train=1.0, seed=0)
+    def __init__(self, epsilon):
+        from qfd_app.diffusion.profile import model_profile
+        from qfd_app.strategies.ondemand import OnDemand
+
+        profile = model_profile("tiny", 16, 1)
+        network = Network(bandwidth_hz=10e6, noise_w_per_hz=4e-21, deadline_s=300.0, error_budget=epsilon)
+        self.physics = RoundPhysics(network, epochs=1, flops_per_sample=profile.flops_per_sample, gamma=1.0,
+                                    shapes=profile.shapes)  # fmt: skip
+        self.rules, self.history, self.excluded = OnDemand(), History(), 0
+
+    @property
+    def update_sq_norm(self):
+        return self.history.update_sq_norm
+
+    @update_sq_norm.setter
+    def update_sq_norm(self, value):
+        self.history.update_sq_norm = value
 
 
 def smoke_states(range_sq):
@@ -200,29 +214,29 @@ def smoke_states(range_sq):
 
 
 def plan_bits(strategy, states):
-    strategy._partition_of = {10 + i: i for i in range(len(states))}
-    assigned = strategy._plan(1, [10 + i for i in range(len(states))], states)
-    return [assigned[10 + i].bits for i in range(len(states))]
+    plan = planner.plan_round(strategy.rules, strategy.physics, dict(enumerate(states)), strategy.history)
+    strategy.excluded += len(states) - len(plan.assignments)
+    return [plan.assignments[i].bits for i in range(len(states))]
 
 
 def test_without_a_previous_aggregate_every_device_gets_its_cheapest_bits(tmp_path):
-    strategy = ondemand(tmp_path, epsilon=1e-9)  # a budget nothing meets, but ‖Δ̄‖² is unknown
+    strategy = Planned(epsilon=1e-9)  # a budget nothing meets, but ‖Δ̄‖² is unknown
     assert plan_bits(strategy, smoke_states({64: 1.0, 256: 1.0})) == [2, 4, 8]
 
 
 def test_a_tight_budget_raises_the_bits_within_each_demand(tmp_path):
-    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy = Planned(epsilon=0.05)
     strategy.update_sq_norm = 1.0
     loose = plan_bits(strategy, smoke_states({64: 1e-6, 256: 1e-6}))
     tight = plan_bits(strategy, smoke_states({64: 50.0, 256: 50.0}))
     assert loose == [2, 4, 8]
     assert all(t >= lo for t, lo in zip(tight, loose)) and tight != loose
     assert all(lo <= b <= hi for b, (lo, hi) in zip(tight, [(2, 4), (4, 8), (8, 16)]))
-    assert not strategy.ledger.records  # nobody excluded
+    assert strategy.excluded == 0  # nobody excluded
 
 
 def test_a_device_that_has_not_trained_is_priced_like_the_others(tmp_path):
-    strategy = ondemand(tmp_path, epsilon=0.05)
+    strategy = Planned(epsilon=0.05)
     strategy.update_sq_norm = 1.0
     states = smoke_states({64: 50.0, 256: 50.0})
     fresh = [states[0], states[1], type(states[2])(**{**states[2].__dict__, "range_sq": {}})]
@@ -234,7 +248,7 @@ def test_a_metric_of_the_wrong_type_rejects_the_reply_naming_the_metric(strategy
                "range-sq-64": 1.0, "range-sq-256": 1.0}  # fmt: skip
     strategy.aggregate_train(1, [reply(1, random_state(1), 10, metrics=metrics), reply(2, random_state(2), 4)])
     rejected = [r for r in strategy.ledger.of_round(1) if r.status == "rejected"]
-    assert [r.node_id for r in rejected] == [1] and "'train-loss' must be float" in rejected[0].reason
+    assert [r.node_id for r in rejected] == [1] and "'train-loss' must be a float" in rejected[0].reason
 
 
 def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path):
@@ -270,4 +284,4 @@ def test_the_server_remembers_each_partitions_range_sums_from_its_reply(strategy
     metrics = {"num-examples": 10, "train-loss": 0.5, "partition-id": 3, "train-s": 1.0, "encode-s": 0.1,
                "range-sq-64": 12.5, "range-sq-256": 30.0}  # fmt: skip
     strategy.aggregate_train(1, [reply(3, random_state(3), 10, metrics=metrics)])
-    assert strategy.range_sq == {3: {64: 12.5, 256: 30.0}}
+    assert strategy.history.range_sq == {3: {64: 12.5, 256: 30.0}}

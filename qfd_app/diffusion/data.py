@@ -19,10 +19,9 @@ from datasets import Dataset
 from flwr_datasets import FederatedDataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-EMBEDDED = ("mnist5k", "digits")
+from qfd_app.diffusion.catalog import HF_PREFIX, PARTITIONERS
+
 SPLIT_SEED = 0  # the held-out split of an embedded dataset, whatever the run's seed
-HF_PREFIX = "hf:"
-PARTITIONERS = ("iid", "dirichlet")
 
 
 @dataclass(frozen=True)

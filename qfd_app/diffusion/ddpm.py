@@ -9,42 +9,10 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-NUM_TRAIN_TIMESTEPS = 1000
+from qfd_app.diffusion.catalog import LR_SCHEDULES, PRESETS
+from qfd_app.quant import FULL_PRECISION_BITS
 
-# Presets of diffusers' UNet2DModel. `tiny` is the CPU default (~263k parameters);
-# `ddpm-cifar10` is the 35.7M-parameter UNet of Ho et al. (2020), for planning and GPUs.
-PRESETS: dict[str, dict] = {
-    "tiny": dict(
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownBlock2D",) * 3,
-        up_block_types=("UpBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        add_attention=False,  # no attention anywhere, also not in the mid block
-    ),
-    "small": dict(
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D",) * 3,
-        up_block_types=("UpBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        add_attention=False,  # no attention anywhere, also not in the mid block
-    ),
-    "base": dict(
-        block_out_channels=(64, 128, 128),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        norm_num_groups=32,
-    ),
-    "ddpm-cifar10": dict(
-        block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        norm_num_groups=32,
-    ),
-}
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 def build_unet(preset: str, image_size: int, channels: int = 1) -> UNet2DModel:
@@ -69,12 +37,19 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def compute_dtype(train_bits: int, low_bit_compute: str) -> torch.dtype:
+    """What a device training with its weights at `train_bits` computes in: bfloat16 below
+    16 bits unless `low_bit_compute` is 'fp32' (the `low-bit-compute` setting); float32 in
+    full precision."""
+    low_bits = train_bits < FULL_PRECISION_BITS and low_bit_compute == "bf16"
+    return torch.bfloat16 if low_bits else torch.float32
+
+
 def train_scheduler() -> DDPMScheduler:
     """The forward process used in training: 1000 linear-beta steps (Ho et al.)."""
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
 
 
-LR_SCHEDULES = ("cosine", "constant")
 LR_FLOOR = 0.05  # the cosine schedule ends at 5% of the peak rate, not at zero
 
 

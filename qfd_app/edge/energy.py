@@ -28,10 +28,6 @@ from numpy.typing import ArrayLike, NDArray
 
 LN2 = float(np.log(2.0))
 
-# Bit-widths that have a codec: the uniform codec covers 1…16 bits, 32 is raw fp32.
-# 17…31 bits are skipped: no codec sends them, and a value needing them is sent as fp32.
-CODEC_BITS: tuple[int, ...] = (*range(1, 17), 32)
-
 
 def dbm_to_w(dbm: ArrayLike) -> NDArray[np.float64]:
     """Convert a power (or a power density) from dBm to W: p_W = 10^((dBm − 30)/10)."""

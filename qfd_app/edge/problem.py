@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from qfd_app.edge.energy import CODEC_BITS
 
 BANDWIDTH_POLICIES = ("equal", "optimal")
 SCHEDULED, EXCLUDED = "scheduled", "excluded"
@@ -113,16 +112,16 @@ class Candidates:
         return self.bits > 0
 
 
-def candidate_bits(bits_min: ArrayLike, bits_max: ArrayLike) -> NDArray[np.int64]:
-    """Rows of the bit-widths in [b_min, b_max] that have a codec (1–16, 32), 0-padded.
+def candidate_bits(bits_min: ArrayLike, bits_max: ArrayLike, widths: ArrayLike) -> NDArray[np.int64]:
+    """Rows of the bit-widths of `widths` (e.g. those a codec sends) in [b_min, b_max], 0-padded.
 
-    >>> candidate_bits([2, 8], [4, 32]).tolist()
+    >>> candidate_bits([2, 8], [4, 32], [*range(1, 17), 32]).tolist()
     [[2, 3, 4, 0, 0, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15, 16, 32]]
     """
     lo = np.asarray(bits_min, dtype=np.int64)[:, None]
     hi = np.asarray(bits_max, dtype=np.int64)[:, None]
-    codec = np.asarray(CODEC_BITS)
-    inside = (codec >= lo) & (codec <= hi)                  # (N, 17)
+    codec = np.sort(np.asarray(widths, dtype=np.int64))
+    inside = (codec >= lo) & (codec <= hi)                  # (N, W)
     width = max(int(inside.sum(axis=1).max(initial=0)), 1)
     # Stable sort puts each row's candidates first, in ascending order.
     order = np.argsort(~inside, axis=1, kind="stable")[:, :width]

@@ -3,20 +3,26 @@
 A scenario file lists settings by table (`[network]`, `[classes.phone]`, `[devices]`, …).
 `extends = "default"` starts from another scenario and changes only what the file lists
 (tables merge key by key). Every key is declared in `KEYS` below with its type and allowed
-range; one function checks them all, and every error names the key as written in the file,
-what is allowed and what was received, e.g.
+range (a constraint of `qfd_app.validation`); one function checks them all, and every error
+names the key as written in the file, what is allowed and what was received, e.g.
 
-    classes.iot.power_w_max must be a number > 0; got -0.1.
+    Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf); got -0.1.
 
 Unknown keys, missing keys, wrong types and references to undefined classes are errors
 (`ScenarioError`, a `ValueError`). Nothing here runs a model: the model preset is checked
 against the presets by `qfd_app.planning`, which owns the UNet.
+
+`load_scenario` parses each file once per process: the result is cached by the resolved
+path and the modification times of the file and of those it `extends`, so an edited file
+is read again. A `Scenario` is frozen, so the cached one is shared safely.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from qfd_app.edge.devices import DeviceClass, Fleet
-from qfd_app.edge.energy import CODEC_BITS, dbm_to_w
+from qfd_app.edge.energy import dbm_to_w
 from qfd_app.edge.problem import BANDWIDTH_POLICIES
+from qfd_app.validation import Constraint, Interval, Options, Satisfies, Text, check_value, is_number
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -35,77 +42,62 @@ class ScenarioError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Key:
-    """One scenario key: its type, allowed range and whether it may be left out."""
+class _UpToInfinity(Interval):
+    """An `Interval` without an upper bound that also allows inf (e.g. an error budget that is off)."""
 
-    kind: type                      # int, float, str
-    low: float = -math.inf          # bounds of numbers
-    high: float = math.inf
-    low_open: bool = False          # True: value > low, False: value ≥ low
-    choices: tuple[str, ...] = ()   # allowed strings
-    optional: bool = False
+    def problem(self, value: Any) -> str | None:
+        if is_number(value) and value == math.inf:
+            return None
+        return None if super().problem(value) is None else self.describe()
 
     def describe(self) -> str:
-        if self.kind is str:
-            return f"one of {', '.join(repr(c) for c in self.choices)}" if self.choices else "a string"
-        what = "an integer" if self.kind is int else "a number"
-        parts = []
-        if self.low > -math.inf:
-            parts.append(f"{'>' if self.low_open else '≥'} {self.low:g}")
-        if self.high < math.inf:
-            parts.append(f"≤ {self.high:g}")
-        return f"{what} {' and '.join(parts)}".strip()
-
-    def check(self, name: str, value: Any) -> Any:
-        ok_type = (
-            isinstance(value, str) if self.kind is str
-            else isinstance(value, int) and not isinstance(value, bool) if self.kind is int
-            else isinstance(value, (int, float)) and not isinstance(value, bool)
-        )
-        if not ok_type:
-            raise ScenarioError(f"{name} must be {self.describe()}; got {value!r} ({type(value).__name__}).")
-        if self.kind is str:
-            if self.choices and value not in self.choices:
-                raise ScenarioError(f"{name} must be {self.describe()}; got {value!r}.")
-            return value
-        below = value <= self.low if self.low_open else value < self.low
-        if below or value > self.high or (isinstance(value, float) and math.isnan(value)):
-            raise ScenarioError(f"{name} must be {self.describe()}; got {value!r}.")
-        return self.kind(value)
+        return super().describe().removesuffix(")") + "]"
 
 
-POSITIVE = _Key(float, 0.0, low_open=True)
+POSITIVE = Interval(float, 0.0, None, closed="neither")
 
 # Every key a scenario may hold ("*" stands for a class name).
-KEYS: dict[str, _Key] = {
-    "description": _Key(str, optional=True),
-    "seed": _Key(int, 0),
-    "model.preset": _Key(str),
-    "model.image_size": _Key(int, 1),
-    "model.channels": _Key(int, 1),
-    "data.train_samples": _Key(int, 1),
-    "training.local_epochs": _Key(int, 1),
-    "training.gamma": _Key(float, 0.0),
+KEYS: dict[str, Constraint] = {
+    "description": Text(),
+    "seed": Interval(int, 0, None),
+    "training.gamma": Interval(float, 0.0, None),
     "network.cell_radius_m": POSITIVE,
     "network.min_distance_m": POSITIVE,
     "network.bandwidth_hz": POSITIVE,
-    "network.noise_dbm_per_hz": _Key(float, -300.0, 0.0),
-    "network.shadowing_db": _Key(float, 0.0),
+    "network.noise_dbm_per_hz": Interval(float, -300.0, 0.0),
+    "network.shadowing_db": Interval(float, 0.0, None),
     "network.deadline_s": POSITIVE,
-    "network.bandwidth_policy": _Key(str, choices=BANDWIDTH_POLICIES),
-    "budget.epsilon": _Key(float, 0.0),
+    "network.bandwidth_policy": Options(tuple(BANDWIDTH_POLICIES)),
+    "budget.epsilon": _UpToInfinity(float, 0.0, None),
     "plan.update_rms": POSITIVE,
-    "plan.update_coherence": _Key(float, 0.0, 1.0, low_open=True),
-    "classes.*.bits_min": _Key(int, 1, 32),
-    "classes.*.bits_max": _Key(int, 1, 32),
+    "plan.update_coherence": Interval(float, 0.0, 1.0, closed="right"),
+    "classes.*.bits_min": Interval(int, 1, 32),
+    "classes.*.bits_max": Interval(int, 1, 32),
     "classes.*.cpu_hz_min": POSITIVE,
     "classes.*.cpu_hz_max": POSITIVE,
     "classes.*.cycles_per_flop": POSITIVE,
     "classes.*.kappa": POSITIVE,
     "classes.*.power_w_max": POSITIVE,
-    "classes.*.distance_m": _Key(float, 0.0, low_open=True, optional=True),
-    "devices.*": _Key(int, 0),
+    "classes.*.distance_m": POSITIVE,
+    "devices.*": Interval(int, 0, None),
 }
+# Keys of the run, not of the network: a run (and `qfd plan`) takes them from its settings.
+MOVED = {
+    "model.preset": "the model is the run's `model` setting",
+    "model.image_size": "the image size is the run's `image-size` setting",
+    "model.channels": "the channels are those of the run's `dataset`",
+    "data.train_samples": "each device's D_n is the size of its partition of the run's `dataset`",
+    "training.local_epochs": "E is the run's `local-epochs` setting",
+}
+# Keys a scenario may leave out.
+OPTIONAL = frozenset({"description", "classes.*.distance_m"})
+
+EXTENDS = Satisfies(lambda v: isinstance(v, str) and bool(v), "a scenario name or the path of a .toml file")
+
+
+def _label(key: str) -> str:
+    """How a refusal names a key: Scenario key 'classes.iot.power_w_max'."""
+    return f"Scenario key {key!r}"
 
 
 @dataclass(frozen=True)
@@ -118,12 +110,6 @@ class Scenario:
         File stem (`default`, `paper`, …).
     seed : int
         Seed of placement, shadowing and fading.
-    model_preset, image_size, channels
-        The UNet whose training FLOPs per sample φ and update size the plan measures.
-    train_samples : int
-        D, training samples of the whole federation, split equally over the devices.
-    local_epochs : int
-        E.
     gamma : float
         γ of the precision factor ρ(b) = (b/32)^γ.
     cell_radius_m, min_distance_m, bandwidth_hz, noise_dbm_per_hz, shadowing_db, deadline_s
@@ -142,11 +128,6 @@ class Scenario:
 
     name: str
     seed: int
-    model_preset: str
-    image_size: int
-    channels: int
-    train_samples: int
-    local_epochs: int
     gamma: float
     cell_radius_m: float
     min_distance_m: float
@@ -178,13 +159,14 @@ class Scenario:
         n = len(base) if num_devices is None else num_devices
         return base[np.arange(n) % len(base)]
 
-    def samples(self, num_devices: int | None = None) -> np.ndarray:
-        """D_n: `train_samples` split equally over the scenario's devices, repeated like `class_index`."""
-        n_base = self.num_devices
-        base = np.full(n_base, self.train_samples // n_base)
-        base[: self.train_samples % n_base] += 1
-        n = n_base if num_devices is None else num_devices
-        return base[np.arange(n) % n_base]
+    def check_widths(self, widths: Sequence[int]) -> None:
+        """Refuse a class whose demand holds none of `widths` (the bit-widths a codec sends)."""
+        for c in self.classes:
+            if not any(c.bits_min <= b <= c.bits_max for b in widths):
+                raise ScenarioError(
+                    f"classes.{c.name}: the demand [{c.bits_min}, {c.bits_max}] holds no bit-width with a codec "
+                    f"({', '.join(map(str, widths))})."
+                )
 
     def fleet(self, num_devices: int | None = None, seed: int | None = None) -> Fleet:
         """Place the devices (`num_devices` replicates the classes) and draw their shadowing."""
@@ -206,17 +188,29 @@ def available() -> list[str]:
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario by name (`default`) or path (`my.toml`).
 
+    Each file is parsed once per process: the same file, unchanged along with those it
+    `extends`, gives the same (frozen) `Scenario` object.
+
     Raises
     ------
     ScenarioError
         With one sentence naming the file, the key, what is allowed and what was received.
     """
     path = _resolve(name_or_path)
-    merged = _read_chain(path, seen=())
+    return _load(str(path.resolve()), path.name, _chain(path))
+
+
+@functools.lru_cache(maxsize=128)
+def _load(resolved: str, file_name: str, chain: tuple[tuple[str, int, int], ...]) -> Scenario:
+    """The scenario of the file `resolved` whose `extends` chain is `chain` (path, mtime, size of
+    each file, the file first): `chain` is in the key so that editing any file of it reloads."""
+    merged: dict = {}
+    for file, mtime_ns, size in reversed(chain):
+        merged = _merge(merged, _read_toml(file, mtime_ns, size)[1])
     try:
-        return _build(path.stem, merged)
+        return _build(Path(file_name).stem, merged)
     except ScenarioError as err:
-        raise ScenarioError(f"{path.name}: {err}") from None
+        raise ScenarioError(f"{file_name}: {err}") from None
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -233,21 +227,34 @@ def _resolve(name_or_path: str | Path) -> Path:
     )
 
 
-def _read_chain(path: Path, seen: tuple[Path, ...]) -> dict:
-    """The file's tables merged over those of the scenario it `extends`."""
-    if path.resolve() in seen:
-        raise ScenarioError(f"{path.name}: `extends` loops back to itself.")
+def _chain(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(resolved path, mtime in ns, size) of `path` and of each scenario it `extends`, in turn."""
+    chain: list[tuple[str, int, int]] = []
+    while True:
+        resolved = path.resolve()
+        if any(file == str(resolved) for file, _, _ in chain):
+            raise ScenarioError(f"{path.name}: `extends` loops back to itself.")
+        stat = resolved.stat()
+        chain.append((str(resolved), stat.st_mtime_ns, stat.st_size))
+        parent, _ = _read_toml(*chain[-1])
+        if parent is None:
+            return tuple(chain)
+        path = _resolve(path.parent / parent if parent.endswith(".toml") else parent)
+
+
+@functools.lru_cache(maxsize=128)
+def _read_toml(file: str, mtime_ns: int, size: int) -> tuple[str | None, Mapping[str, Any]]:
+    """The scenario `extends` (None: none) and the other tables of `file`, parsed once for each
+    (mtime, size) it has. The tables are shared by every caller: read them, never change them."""
+    path = Path(file)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{path.name} is not valid TOML: {err}.") from None
     parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise ScenarioError(f"{path.name}: extends must be a scenario name or path; got {parent!r}.")
-    base_path = _resolve(path.parent / parent if parent.endswith(".toml") else parent)
-    return _merge(_read_chain(base_path, (*seen, path.resolve())), data)
+    if parent is not None:
+        parent = check_value(f"{path.name}: {_label('extends')}", parent, EXTENDS, ScenarioError)
+    return parent, data
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -257,7 +264,7 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"network": {"deadline_s": 30}} → {"network.deadline_s": 30}."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -276,22 +283,24 @@ def _pattern(name: str) -> str:
     return ".".join(parts)
 
 
-def _build(name: str, data: dict) -> Scenario:
+def _build(name: str, data: Mapping[str, Any]) -> Scenario:
     flat = _flatten(data)
     values: dict[str, Any] = {}
     for key, value in flat.items():
-        spec = KEYS.get(_pattern(key))
-        if spec is None:
+        constraint = KEYS.get(_pattern(key))
+        if constraint is None and key in MOVED:
+            raise ScenarioError(f"{key!r} is no longer a scenario key: {MOVED[key]}.")
+        if constraint is None:
             raise ScenarioError(f"unknown key {key!r}; {_allowed_near(key)}.")
-        values[key] = spec.check(key, value)
+        values[key] = check_value(_label(key), value, constraint, ScenarioError)
     class_names = [k for k, v in data.get("classes", {}).items() if isinstance(v, dict)]
-    for pattern, spec in KEYS.items():
-        if spec.optional:
+    for pattern, constraint in KEYS.items():
+        if pattern in OPTIONAL:
             continue
         names = [pattern.replace("*", c) for c in class_names] if pattern.startswith("classes.*") else [pattern]
         for key in names:
             if "*" not in key and key not in values:
-                raise ScenarioError(f"missing key {key!r} ({spec.describe()}).")
+                raise ScenarioError(f"{_label(key)} is missing; it must be {constraint.describe()}.")
     classes = tuple(_device_class(c, values) for c in class_names)
     counts = _counts(data.get("devices", {}), class_names)
     _cross_checks(values, counts)
@@ -300,11 +309,6 @@ def _build(name: str, data: dict) -> Scenario:
         name=name,
         description=values.get("description", ""),
         seed=values["seed"],
-        model_preset=values["model.preset"],
-        image_size=values["model.image_size"],
-        channels=values["model.channels"],
-        train_samples=values["data.train_samples"],
-        local_epochs=values["training.local_epochs"],
         gamma=values["training.gamma"],
         cell_radius_m=values["network.cell_radius_m"],
         min_distance_m=values["network.min_distance_m"],
@@ -335,10 +339,6 @@ def _device_class(name: str, values: dict[str, Any]) -> DeviceClass:
     lo, hi = get("bits_min"), get("bits_max")
     if lo > hi:
         raise ScenarioError(f"classes.{name}.bits_min must be ≤ classes.{name}.bits_max; got {lo} > {hi}.")
-    if not any(lo <= b <= hi for b in CODEC_BITS):
-        raise ScenarioError(
-            f"classes.{name}: the demand [{lo}, {hi}] holds no bit-width with a codec (1–16 or 32)."
-        )
     if get("cpu_hz_min") > get("cpu_hz_max"):
         raise ScenarioError(
             f"classes.{name}.cpu_hz_min must be ≤ classes.{name}.cpu_hz_max; "
@@ -369,9 +369,4 @@ def _cross_checks(values: dict[str, Any], counts: tuple[int, ...]) -> None:
         raise ScenarioError(
             "network.min_distance_m must be < network.cell_radius_m; got "
             f"{values['network.min_distance_m']:g} ≥ {values['network.cell_radius_m']:g}."
-        )
-    if values["data.train_samples"] < sum(counts):
-        raise ScenarioError(
-            f"data.train_samples must be at least the number of devices ({sum(counts)}); "
-            f"got {values['data.train_samples']}."
         )

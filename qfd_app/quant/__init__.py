@@ -12,43 +12,33 @@ server, count the bytes, and train with fake-quantized weights::
     bytes_up = payload_bytes(arrays)
 
 Depends on torch, numpy, bitsandbytes (imported on first use of a `bnb-*` codec) and
-Flower's records only.
+Flower's records only. The names below load their module on first use, so that reading
+the codec table (`qfd_app.quant.registry`: names, bit-widths, block sizes) needs no torch.
 """
 
-from .codec import Codec, Encoded, PayloadError, codec_names, get_codec
-from .fakequant import (
-    FULL_PRECISION_BITS,
-    apply_fake_quant,
-    fake_quantized,
-    is_fake_quantized,
-    remove_fake_quant,
-)
-from .payload import (
-    decode_update,
-    encode_update,
-    expected_payload_bytes,
-    metadata_bytes,
-    payload_bytes,
-)
-from .uniform import block_ranges, default_block_size, uniform_error_bound
+import importlib
+from typing import Any
 
-__all__ = [
-    "FULL_PRECISION_BITS",
-    "Codec",
-    "Encoded",
-    "PayloadError",
-    "apply_fake_quant",
-    "block_ranges",
-    "codec_names",
-    "decode_update",
-    "default_block_size",
-    "encode_update",
-    "expected_payload_bytes",
-    "fake_quantized",
-    "get_codec",
-    "is_fake_quantized",
-    "metadata_bytes",
-    "payload_bytes",
-    "remove_fake_quant",
-    "uniform_error_bound",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    **dict.fromkeys(("Codec", "Encoded", "PayloadError", "get_codec"), "codec"),
+    **dict.fromkeys(("codec_bits", "codec_names", "default_block_size"), "registry"),
+    **dict.fromkeys(
+        ("FULL_PRECISION_BITS", "apply_fake_quant", "fake_quantized", "is_fake_quantized", "remove_fake_quant"),
+        "fakequant",
+    ),
+    **dict.fromkeys(
+        ("decode_update", "encode_update", "expected_payload_bytes", "metadata_bytes", "payload_bytes"), "payload"
+    ),
+    **dict.fromkeys(("block_ranges", "range_sq_sums", "uniform_error_bound"), "uniform"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .registry import CODECS
+
 
 class PayloadError(ValueError):
     """An encoded update (or one tensor of it) was rejected; the message says why.
@@ -228,36 +230,20 @@ def check_finite_input(flat: torch.Tensor, codec_name: str) -> None:
 
 # -- registry -------------------------------------------------------------------------------
 
-# name -> (module inside qfd_app.quant, class). Imported on first use.
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "uniform": ("uniform", "UniformCodec"),
-    "fp32": ("casts", "Float32Codec"),
-    "fp16": ("casts", "Float16Codec"),
-    "bf16": ("casts", "BFloat16Codec"),
-    "bnb-blockwise8": ("bnb", "BnbBlockwise8Codec"),
-    "bnb-nf4": ("bnb", "BnbNF4Codec"),
-    "bnb-fp4": ("bnb", "BnbFP4Codec"),
-}
-
-
-def codec_names() -> tuple[str, ...]:
-    """Names `get_codec` accepts."""
-    return tuple(_REGISTRY)
-
 
 def codec_class(name: str) -> type[Codec]:
-    """The class registered under `name`.
+    """The class registered under `name` in `registry.CODECS`.
 
     Raises
     ------
     ValueError
         If no codec has that name; the message lists the valid names.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown codec {name!r}; choose one of {', '.join(_REGISTRY)}.")
-    module_name, class_name = _REGISTRY[name]
-    module = importlib.import_module(f"{__package__}.{module_name}")
-    return getattr(module, class_name)
+    if name not in CODECS:
+        raise ValueError(f"Unknown codec {name!r}; choose one of {', '.join(CODECS)}.")
+    entry = CODECS[name]
+    module = importlib.import_module(f"{__package__}.{entry.module}")
+    return getattr(module, entry.cls)
 
 
 def get_codec(name: str, bits: int | None = None, **options: Any) -> Codec:

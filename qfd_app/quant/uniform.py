@@ -42,26 +42,20 @@ Numerics, and the why of each choice:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .bitpack import pack_codes, packed_nbytes, unpack_codes
 from .codec import Codec, Encoded, PayloadError, all_finite, check_finite_input
+from .registry import UNIFORM_BLOCK_SIZES, default_block_size
 
 MAX_BITS = 16
-DEFAULT_BLOCK_SIZE = 256
-LOW_BITS_BLOCK_SIZE = 64  # for b ≤ 3
 MAX_BLOCK_SIZE = 1 << 20
 CHUNK_VALUES = 1 << 18  # ~1 MiB of float32 per chunk
 SCALE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _TINY_STEP = torch.finfo(torch.float32).tiny  # smallest normal float32 (and bfloat16)
 _DRAW_LEVELS = 1 << 16  # resolution of the rounding draw
-
-
-def default_block_size(bits: int) -> int:
-    """The block size used at `bits` unless one is given: 64 for b ≤ 3, else 256."""
-    return LOW_BITS_BLOCK_SIZE if bits <= 3 else DEFAULT_BLOCK_SIZE
 
 
 def block_ranges(tensor: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -76,6 +70,19 @@ def block_ranges(tensor: torch.Tensor, block_size: int) -> torch.Tensor:
         blocks = _as_blocks(flat[start : start + _chunk_values(block_size)], block_size)
         ranges.append(blocks.amax(1) - blocks.amin(1))
     return torch.cat(ranges) if ranges else torch.empty(0)
+
+
+def range_sq_sums(update: Mapping[str, torch.Tensor]) -> dict[int, float]:
+    """Σ_j m R_j² over the blocks of every tensor of `update`, for each block size m the codec uses.
+
+    With it the server prices the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²) of any b
+    without seeing the update (a device reports it with its state and its reply).
+    """
+    sums = {}
+    for m in UNIFORM_BLOCK_SIZES:
+        total = sum(float(block_ranges(t, m).double().square().sum()) for t in update.values())
+        sums[m] = float(m * total)
+    return sums
 
 
 def uniform_error_bound(

@@ -31,7 +31,9 @@ def main(
 
 @app.command()
 def sample(
-    model_dir: Annotated[Path, typer.Argument(help="A run's final/ folder (a diffusers DDPMPipeline).")],
+    model_dir: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="A run's final/ folder (a diffusers DDPMPipeline).")
+    ],
     out: Annotated[Path, typer.Option(help="PNG file to write the image grid to.")] = Path("samples.png"),
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, max=1000, help="DDIM steps.")] = 50,
@@ -54,35 +56,51 @@ def sample(
 @app.command()
 def plan(
     scenario: Annotated[str, typer.Argument(help="Scenario name (default, paper, …) or path to a .toml file.")],
-    strategy: Annotated[
-        str, typer.Option(help="Plan the round as this strategy would: ondemand, fixed or fedavg.")
-    ] = "ondemand",
-    bits: Annotated[int | None, typer.Option(help="Bit-width of every device for --strategy fixed (1–16 or 32).")] = None,
-    round_: Annotated[int, typer.Option("--round", min=1, help="Round number (selects the fading).")] = 1,
-    seed: Annotated[int | None, typer.Option(min=0, help="Seed of placement and fading (default: the scenario's).")] = None,
+    run_config: Annotated[
+        str, typer.Option("--run-config", "-c", help="The run's settings, as for `qfd run` / `flwr run --run-config`.")
+    ] = "",
     devices: Annotated[
-        int | None, typer.Option(min=1, help="Replicate the scenario's devices to N (the band grows with them).")
+        int | None, typer.Option(min=1, help="Devices (SuperNodes) of the run (default: as many as the scenario lists).")
     ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Shorthand for --run-config \"strategy='…'\" (see docs/strategies.md).")
+    ] = None,
+    bits: Annotated[int | None, typer.Option(help="Shorthand for the `bits` setting (the bit-width of `fixed`).")] = None,
     resource_policy: Annotated[
-        str | None, typer.Option(help="fedavg only: race-to-idle (default: f_max, p_max) or optimal.")
+        str | None, typer.Option(help="Shorthand for the `resource-policy` setting (auto, race-to-idle, optimal).")
+    ] = None,
+    round_: Annotated[int, typer.Option("--round", min=1, help="Round number (selects the fading and the sample).")] = 1,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Seed of placement and fading (default: the scenario's).")
     ] = None,
     bandwidth_policy: Annotated[
         str | None, typer.Option(help="equal or optimal (default: the scenario's).")
     ] = None,
+    stand_in: Annotated[
+        bool, typer.Option("--stand-in-history", help="Enforce ε with the scenario's stand-in update statistics "
+                           "(a run has none before round 2).")
+    ] = False,
+    app_dir: Annotated[
+        Path | None, typer.Option(help="The Flower app whose defaults apply (default: this package's).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
 ) -> None:
-    """Solve one round's energy plan without training and print it."""
-    import click
+    """Plan a round exactly as a run with these settings would, without training, and print it."""
+    from qfd_app.edge.problem import BANDWIDTH_POLICIES
+    from qfd_app.runs.launch import run_config_arg
+    from qfd_app.runs.plan import format_plan, plan_first_round
+    from qfd_app.validation import Options, check_value
 
-    from qfd_app.planning import format_plan, plan_round
-
+    shorthands = {"strategy": strategy, "bits": bits, "resource-policy": resource_policy}
+    extra = run_config_arg({"scenario": scenario, **{k: v for k, v in shorthands.items() if v is not None}})
+    settings = _checked_settings(app_dir, f"{run_config} {extra}".strip())
     try:
-        record = plan_round(
-            scenario, strategy=strategy, bits=bits, round_=round_, seed=seed, num_devices=devices,
-            resource_policy=resource_policy, bandwidth_policy=bandwidth_policy,
-        )
-    except ValueError as err:  # ScenarioError, PlanError: one sentence, exit code 1
-        raise click.ClickException(str(err)) from None
+        if bandwidth_policy is not None:
+            check_value("--bandwidth-policy", bandwidth_policy, Options(BANDWIDTH_POLICIES))
+        record = plan_first_round(settings, num_devices=devices, round_=round_, scenario_seed=seed,
+                                  bandwidth_policy=bandwidth_policy, stand_in=stand_in)  # fmt: skip
+    except ValueError as err:
+        _fail(str(err))
     typer.echo(json.dumps(record, indent=1) if json_out else format_plan(record))
 
 
@@ -92,8 +110,8 @@ def compare(
     strategies: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: fedavg, fedavg:optimal, fixed, fixed:<bits>, ondemand; "
-            "add :fp32-training to train fixed or ondemand in fp32."
+            help="Comma-separated strategies, each `name[:option]` (docs/strategies.md): e.g. fedavg, "
+            "fedavg:optimal, fixed:4, ondemand; add :fp32-training to train in fp32."
         ),
     ] = "fedavg,fixed,ondemand",
     rounds: Annotated[int | None, typer.Option(min=1, help="Rounds of every run (default: the app's).")] = None,
@@ -117,8 +135,8 @@ def compare(
 
     try:
         loaded = load_scenario(scenario)
-        variants = parse_variants(strategies, bits)
         base = parse_config_args([run_config]) if run_config else {}
+        variants = parse_variants(strategies, {"bits": bits, **base})
         if rounds is not None:
             base["num-server-rounds"] = rounds
         scenario_ref = scenario if Path(scenario).suffix != ".toml" else str(Path(scenario).resolve())
@@ -204,7 +222,7 @@ def resume(
     run(app_dir, superlink, run_config_arg(config), federation_config)
 
 
-def _checked_settings(app_dir: Path, run_config: str):
+def _checked_settings(app_dir: Path | None, run_config: str):
     """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key."""
     from flwr.common.config import parse_config_args
 
@@ -213,7 +231,8 @@ def _checked_settings(app_dir: Path, run_config: str):
 
     try:
         overrides = parse_config_args([run_config]) if run_config else {}
-        settings = Settings.from_run_config({**default_run_config(app_dir / "pyproject.toml"), **overrides})
+        defaults = default_run_config(app_dir / "pyproject.toml") if app_dir else default_run_config()
+        settings = Settings.from_run_config({**defaults, **overrides})
         resume_target(settings)
     except (OSError, ValueError) as err:  # SettingsError, ScenarioError, TOML errors
         _fail(str(err))

@@ -2,9 +2,10 @@
 
 Each variant is a real `flwr run` of this app on a private loopback SuperLink (Flower's
 simulation engine, one virtual device per scenario device). Variants are written
-`name[:option]`: `fedavg`, `fedavg:optimal` (the solver sets its f, p, B), `fixed:4`
-(fixed at 4 bits; plain `fixed` takes `--bits`), `ondemand`, and `ondemand:fp32-training`
-or `fixed:4:fp32-training` (train in fp32, quantize only the upload; then γ = 0). Every run gets the same
+`name[:option]`, each strategy saying what its option is (docs/strategies.md): `fedavg`,
+`fedavg:optimal` (the solver sets its f, p, B), `fixed:4` (fixed at 4 bits; plain `fixed`
+takes `--bits`), `ondemand`, and `ondemand:fp32-training` or `fixed:4:fp32-training` (train
+in fp32, quantize only the upload; then γ = 0). Every run gets the same
 `seed`, so the same devices are sampled, hold the same data, see the same fading and
 draw the same noise; only the strategy differs.
 
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qfd_app.runs.ledger import read_csv
-from qfd_app.planning import RESOURCE_POLICIES
-from qfd_app.settings import STRATEGIES, Settings, SettingsError, default_run_config
+from qfd_app.settings import Settings, SettingsError, default_run_config
+from qfd_app.strategies import get_strategy, strategy_names
+
+FP32_TRAINING = "fp32-training"
 
 TABLE_FIELDS = (
     "strategy", "resource_policy", "rounds", "energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
@@ -44,30 +47,27 @@ class Variant:
     overrides: dict
 
 
-def parse_variants(spec: str, bits: int) -> list[Variant]:
-    """`fedavg,fedavg:optimal,fixed:4,ondemand` → variants (see the module docstring)."""
+def parse_variants(spec: str, base: dict) -> list[Variant]:
+    """`fedavg,fedavg:optimal,fixed:4,ondemand` → variants (see the module docstring).
+
+    Each strategy of the registry says what its option means (`Strategy.parse_option`);
+    `:fp32-training` after any of them trains in fp32 and quantizes only the upload.
+    """
     variants = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, option = item.partition(":")
         overrides: dict = {"strategy": name}
-        if option.endswith("fp32-training"):
+        if option.endswith(FP32_TRAINING):
             overrides["quantized-training"] = False
-            option = option.removesuffix("fp32-training").rstrip(":")
-        if name not in STRATEGIES:
-            raise CompareError(f"--strategies: {name!r} is not a strategy; use {', '.join(STRATEGIES)}.")
-        if name == "fedavg" and option:
-            if option not in RESOURCE_POLICIES:
-                raise CompareError(f"--strategies: {item!r}: fedavg takes :{' or :'.join(RESOURCE_POLICIES)}.")
-            overrides["resource-policy"] = option
-        elif name == "fixed":
-            try:
-                overrides["bits"] = int(option) if option else bits
-            except ValueError:
-                raise CompareError(f"--strategies: {item!r}: fixed takes a bit-width, e.g. fixed:4.") from None
-            option = str(overrides["bits"])
-        elif option:
-            raise CompareError(f"--strategies: {item!r}: {name} takes no option.")
-        label = ":".join([name, *([option] if option else []), *(["fp32-training"] if "quantized-training" in overrides else [])])
+            option = option.removesuffix(FP32_TRAINING).rstrip(":")
+        if name not in strategy_names():
+            raise CompareError(f"--strategies: {name!r} is not a strategy; use {', '.join(strategy_names())}.")
+        try:
+            more, option = get_strategy(name).parse_option(option, base)
+        except ValueError as err:
+            raise CompareError(f"--strategies: {item!r}: {err}.") from None
+        overrides.update(more)
+        label = ":".join([name, *([option] if option else []), *([FP32_TRAINING] if "quantized-training" in overrides else [])])
         variants.append(Variant(label, overrides))
     if not variants:
         raise CompareError("--strategies lists no strategy.")

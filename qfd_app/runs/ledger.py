@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from qfd_app.edge.energy import uplink_rate_bps
 
 OK, FAILED, REJECTED, EXCLUDED = "ok", "failed", "rejected", "excluded"
+DEADLINE_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,41 @@ class DeviceRecord:
     @property
     def energy_j(self) -> float:
         return self.energy_compute_j + self.energy_upload_j
+
+
+def planned_record(
+    server_round: int,
+    node: int,
+    plan: Any,
+    status: str,
+    reason: str,
+    *,
+    noise_w_per_hz: float,
+    deadline_s: float,
+    sent: int = 0,
+    metrics: dict | None = None,
+) -> DeviceRecord:
+    """The row of a device that was planned (`strategies.planner.Assignment`): energy from its
+    plan and the bytes the server received, upload time = bits / the assigned rate.
+
+    A device whose reply never came (`failed`) is charged nothing: nothing is known of it.
+    """
+    charged = status != FAILED
+    upload_s = 0.0
+    if sent:
+        upload_s = float(8 * sent / uplink_rate_bps(plan.bandwidth_hz, plan.gain, plan.power_w, noise_w_per_hz))
+    compute_s = plan.compute_s if charged else 0.0
+    metrics = metrics or {}
+    return DeviceRecord(
+        round=server_round, node_id=node, partition_id=plan.partition_id, device_class=plan.device_class,
+        status=status, reason=reason, bits=plan.bits, bits_min=plan.bits_min, bits_max=plan.bits_max,
+        cpu_hz=plan.cpu_hz, power_w=plan.power_w, bandwidth_hz=plan.bandwidth_hz, gain=plan.gain,
+        compute_s=compute_s, upload_s=upload_s,
+        energy_compute_j=plan.energy_compute_j if charged else 0.0, energy_upload_j=plan.power_w * upload_s,
+        bytes_up=sent, deadline_missed=charged and compute_s + upload_s > deadline_s * (1 + DEADLINE_RTOL),
+        num_examples=metrics.get("num-examples", 0), train_loss=metrics.get("train-loss", math.nan),
+        host_train_s=metrics.get("train-s", 0.0), host_encode_s=metrics.get("encode-s", 0.0),
+    )  # fmt: skip
 
 
 # Wall time of a round's phases on the simulation host (s): the server's query and solve, the

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+from typing import Any
 
-from qfd_app.edge import Allocation, Candidates, Devices, Network, candidate_bits, solve_round
-from qfd_app.quant import get_codec
-from qfd_app.strategies.base import EdgeStrategy
+from qfd_app.strategies.registry import Strategy
 
 
-class FixedBits(EdgeStrategy):
+class FixedBits(Strategy):
     """Every device trains at `bits` (fake-quantized weights below 16) and uploads its update
     with `codec` at `bits`, whatever it would ask for; the solver sets f, p and B."""
 
-    def __init__(self, *args, codec: str, bits: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.codec, self.bits = get_codec(codec, bits=bits).name, bits  # fails early on a bad pair
+    name = "fixed"
+    summary = "every device trains at `bits` and uploads with `codec` at `bits`, demands ignored"
+    option_help = "a bit-width, e.g. fixed:4 (plain `fixed`: --bits)"
+    codecs = None  # any codec that sends `bits` (settings check the pair)
 
-    def candidate_bits(self, states) -> np.ndarray:
-        return candidate_bits(np.full(len(states), self.bits), np.full(len(states), self.bits))
+    def widths(self) -> tuple[int, ...]:
+        return (self.bits,)
 
     def codec_for(self, bits: int) -> str:
         return self.codec
 
-    def allocate(self, devices: Devices, candidates: Candidates, network: Network) -> Allocation:
-        return solve_round(devices, candidates, network)
+    @classmethod
+    def parse_option(cls, option: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        try:
+            bits = int(option) if option else int(base["bits"])
+        except ValueError:
+            raise ValueError(f"fixed takes {cls.option_help}; got {option!r}") from None
+        return {"bits": bits}, str(bits)

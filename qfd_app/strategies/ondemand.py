@@ -8,21 +8,19 @@ stochastic codec (its error bound is what the budget prices); 32 bits is raw fp3
 
 from __future__ import annotations
 
-from qfd_app.edge import Allocation, Candidates, Devices, Network, solve_round
-from qfd_app.strategies.base import EdgeStrategy
+from qfd_app.quant.registry import codec_bits
+from qfd_app.strategies.registry import Strategy
 
 
-class OnDemand(EdgeStrategy):
-    """Per-device bit-widths within each device's demand, at least energy, under the error budget."""
+class OnDemand(Strategy):
+    name = "ondemand"
+    summary = "per-device bits within each device's demand, at least energy, under the error budget ε"
+    enforces_error_budget = True
+    follows_demand = True
+    codecs = ("uniform",)  # the error budget prices the uniform codec's error
 
-    def candidate_bits(self, states) -> None:
-        return None  # each device's demand
+    def widths(self) -> tuple[int, ...]:
+        return codec_bits("uniform", "fp32")
 
     def codec_for(self, bits: int) -> str:
         return "fp32" if bits == 32 else "uniform"
-
-    def allocate(self, devices: Devices, candidates: Candidates, network: Network) -> Allocation:
-        return solve_round(devices, candidates, network)
-
-    def error_budget_active(self) -> bool:
-        return True

@@ -15,6 +15,9 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 from qfd_app.edge.allocate import Candidates, Devices, Network, candidate_bits
+from qfd_app.quant.registry import codec_bits
+
+ONDEMAND_WIDTHS = codec_bits("uniform", "fp32")  # what `ondemand` may assign
 
 N0 = 10 ** (-174 / 10) / 1000  # −174 dBm/Hz in W/Hz
 
@@ -25,7 +28,7 @@ def random_population(rng: np.random.Generator, *, max_devices: int = 6, max_wid
     n = int(rng.integers(1, max_devices + 1))
     bits_min = rng.integers(1, 15, n)
     bits_max = np.minimum(bits_min + rng.integers(0, max_width, n), 16)
-    bits = candidate_bits(bits_min, bits_max)
+    bits = candidate_bits(bits_min, bits_max, ONDEMAND_WIDTHS)
     valid = bits > 0
     gamma = float(rng.choice([0.0, 1.0])) if gamma is None else gamma
     samples = rng.integers(10, 500, n)

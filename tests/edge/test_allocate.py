@@ -17,6 +17,9 @@ from qfd_app.edge.allocate import (
     solve_round,
 )
 from qfd_app.edge.energy import uplink_rate_bps
+from qfd_app.quant.registry import codec_bits
+
+ONDEMAND_WIDTHS = codec_bits("uniform", "fp32")  # what `ondemand` may assign
 from tests.edge.oracle import (
     One,
     best_bits,
@@ -124,6 +127,7 @@ def test_optimal_split_matches_brute_force_over_bits_and_scipy_over_the_shares()
 @pytest.mark.slow
 def test_optimal_split_matches_the_oracle_on_more_populations():
     rng = np.random.default_rng(11)
+    compared = 0
     for case in range(60):
         devices, candidates, network = random_population(rng, max_devices=4, max_width=3, policy="optimal")
         plan = solve_round(devices, candidates, network)
@@ -134,6 +138,8 @@ def test_optimal_split_matches_the_oracle_on_more_populations():
                                   lambda combo: optimal_split_energy(devices, candidates, network, rows, combo))
             if met:
                 assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
+                compared += 1
+    assert compared >= 45  # 50 of the 60 populations of this seed schedule a device and meet the budget
 
 
 @pytest.mark.parametrize("policy", ["equal", "optimal"])
@@ -259,7 +265,7 @@ def test_thousands_of_devices_solve_within_every_constraint(policy):
     rng = np.random.default_rng(0)
     n = 3000
     bits_min = rng.choice([2, 4, 8], n)
-    bits = candidate_bits(bits_min, bits_min * 2)
+    bits = candidate_bits(bits_min, bits_min * 2, ONDEMAND_WIDTHS)
     valid = bits > 0
     work = np.where(valid, 4e10 * rng.uniform(0.1, 0.5, n)[:, None] * bits / 32, 0.0)
     devices = Devices(np.full(n, 3e8), np.full(n, 2e9), np.full(n, 1e-28), np.full(n, 0.2),
@@ -275,7 +281,7 @@ def test_thousands_of_devices_solve_within_every_constraint(policy):
 
 
 def test_candidate_bits_lists_codec_bit_widths_only():
-    bits = candidate_bits([1, 14, 32], [3, 32, 32])
+    bits = candidate_bits([1, 14, 32], [3, 32, 32], ONDEMAND_WIDTHS)
     assert bits.shape == (3, 4)                                    # padded to the longest demand
     assert [row[row > 0].tolist() for row in bits] == [[1, 2, 3], [14, 15, 16, 32], [32]]
 

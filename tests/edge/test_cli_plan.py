@@ -23,8 +23,11 @@ def plan(*args):
     return runner.invoke(app, ["plan", *args])
 
 
+ALL = ("--run-config", "fraction-train=1.0")  # every device sampled, as the scenario lists them
+
+
 def test_the_table_has_a_row_per_device_and_totals():
-    result = plan("smoke")
+    result = plan("smoke", *ALL)
     assert result.exit_code == 0, result.output
     out = result.output
     for column in ("class", "dist m", "gain dB", "bits", "CPU GHz", "P dBm", "B kHz", "compute s", "upload s",
@@ -34,7 +37,7 @@ def test_the_table_has_a_row_per_device_and_totals():
 
 
 def test_json_holds_every_input_and_output_the_solver_used():
-    result = plan("smoke", "--json")
+    result = plan("smoke", "--json", *ALL)
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert NETWORK_KEYS <= record["network"].keys()
@@ -46,9 +49,10 @@ def test_json_holds_every_input_and_output_the_solver_used():
 
 
 def test_devices_replicates_the_scenario():
-    result = plan("default", "--devices", "25", "--json")
+    result = plan("default", "--devices", "25", "--json", *ALL)
     record = json.loads(result.output)
-    assert len(record["devices"]) == 25 and record["network"]["bandwidth_hz"] == 25e6
+    # as in a run with 25 SuperNodes: the classes repeat, the band is the scenario's
+    assert len(record["devices"]) == 25 and record["network"]["bandwidth_hz"] == 10e6
     assert [d["class"] for d in record["devices"][:11]] == ["iot"] * 4 + ["phone"] * 4 + ["edge"] * 2 + ["iot"]
 
 
@@ -60,7 +64,7 @@ def test_devices_replicates_the_scenario():
     (["--bandwidth-policy", "optimal", "--round", "2", "--seed", "5"], None),
 ])
 def test_each_strategy_plans_a_round(args, bits):
-    result = plan("default", "--json", *args)
+    result = plan("default", "--json", *ALL, *args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     used = {d["bits"] for d in record["devices"] if d["status"] == "scheduled"}
@@ -80,7 +84,16 @@ def test_a_bad_scenario_fails_with_the_key_named_and_nothing_runs(tmp_path):
     assert "Traceback" not in result.output and "total energy" not in result.output
 
 
-def test_unknown_scenario_and_bad_options_fail_cleanly():
-    for args in (["nope"], ["smoke", "--strategy", "fixed"], ["smoke", "--devices", "0"]):
-        result = plan(*args)
-        assert result.exit_code != 0 and "Traceback" not in result.output
+@pytest.mark.parametrize(("args", "words"), [
+    (["nope"], "Unknown scenario 'nope'"),
+    (["smoke", "--strategy", "greedy"], "The 'strategy' setting must be one of 'fedavg', 'fixed', 'ondemand'; got"),
+    (["smoke", "--strategy", "fixed", "--bits", "20"], "The 'bits' setting with codec 'uniform' must be one of"),
+    (["smoke", "--run-config", "local-epochs=0"], "The 'local-epochs' setting must be an int in the range [1, inf)"),
+    (["smoke", "--bandwidth-policy", "fair"], "--bandwidth-policy must be one of 'equal', 'optimal'; got 'fair'"),
+    (["smoke", "--devices", "0"], "--devices"),
+])  # fmt: skip
+def test_unknown_scenario_and_bad_options_fail_cleanly(args, words):
+    result = plan(*args)
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)

@@ -72,6 +72,7 @@ def test_a_nan_channel_gain_is_rejected_before_training(faulty_run):
     rows = read_csv(faulty_run / "devices.csv")
     mine = [r for r in rows if r["partition_id"] == "3"]
     assert len(mine) == len({r["round"] for r in mine})  # one row a round, even in the discovery round
+    assert sorted(int(r["round"]) for r in mine) == [1, 2, 3], mine  # queried, and refused, in every round
     assert all(r["status"] == "rejected" and "gain" in r["reason"] and int(r["bits"]) == 0 for r in mine)
 
 

@@ -16,7 +16,7 @@ from qfd_app.runs.compare import parse_variants, run_comparison
 from qfd_app.edge import load_scenario
 from qfd_app.runs.ledger import read_csv
 from qfd_app.runs.launch import flwr_run, superlink
-from qfd_app.planning import model_profile
+from qfd_app.diffusion.profile import model_profile
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_the_run_summary_totals_the_ledger(ondemand_run):
 
 
 def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
-    variants = parse_variants("fedavg,ondemand", bits=8)
+    variants = parse_variants("fedavg,ondemand", {"bits": 8})
     base = {"num-server-rounds": 1, "local-epochs": 1, "fraction-train": 0.67, "eval-interval": 0,
             "eval-samples": 64, "sample-steps": 5}  # fmt: skip
     out = run_comparison("smoke", variants, tmp_path / "cmp", base=base, num_devices=3, echo=lambda _: None)

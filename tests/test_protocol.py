@@ -1,0 +1,101 @@
+"""The protocol: a device's state and its train reply are checked as received, and survive their records."""
+
+import math
+
+import pytest
+
+from qfd_app.edge.devices import DeviceClass
+from qfd_app.edge.state import DeviceState
+from qfd_app.protocol import (
+    REPLY_METRICS,
+    ReplyError,
+    StateError,
+    TrainConfig,
+    parse_state,
+    reply_metrics,
+    state_record,
+)
+
+PHONE = DeviceClass("phone", bits_min=4, bits_max=8, cpu_hz_min=5e8, cpu_hz_max=2e9, cycles_per_flop=0.25,
+                    kappa=1e-28, power_w_max=0.2)  # fmt: skip
+STATE = DeviceState(PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={64: 2.5, 256: 4.0})
+METRICS = {"num-examples": 10, "train-loss": 0.5, "partition-id": 3, "train-s": 1.0, "encode-s": 0.1,
+           "range-sq-64": 12.5, "range-sq-256": 30.0}  # fmt: skip
+
+
+def test_a_state_survives_its_record_unchanged():
+    assert parse_state(state_record(7, STATE)) == (7, STATE)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("gain", math.nan),
+        ("gain", -1e-12),
+        ("distance-m", 0.0),
+        ("cpu-hz-max", math.inf),
+        ("kappa", "1e-28"),
+        ("bits-min", 0),
+        ("bits-max", 33),
+        ("bits-min", 9),  # above bits-max
+        ("bits-max", True),
+        ("num-examples", 0),
+        ("num-examples", 4.5),
+        ("cpu-hz-min", 3e9),  # above cpu-hz-max
+        ("range-sq-64", -1.0),
+        ("range-sq-256", math.nan),
+        ("device-class", ""),
+    ],
+)
+def test_an_absurd_reported_value_is_rejected_naming_its_key(key, value):
+    record = {**state_record(7, STATE), key: value}
+    with pytest.raises(StateError, match=key):
+        parse_state(record)
+
+
+@pytest.mark.parametrize("key", ["gain", "bits-min", "device-class", "num-examples"])
+def test_a_missing_field_is_rejected_naming_it(key):
+    record = state_record(7, STATE)
+    del record[key]
+    with pytest.raises(StateError, match=key):
+        parse_state(record)
+
+
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), float("inf")])
+def test_a_number_beyond_float_range_is_a_state_error_not_an_overflow(value):
+    with pytest.raises(StateError, match="gain"):
+        parse_state({**state_record(7, STATE), "gain": value})
+
+
+def test_a_negative_partition_id_is_refused():
+    with pytest.raises(StateError, match="partition-id.*-1"):
+        parse_state({**state_record(7, STATE), "partition-id": -1})
+
+
+def test_a_train_config_survives_its_record():
+    config = TrainConfig(3, 10, "uniform", 4, 1.5e9, 0.2, 1e6)
+    assert TrainConfig.from_record(config.to_record()) == config
+
+
+def test_reply_metrics_pass_and_convert():
+    assert reply_metrics(METRICS) == {**METRICS, "train-loss": 0.5}
+    assert set(REPLY_METRICS) == set(METRICS)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("num-examples", 0), ("num-examples", 2.5), ("train-loss", math.nan), ("train-loss", [0.5]),
+     ("partition-id", True), ("train-s", -1.0), ("range-sq-64", math.inf)],
+)  # fmt: skip
+def test_a_bad_reply_metric_is_refused_naming_key_value_and_what_is_allowed(key, value):
+    with pytest.raises(ReplyError, match=rf"Reply metric '{key}' must be .*; got "):
+        reply_metrics({**METRICS, key: value})
+
+
+def test_a_reply_without_metrics_or_with_one_missing_is_refused():
+    with pytest.raises(ReplyError, match="lacks the MetricRecord"):
+        reply_metrics(None)
+    with pytest.raises(ReplyError, match="'encode-s' is missing"):
+        reply_metrics({k: v for k, v in METRICS.items() if k != "encode-s"})
