@@ -148,9 +148,19 @@ def machine() -> str:
 
 def table(rows: list[Row], threads: list[int]) -> str:
     speed_headers = [
-        f"{kind} MB/s ({count} thr)" for count in threads for kind in ("encode", "decode")
+        f"{kind} MB/s ({count} thr)"
+        for count in threads
+        for kind in ("encode", "decode")
     ]
-    header = ["codec", "b", "scales", "bits/param", "overhead", "rel. MSE", *speed_headers]
+    header = [
+        "codec",
+        "b",
+        "scales",
+        "bits/param",
+        "overhead",
+        "rel. MSE",
+        *speed_headers,
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         speeds = [
@@ -248,9 +258,15 @@ def write_doc(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--values", type=int, default=10_000_000, help="tensor size")
-    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="torch threads")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is kept")
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[2], help="torch threads"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs; the best is kept"
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="update docs/benchmarks.md"
+    )
     args = parser.parse_args()
 
     values = torch.randn(args.values, generator=torch.Generator().manual_seed(0))

@@ -31,7 +31,13 @@ def per_message_costs(repeats: int = 5) -> str:
 
     from qfd_app.diffusion import ddpm
     from qfd_app.edge.state import device_state
-    from qfd_app.quant import decode_update, encode_update, fake_quantized, get_codec, range_sq_sums
+    from qfd_app.quant import (
+        decode_update,
+        encode_update,
+        fake_quantized,
+        get_codec,
+        range_sq_sums,
+    )
     from qfd_app.settings import load_settings
 
     torch.set_num_threads(1)
@@ -53,19 +59,34 @@ def per_message_costs(repeats: int = 5) -> str:
 
     steps = {
         "settings validation (run config and scenario file)": lambda: load_settings({}),
-        "partition load (partitioner cached)": lambda: settings.data.load_partition(3, 10),
-        "UNet construction and load_state_dict": lambda: ddpm.build_unet("tiny", 16, 1).load_state_dict(state),
+        "partition load (partitioner cached)": lambda: settings.data.load_partition(
+            3, 10
+        ),
+        "UNet construction and load_state_dict": lambda: ddpm.build_unet(
+            "tiny", 16, 1
+        ).load_state_dict(state),
         "device state for the query (scenario fleet, channel)": lambda: device_state(
-            settings.load_scenario(), 3, 10, 1, 450, {}, {}),
+            settings.load_scenario(), 3, 10, 1, 450, {}, {}
+        ),
         "fake quantization on and off (4 bits)": fake_quant_on_and_off,
         "range sums of the update (block sizes 64, 256)": lambda: range_sq_sums(update),
-        "encode the update, uniform 4 bits": lambda: encode_update(update, codec, torch.Generator().manual_seed(1)),
+        "encode the update, uniform 4 bits": lambda: encode_update(
+            update, codec, torch.Generator().manual_seed(1)
+        ),
         "decode and validate it (server)": lambda: decode_update(
-            arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes=shapes),
+            arrays,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=shapes,
+        ),
         "ArrayRecord to state dict (server)": record.to_torch_state_dict,
     }
-    lines = ["| step | median ms |", "|---|---:|",
-             f"| first partition load in a worker process (MNIST-5k, partitioner; cached after) | {1e3 * first_load:.1f} |"]
+    lines = [
+        "| step | median ms |",
+        "|---|---:|",
+        f"| first partition load in a worker process (MNIST-5k, partitioner; cached after) | {1e3 * first_load:.1f} |",
+    ]
     for name, step in steps.items():
         times = []
         for _ in range(repeats):

@@ -23,12 +23,16 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--run-config", default="local-epochs=1", help="more run-config overrides")
+    parser.add_argument(
+        "--run-config", default="local-epochs=1", help="more run-config overrides"
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = (f"scenario='many-devices' num-server-rounds={args.rounds} fraction-train={args.fraction} "
-                  f"eval-interval=0 eval-samples=64 sample-steps=10 {args.run_config}")  # fmt: skip
+        config = (
+            f"scenario='many-devices' num-server-rounds={args.rounds} fraction-train={args.fraction} "
+            f"eval-interval=0 eval-samples=64 sample-steps=10 {args.run_config}"
+        )
         run_dir, peak, wall = simulate(Path(tmp), config, num_supernodes=args.devices)
         table = per_round_table(run_dir)
     text = (

@@ -32,10 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qfd_app.edge.allocate import solve_round  # noqa: E402
-from qfd_app.edge.scenario import load_scenario  # noqa: E402
 from qfd_app.diffusion.profile import model_profile  # noqa: E402
+from qfd_app.edge.allocate import solve_round  # noqa: E402
 from qfd_app.edge.problem import Network  # noqa: E402
+from qfd_app.edge.scenario import load_scenario  # noqa: E402
 from qfd_app.edge.state import fleet_state  # noqa: E402
 from qfd_app.strategies import get_strategy, planner  # noqa: E402
 
@@ -46,20 +46,35 @@ START, END = "<!-- solver:start -->", "<!-- solver:end -->"
 def binding_inputs(n: int, scenario: str, policy: str):
     """Round inputs for n devices with an error budget halfway between all-b_min and all-b_max."""
     s = load_scenario(scenario)
-    profile = model_profile("tiny", 16, 1)  # the default run's model; 450 samples per device, E = 10
+    profile = model_profile(
+        "tiny", 16, 1
+    )  # the default run's model; 450 samples per device, E = 10
     fleet = s.fleet(n)
     states = {i: fleet_state(fleet, i, 1, 450) for i in range(n)}
-    network = Network(bandwidth_hz=s.bandwidth_hz * n / s.num_devices, noise_w_per_hz=s.noise_w_per_hz,
-                      deadline_s=s.deadline_s, error_budget=s.epsilon, bandwidth_policy=policy)  # fmt: skip
-    physics = planner.RoundPhysics(network, 10, profile.flops_per_sample, s.gamma, profile.shapes)
-    history = planner.stand_in_history(list(range(n)), profile.shapes, s.update_rms, s.update_coherence)
-    _, _, dev, cand, network = planner.round_inputs(get_strategy("ondemand")(), physics, states, history)
+    network = Network(
+        bandwidth_hz=s.bandwidth_hz * n / s.num_devices,
+        noise_w_per_hz=s.noise_w_per_hz,
+        deadline_s=s.deadline_s,
+        error_budget=s.epsilon,
+        bandwidth_policy=policy,
+    )
+    physics = planner.RoundPhysics(
+        network, 10, profile.flops_per_sample, s.gamma, profile.shapes
+    )
+    history = planner.stand_in_history(
+        list(range(n)), profile.shapes, s.update_rms, s.update_coherence
+    )
+    _, _, dev, cand, network = planner.round_inputs(
+        get_strategy("ondemand")(), physics, states, history
+    )
     rows = np.arange(n)
     last = cand.valid.sum(axis=1) - 1
     w2 = dev.weight**2
     worst, best = np.sum(w2 * cand.error[:, 0]), np.sum(w2 * cand.error[rows, last])
     budget_abs = best + 0.5 * (worst - best)
-    network = dataclasses.replace(network, error_budget=budget_abs / network.update_sq_norm)
+    network = dataclasses.replace(
+        network, error_budget=budget_abs / network.update_sq_norm
+    )
     return dev, cand, network
 
 
@@ -84,7 +99,12 @@ def oracle(dev, cand, network, plan, limit_s: float):
     gap = -np.inf
     for count, i in enumerate(rows):
         b, g = plan.bandwidth_hz[i], dev.gain[i]
-        fmin, fmax, pmax, kap = dev.cpu_hz_min[i], dev.cpu_hz_max[i], dev.power_w_max[i], dev.kappa[i]
+        fmin, fmax, pmax, kap = (
+            dev.cpu_hz_min[i],
+            dev.cpu_hz_max[i],
+            dev.power_w_max[i],
+            dev.kappa[i],
+        )
         for k in np.flatnonzero(cand.valid[i]):
             s, w = cand.payload_bits[i, k], cand.work_cycles[i, k]
             lo = s / (b * np.log2(1 + g * pmax / (n0 * b)))
@@ -97,7 +117,9 @@ def oracle(dev, cand, network, plan, limit_s: float):
                 f = max(fmin, w / (t - tau))
                 return tau * p + kap * w * f * f
 
-            res = minimize_scalar(energy, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * hi})
+            res = minimize_scalar(
+                energy, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10 * hi}
+            )
             if cand.bits[i, k] == plan.bits[i]:
                 best = min(res.fun, energy(lo), energy(hi))
                 gap = max(gap, (plan.energy_j[i] - best) / best)
@@ -116,32 +138,54 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} when measured), "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} when measured), "
+        f"Python {platform.python_version()}, numpy {np.__version__}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
     parser.add_argument("--scenario", default="default")
-    parser.add_argument("--policies", nargs="*", default=["optimal", "equal"], choices=("equal", "optimal"))
-    parser.add_argument("--oracle-limit", type=float, default=60.0, help="seconds before the oracle gives up")
-    parser.add_argument("--write-docs", action="store_true", help="replace the solver block of docs/benchmarks.md")
+    parser.add_argument(
+        "--policies",
+        nargs="*",
+        default=["optimal", "equal"],
+        choices=("equal", "optimal"),
+    )
+    parser.add_argument(
+        "--oracle-limit",
+        type=float,
+        default=60.0,
+        help="seconds before the oracle gives up",
+    )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="replace the solver block of docs/benchmarks.md",
+    )
     args = parser.parse_args()
 
     rows = []
     for policy in args.policies:
         for n in args.sizes:
             dev, cand, network = binding_inputs(n, args.scenario, policy)
-            solve_round(dev, cand, network)                      # warm caches before timing
+            solve_round(dev, cand, network)  # warm caches before timing
             repeats = 3 if n >= 100_000 else 7
             median, cpu, best, plan = time_solver(dev, cand, network, repeats)
             oracle_s, gap = oracle(dev, cand, network, plan, args.oracle_limit)
             rows.append((policy, n, median, cpu, best, plan, oracle_s, gap))
-            print(f"{policy:>7} N={n:>6}: solver {median * 1e3:8.1f} ms (cpu {cpu * 1e3:.1f}, best {best * 1e3:.1f}) · "
-                  f"{int(plan.scheduled.sum())} scheduled · budget met {plan.budget_met} · "
-                  + (f"oracle {oracle_s:.2f} s, max gap {gap:+.1e}" if oracle_s is not None
-                     else f"oracle stopped after {gap} devices (> {args.oracle_limit:g} s)"), flush=True)
+            print(
+                f"{policy:>7} N={n:>6}: solver {median * 1e3:8.1f} ms (cpu {cpu * 1e3:.1f}, best {best * 1e3:.1f}) · "
+                f"{int(plan.scheduled.sum())} scheduled · budget met {plan.budget_met} · "
+                + (
+                    f"oracle {oracle_s:.2f} s, max gap {gap:+.1e}"
+                    if oracle_s is not None
+                    else f"oracle stopped after {gap} devices (> {args.oracle_limit:g} s)"
+                ),
+                flush=True,
+            )
 
     table = render(rows, args)
     print()
@@ -168,11 +212,17 @@ def render(rows, args) -> str:
         "|---|---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for policy, n, median, cpu, best, plan, oracle_s, gap in rows:
-        oracle_cell = f"{oracle_s:.2f} s" if oracle_s is not None else f"> {args.oracle_limit:g} s (stopped)"
+        oracle_cell = (
+            f"{oracle_s:.2f} s"
+            if oracle_s is not None
+            else f"> {args.oracle_limit:g} s (stopped)"
+        )
         gap_cell = f"{gap:+.1e}" if oracle_s is not None else "–"
-        lines.append(f"| {policy} | {n:,} | {median * 1e3:.1f} ms | {cpu * 1e3:.1f} ms | {best * 1e3:.1f} ms | "
-                     f"{int(plan.scheduled.sum()):,} | {'yes' if plan.budget_met else 'no'} | {oracle_cell} "
-                     f"| {gap_cell} |")
+        lines.append(
+            f"| {policy} | {n:,} | {median * 1e3:.1f} ms | {cpu * 1e3:.1f} ms | {best * 1e3:.1f} ms | "
+            f"{int(plan.scheduled.sum()):,} | {'yes' if plan.budget_met else 'no'} | {oracle_cell} "
+            f"| {gap_cell} |"
+        )
     lines += [
         "",
         "Target: 10 000 devices in ≤ 50 ms on the 2-core CPU, budget and optimised band split on. "

@@ -22,21 +22,34 @@ from simrun import ROOT, machine, write_block
 
 from qfd_app.diffusion import ddpm
 from qfd_app.diffusion.data import DataSpec
-from qfd_app.quant import fake_quantized
-from qfd_app.quant import fakequant
+from qfd_app.quant import fake_quantized, fakequant
 
 
-def ms_per_step(bits: int, dtype: torch.dtype, images: torch.Tensor, epochs: int, repeats: int) -> float:
+def ms_per_step(
+    bits: int, dtype: torch.dtype, images: torch.Tensor, epochs: int, repeats: int
+) -> float:
     """Median over `repeats` runs of the wall time per optimizer step, in ms."""
-    steps = epochs * max(len(images) // 32, 1)  # train_local leaves out a ragged last batch
+    steps = epochs * max(
+        len(images) // 32, 1
+    )  # train_local leaves out a ragged last batch
     times = []
     for _ in range(repeats):
         torch.manual_seed(0)
         model = ddpm.build_unet("tiny", 16)
         started = time.perf_counter()
         with fake_quantized(model, bits):
-            ddpm.train_local(model, images, epochs=epochs, batch_size=32, learning_rate=2e-3, seed=0,
-                             device=torch.device("cpu"), warmup_steps=20, max_grad_norm=1.0, compute_dtype=dtype)  # fmt: skip
+            ddpm.train_local(
+                model,
+                images,
+                epochs=epochs,
+                batch_size=32,
+                learning_rate=2e-3,
+                seed=0,
+                device=torch.device("cpu"),
+                warmup_steps=20,
+                max_grad_norm=1.0,
+                compute_dtype=dtype,
+            )
         times.append((time.perf_counter() - started) / steps)
     return 1e3 * statistics.median(times)
 
@@ -53,10 +66,30 @@ def main() -> None:
     fp32, bf16 = torch.float32, torch.bfloat16
     variants = {
         "fp32": (32, fp32, default_every, default_factors),
-        "4 bits, fp32 compute, clipping factors searched at every pass": (4, fp32, 1, default_factors),
-        f"4 bits, fp32 compute, searched every {default_every} passes": (4, fp32, default_every, default_factors),
-        "4 bits, fp32 compute, min/max grids (no search)": (4, fp32, default_every, torch.tensor([1.0])),
-        f"4 bits, bf16 compute, searched every {default_every} passes (default)": (4, bf16, default_every, default_factors),
+        "4 bits, fp32 compute, clipping factors searched at every pass": (
+            4,
+            fp32,
+            1,
+            default_factors,
+        ),
+        f"4 bits, fp32 compute, searched every {default_every} passes": (
+            4,
+            fp32,
+            default_every,
+            default_factors,
+        ),
+        "4 bits, fp32 compute, min/max grids (no search)": (
+            4,
+            fp32,
+            default_every,
+            torch.tensor([1.0]),
+        ),
+        f"4 bits, bf16 compute, searched every {default_every} passes (default)": (
+            4,
+            bf16,
+            default_every,
+            default_factors,
+        ),
     }
     lines = ["| training | ms per step | vs fp32 |", "|---|---:|---:|"]
     baseline = None
@@ -68,7 +101,8 @@ def main() -> None:
     fakequant.CLIP_SEARCH_EVERY, fakequant.CLIP_FACTORS = default_every, default_factors
     text = (
         f"`python benchmarks/bench_train_step.py` on {machine()}; one default partition (450 images), "
-        f"{args.epochs} epochs of batch 32, median of {args.repeats}:\n\n" + "\n".join(lines)
+        f"{args.epochs} epochs of batch 32, median of {args.repeats}:\n\n"
+        + "\n".join(lines)
     )
     print(text)
     if args.write_docs:

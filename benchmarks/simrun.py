@@ -22,8 +22,11 @@ def machine() -> str:
     import platform
 
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))  # fmt: skip
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.machine()
     return f"{model}, {os.cpu_count()} cores"
@@ -56,7 +59,9 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def simulate(out: Path, run_config: str, num_supernodes: int, cpus_per_client: float = 1.0) -> tuple[Path, int, float]:
+def simulate(
+    out: Path, run_config: str, num_supernodes: int, cpus_per_client: float = 1.0
+) -> tuple[Path, int, float]:
     """Run the app once; return its run directory, the peak RSS of every process it used, the wall time."""
     out.mkdir(parents=True, exist_ok=True)
     peak = [0]
@@ -72,9 +77,11 @@ def simulate(out: Path, run_config: str, num_supernodes: int, cpus_per_client: f
         watcher.start()
         started = time.time()
         done = flwr_run(
-            env, f"{run_config} output-dir='{out / 'runs'}'",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}", timeout_s=3 * 3600,
-        )  # fmt: skip
+            env,
+            f"{run_config} output-dir='{out / 'runs'}'",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+            timeout_s=3 * 3600,
+        )
         wall = time.time() - started
         stop.set()
         watcher.join()
@@ -94,8 +101,10 @@ def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, 
     lines = ["| phase | mean s per round | share of the round |", "|---|---:|---:|"]
     for k in PHASES[:-1]:
         lines.append(f"| {k[:-2]} | {mean[k]:.3f} | {100 * mean[k] / round_s:.1f} % |")
-    lines.append(f"| other (Flower messaging, Ray dispatch, model (de)serialisation, idle cores) | {other:.3f} | "
-                 f"{100 * other / round_s:.1f} % |")
+    lines.append(
+        f"| other (Flower messaging, Ray dispatch, model (de)serialisation, idle cores) | {other:.3f} | "
+        f"{100 * other / round_s:.1f} % |"
+    )
     lines.append(f"| **round** | **{round_s:.3f}** | 100 % |")
     non_training = round_s - mean["train_s"] - mean["evaluate_s"]
     mean["non_training_share"] = non_training / round_s
@@ -105,12 +114,25 @@ def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, 
 def per_round_table(run_dir: Path) -> str:
     """Seconds per phase, one column per round."""
     rows = read_csv(run_dir / "rounds.csv")
-    lines = ["| phase | " + " | ".join(f"round {r['round']}" for r in rows) + " |",
-             "|---|" + "---:|" * len(rows)]  # fmt: skip
+    lines = [
+        "| phase | " + " | ".join(f"round {r['round']}" for r in rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
     for k in PHASES:
-        lines.append(f"| {k[:-2]} | " + " | ".join(f"{float(r[k] or 0):.3f}" for r in rows) + " |")
-    other = [float(r["round_s"]) - sum(float(r[k] or 0) for k in PHASES if k != "round_s") for r in rows]
-    lines.append("| other (messaging, dispatch, serialisation, idle) | " + " | ".join(f"{o:.3f}" for o in other) + " |")
+        lines.append(
+            f"| {k[:-2]} | "
+            + " | ".join(f"{float(r[k] or 0):.3f}" for r in rows)
+            + " |"
+        )
+    other = [
+        float(r["round_s"]) - sum(float(r[k] or 0) for k in PHASES if k != "round_s")
+        for r in rows
+    ]
+    lines.append(
+        "| other (messaging, dispatch, serialisation, idle) | "
+        + " | ".join(f"{o:.3f}" for o in other)
+        + " |"
+    )
     return "\n".join(lines)
 
 

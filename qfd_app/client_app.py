@@ -15,14 +15,18 @@ from qfd_app.edge.state import device_state
 from qfd_app.quant import encode_update, fake_quantized, get_codec, range_sq_sums
 from qfd_app.settings import load_settings
 
-RANGES_KEY = "update-ranges"  # context.state: Σ m R² of the device's last update, per block size
+RANGES_KEY = (
+    "update-ranges"  # context.state: Σ m R² of the device's last update, per block size
+)
 
 app = ClientApp()
 
 
 def _partition(context: Context) -> tuple[int, int]:
     try:
-        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+        return int(context.node_config["partition-id"]), int(
+            context.node_config["num-partitions"]
+        )
     except KeyError as err:
         raise ValueError(
             f"node config key {err} is missing: start the SuperNode with "
@@ -53,7 +57,9 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     settings = load_settings(context.run_config)
     if settings.client_threads:
-        torch.set_num_threads(settings.client_threads)  # Ray runs several ClientApps per machine
+        torch.set_num_threads(
+            settings.client_threads
+        )  # Ray runs several ClientApps per machine
     partition_id, num_partitions = _partition(context)
     images = settings.data.load_partition(partition_id, num_partitions)
     config = protocol.TrainConfig.from_record(msg.content[protocol.CONFIG_KEY])
@@ -66,14 +72,19 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(start)
     train_bits = bits if settings.quantized_training else 32
     started = time.perf_counter()
-    with fake_quantized(model, train_bits):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
+    with fake_quantized(
+        model, train_bits
+    ):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
         loss = ddpm.train_local(
             model,
             images.pixels,
             epochs=config.local_epochs,
             batch_size=settings.batch_size,
             learning_rate=ddpm.round_learning_rate(
-                settings.learning_rate, server_round, settings.num_server_rounds, settings.lr_schedule
+                settings.learning_rate,
+                server_round,
+                settings.num_server_rounds,
+                settings.lr_schedule,
             ),
             seed=seed,
             device=ddpm.pick_device(settings.device),
@@ -82,16 +93,26 @@ def train(msg: Message, context: Context) -> Message:
             compute_dtype=ddpm.compute_dtype(train_bits, settings.low_bit_compute),
         )
     trained = time.perf_counter()
-    update = {name: value.detach().cpu() - start[name] for name, value in model.state_dict().items()}
+    update = {
+        name: value.detach().cpu() - start[name]
+        for name, value in model.state_dict().items()
+    }
     ranges = range_sq_sums(update)
     context.state[RANGES_KEY] = MetricRecord({str(m): v for m, v in ranges.items()})
     arrays, meta = encode_update(update, codec, torch.Generator().manual_seed(seed))
     metrics = {
-        "num-examples": len(images), "train-loss": loss, "partition-id": partition_id,
-        "train-s": trained - started, "encode-s": time.perf_counter() - trained,
+        "num-examples": len(images),
+        "train-loss": loss,
+        "partition-id": partition_id,
+        "train-s": trained - started,
+        "encode-s": time.perf_counter() - trained,
         **{f"range-sq-{m}": v for m, v in ranges.items()},
-    }  # fmt: skip
+    }
     content = RecordDict(
-        {protocol.UPDATE_KEY: arrays, protocol.UPDATE_META_KEY: meta, protocol.METRICS_KEY: MetricRecord(metrics)}
+        {
+            protocol.UPDATE_KEY: arrays,
+            protocol.UPDATE_META_KEY: meta,
+            protocol.METRICS_KEY: MetricRecord(metrics),
+        }
     )
     return Message(content, reply_to=msg)

@@ -48,7 +48,10 @@ STATE_FIELDS = {
     "device-class": Text(),
     "bits-min": Interval(int, 1, 32),
     "bits-max": Interval(int, 1, 32),
-    **dict.fromkeys(("cpu-hz-min", "cpu-hz-max", "cycles-per-flop", "kappa", "power-w-max"), _POSITIVE),
+    **dict.fromkeys(
+        ("cpu-hz-min", "cpu-hz-max", "cycles-per-flop", "kappa", "power-w-max"),
+        _POSITIVE,
+    ),
     "distance-m": _POSITIVE,
     "gain": _POSITIVE,
     "num-examples": Interval(int, 1, None),
@@ -85,11 +88,23 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
         For a missing key, a value of the wrong type, NaN/Inf, a non-positive resource, a
         demand outside 1–32 bits, bits-min > bits-max or cpu-hz-min > cpu-hz-max.
     """
-    values = check_mapping(record, STATE_FIELDS, label=lambda k: f"Device state {k!r}", error=StateError,
-                           optional=tuple(_RANGE_SQ), unknown="ignore")  # fmt: skip
+    values = check_mapping(
+        record,
+        STATE_FIELDS,
+        label=lambda k: f"Device state {k!r}",
+        error=StateError,
+        optional=tuple(_RANGE_SQ),
+        unknown="ignore",
+    )
     for low, high in (("bits-min", "bits-max"), ("cpu-hz-min", "cpu-hz-max")):
         if values[low] > values[high]:
-            raise StateError(refusal(f"Device state {low!r}", f"≤ {high!r} ({values[high]:g})", values[low]))
+            raise StateError(
+                refusal(
+                    f"Device state {low!r}",
+                    f"≤ {high!r} ({values[high]:g})",
+                    values[low],
+                )
+            )
     profile = DeviceClass(
         name=values["device-class"],
         bits_min=values["bits-min"],
@@ -100,8 +115,14 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
         kappa=values["kappa"],
         power_w_max=values["power-w-max"],
     )
-    range_sq = {int(key.removeprefix("range-sq-")): values[key] for key in _RANGE_SQ if key in values}
-    state = DeviceState(profile, values["distance-m"], values["gain"], values["num-examples"], range_sq)
+    range_sq = {
+        int(key.removeprefix("range-sq-")): values[key]
+        for key in _RANGE_SQ
+        if key in values
+    }
+    state = DeviceState(
+        profile, values["distance-m"], values["gain"], values["num-examples"], range_sq
+    )
     return values["partition-id"], state
 
 
@@ -158,5 +179,10 @@ def reply_metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     if record is None:
         raise ReplyError(f"the reply lacks the MetricRecord {METRICS_KEY!r}")
-    return check_mapping(record, REPLY_METRICS, label=lambda k: f"Reply metric {k!r}", error=ReplyError,
-                         unknown="ignore")  # fmt: skip
+    return check_mapping(
+        record,
+        REPLY_METRICS,
+        label=lambda k: f"Reply metric {k!r}",
+        error=ReplyError,
+        unknown="ignore",
+    )

@@ -26,31 +26,67 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = load_settings(context.run_config)  # fails here, before any device is contacted
+    settings = load_settings(
+        context.run_config
+    )  # fails here, before any device is contacted
     scenario = settings.load_scenario()
     started = time.time()
-    run_dir, checkpoint = open_run_dir(settings, context.run_id)  # a bad `resume` fails here too
+    run_dir, checkpoint = open_run_dir(
+        settings, context.run_id
+    )  # a bad `resume` fails here too
     log(INFO, "[qfd] run directory: %s", run_dir)
     device = ddpm.pick_device(settings.device)
 
-    evaluator = Evaluator(settings.data, settings.eval_samples, settings.sample_steps, device,
-                          eps_scale=settings.sample_eps_scale)
+    evaluator = Evaluator(
+        settings.data,
+        settings.eval_samples,
+        settings.sample_steps,
+        device,
+        eps_scale=settings.sample_eps_scale,
+    )
     torch.manual_seed(settings.seed)
-    model = ddpm.build_unet(settings.model, settings.image_size, evaluator.test.pixels.shape[1])
-    log(INFO, "[qfd] %s UNet, %d parameters; reference FID (train vs held-out) %.3f",
-        settings.model, sum(p.numel() for p in model.parameters()), evaluator.reference_fid)  # fmt: skip
+    model = ddpm.build_unet(
+        settings.model, settings.image_size, evaluator.test.pixels.shape[1]
+    )
+    log(
+        INFO,
+        "[qfd] %s UNet, %d parameters; reference FID (train vs held-out) %.3f",
+        settings.model,
+        sum(p.numel() for p in model.parameters()),
+        evaluator.reference_fid,
+    )
 
     ledger = Ledger(run_dir)  # a resumed run's ledger goes on from its checkpoint's
     physics = round_physics(settings, scenario, channels=evaluator.test.pixels.shape[1])
     strategy = make_strategy(settings, ledger, physics)
     if physics.gamma != scenario.gamma:
-        log(WARNING, "[qfd] quantized-training = false: devices compute in fp32, so γ = 0 (scenario: %g)",
-            scenario.gamma)  # fmt: skip
-    log(INFO, "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)", settings.strategy,
-        scenario.name, settings.resources, physics.gamma, physics.network.deadline_s, physics.epochs)  # fmt: skip
+        log(
+            WARNING,
+            "[qfd] quantized-training = false: devices compute in fp32, so γ = 0 (scenario: %g)",
+            scenario.gamma,
+        )
+    log(
+        INFO,
+        "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)",
+        settings.strategy,
+        scenario.name,
+        settings.resources,
+        physics.gamma,
+        physics.network.deadline_s,
+        physics.epochs,
+    )
     average = RoundAverage(model, settings.ema_decay)
-    after_round = AfterRound(run_dir, model, ledger, evaluator, settings.eval_interval, settings.num_server_rounds,
-                             strategy_state=strategy.state, average=average, started=started)  # fmt: skip
+    after_round = AfterRound(
+        run_dir,
+        model,
+        ledger,
+        evaluator,
+        settings.eval_interval,
+        settings.num_server_rounds,
+        strategy_state=strategy.state,
+        average=average,
+        started=started,
+    )
     done = 0
     if checkpoint is not None:
         done = checkpoint.round
@@ -58,10 +94,17 @@ def main(grid: Grid, context: Context) -> None:
         if checkpoint.average is not None:
             average.restore(checkpoint.average, checkpoint.state["average_rounds"])
         strategy.restore(checkpoint.state["strategy"], completed_rounds=done)
-        after_round.first_round, after_round.wall_before_s = done + 1, checkpoint.state["wall_s"]
+        after_round.first_round, after_round.wall_before_s = (
+            done + 1,
+            checkpoint.state["wall_s"],
+        )
         after_round.last_scores = checkpoint.state["last_scores"]
-        log(INFO, "[qfd] resuming after round %d of %d (Flower counts the remaining rounds from 1)",
-            done, settings.num_server_rounds)  # fmt: skip
+        log(
+            INFO,
+            "[qfd] resuming after round %d of %d (Flower counts the remaining rounds from 1)",
+            done,
+            settings.num_server_rounds,
+        )
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(torch_state_dict=model.state_dict()),
@@ -70,7 +113,9 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=after_round,  # loads each round's global model into `model`
     )
 
-    ddpm.export_pipeline(average.model, run_dir / "final")  # the averaged model (the global one if ema-decay = 0)
+    ddpm.export_pipeline(
+        average.model, run_dir / "final"
+    )  # the averaged model (the global one if ema-decay = 0)
     plot_rounds(run_dir)
     summary = {
         "strategy": settings.strategy,

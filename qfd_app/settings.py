@@ -14,12 +14,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qfd_app.diffusion.catalog import EMBEDDED, HF_PREFIX, LR_SCHEDULES, PARTITIONERS, PRESETS
+from qfd_app.diffusion.catalog import (
+    EMBEDDED,
+    HF_PREFIX,
+    LR_SCHEDULES,
+    PARTITIONERS,
+    PRESETS,
+)
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
 from qfd_app.quant.registry import codec_bits, codec_names
 from qfd_app.strategies.registry import RESOURCE_POLICIES as STRATEGY_RESOURCE_POLICIES
-from qfd_app.strategies.registry import Strategy, get_strategy, resource_policy, strategy_names
-from qfd_app.validation import Boolean, Constraint, Interval, Options, check_mapping, refusal
+from qfd_app.strategies.registry import (
+    Strategy,
+    get_strategy,
+    resource_policy,
+    strategy_names,
+)
+from qfd_app.validation import (
+    Boolean,
+    Constraint,
+    Interval,
+    Options,
+    check_mapping,
+    refusal,
+)
 
 if TYPE_CHECKING:
     from qfd_app.diffusion.data import DataSpec
@@ -38,7 +56,8 @@ class DatasetName(Constraint):
 
     def problem(self, value: Any) -> str | None:
         ok = isinstance(value, str) and (
-            value in EMBEDDED or (value.startswith(HF_PREFIX) and len(value) > len(HF_PREFIX))
+            value in EMBEDDED
+            or (value.startswith(HF_PREFIX) and len(value) > len(HF_PREFIX))
         )
         return None if ok else self.describe()
 
@@ -69,7 +88,9 @@ class ScenarioName(Constraint):
         if not isinstance(value, str) or not value:
             return self.describe()
         try:
-            load_scenario(value).check_widths(codec_bits())  # every class can be sent some width
+            load_scenario(value).check_widths(
+                codec_bits()
+            )  # every class can be sent some width
         except ScenarioError as err:
             return f"a scenario that loads ({str(err).rstrip('.')})"
         return None
@@ -95,7 +116,8 @@ class Resume(Constraint):
 
     def problem(self, value: Any) -> str | None:
         ok = isinstance(value, bool) or (
-            isinstance(value, str) and (value in ("", "last") or Path(value).expanduser().is_absolute())
+            isinstance(value, str)
+            and (value in ("", "last") or Path(value).expanduser().is_absolute())
         )
         return None if ok else self.describe()
 
@@ -103,7 +125,11 @@ class Resume(Constraint):
         return "false or '' (a new run), true or 'last' (the newest unfinished run in output-dir), or a run directory"
 
     def convert(self, value: bool | str) -> str:
-        return {True: "last", False: ""}.get(value, value) if isinstance(value, bool) else value
+        return (
+            {True: "last", False: ""}.get(value, value)
+            if isinstance(value, bool)
+            else value
+        )
 
 
 # The settings a run accepts: key (as in pyproject / --run-config) → allowed values.
@@ -196,7 +222,11 @@ class Settings:
             message names the key, the allowed values and the value received.
         """
         checked = check_mapping(
-            run_config, CONSTRAINTS, label=lambda k: f"The {k!r} setting", error=SettingsError, what="setting"
+            run_config,
+            CONSTRAINTS,
+            label=lambda k: f"The {k!r} setting",
+            error=SettingsError,
+            what="setting",
         )
         values = {key.replace("-", "_"): value for key, value in checked.items()}
         _cross_check(values)
@@ -204,7 +234,10 @@ class Settings:
 
     def to_run_config(self) -> dict[str, Any]:
         """The settings as run-config keys and values (what `config.json` holds)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
 
     @property
     def resources(self) -> str:
@@ -213,14 +246,18 @@ class Settings:
 
     def rules(self) -> Strategy:
         """The run's strategy (its rules, from the registry) with the run's codec, bits and resources."""
-        return get_strategy(self.strategy)(codec=self.codec, bits=self.bits, resource_policy=self.resources)
+        return get_strategy(self.strategy)(
+            codec=self.codec, bits=self.bits, resource_policy=self.resources
+        )
 
     def load_scenario(self) -> Scenario:
         return load_scenario(self.scenario)
 
     @property
     def data(self) -> DataSpec:
-        from qfd_app.diffusion.data import DataSpec  # torch and datasets: only when data is wanted
+        from qfd_app.diffusion.data import (
+            DataSpec,
+        )  # torch and datasets: only when data is wanted
 
         return DataSpec(
             dataset=self.dataset,
@@ -235,18 +272,36 @@ class Settings:
 def _cross_check(values: dict[str, Any]) -> None:
     """Settings that are fine alone but not together: the codec sends `bits`, and the strategy
     (its declaration in the registry) takes the resource policy and the codec."""
-    codec, bits, strategy = values["codec"], values["bits"], get_strategy(values["strategy"])
+    codec, bits, strategy = (
+        values["codec"],
+        values["bits"],
+        get_strategy(values["strategy"]),
+    )
     if bits not in codec_bits(codec):
         widths = ", ".join(map(str, codec_bits(codec)))
-        raise SettingsError(refusal(f"The 'bits' setting with codec {codec!r}", f"one of {widths}", bits))
+        raise SettingsError(
+            refusal(
+                f"The 'bits' setting with codec {codec!r}", f"one of {widths}", bits
+            )
+        )
     policies = ("auto", *strategy.resource_policies)
     if values["resource_policy"] not in policies:
         allowed = Options(policies).describe()
-        raise SettingsError(refusal(f"The 'resource-policy' setting with strategy {strategy.name!r}", allowed,
-                                    values["resource_policy"]))  # fmt: skip
+        raise SettingsError(
+            refusal(
+                f"The 'resource-policy' setting with strategy {strategy.name!r}",
+                allowed,
+                values["resource_policy"],
+            )
+        )
     if strategy.codecs is not None and codec not in strategy.codecs:
-        raise SettingsError(refusal(f"The 'codec' setting with strategy {strategy.name!r}",
-                                    Options(strategy.codecs).describe(), codec))  # fmt: skip
+        raise SettingsError(
+            refusal(
+                f"The 'codec' setting with strategy {strategy.name!r}",
+                Options(strategy.codecs).describe(),
+                codec,
+            )
+        )
 
 
 def default_run_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
@@ -262,5 +317,6 @@ def load_settings(run_config: dict[str, Any]) -> Settings:
     is validated as it is. Flower's in-process `run_simulation` passes none: then the
     defaults of this package's pyproject.toml are used.
     """
-    return Settings.from_run_config(dict(run_config) if run_config else default_run_config())
-
+    return Settings.from_run_config(
+        dict(run_config) if run_config else default_run_config()
+    )

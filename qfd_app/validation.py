@@ -60,15 +60,25 @@ class Interval(Constraint):
     def problem(self, value: Any) -> str | None:
         if not is_number(value) or (self.kind is int and not isinstance(value, int)):
             return self.describe()
-        if not math.isfinite(_as_float(value)):  # NaN, ±inf, or an int beyond float range
+        if not math.isfinite(
+            _as_float(value)
+        ):  # NaN, ±inf, or an int beyond float range
             return self.describe()
-        low_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
-        high_ok = self.high is None or (value <= self.high if self.closed in ("both", "right") else value < self.high)
+        low_ok = self.low is None or (
+            value >= self.low if self.closed in ("both", "left") else value > self.low
+        )
+        high_ok = self.high is None or (
+            value <= self.high
+            if self.closed in ("both", "right")
+            else value < self.high
+        )
         return None if low_ok and high_ok else self.describe()
 
     def describe(self) -> str:
         left = "[" if self.closed in ("both", "left") and self.low is not None else "("
-        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        right = (
+            "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        )
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
         return f"{'an int' if self.kind is int else 'a float'} in the range {left}{low}, {high}{right}"
@@ -84,7 +94,9 @@ class Options(Constraint):
     values: tuple[str, ...]
 
     def problem(self, value: Any) -> str | None:
-        return None if isinstance(value, str) and value in self.values else self.describe()
+        return (
+            None if isinstance(value, str) and value in self.values else self.describe()
+        )
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(v) for v in self.values)
@@ -129,7 +141,9 @@ def refusal(label: str, allowed: str, value: Any) -> str:
     return f"{label} must be {allowed}; got {value!r}."
 
 
-def check_value(label: str, value: Any, constraint: Constraint, error: type[Exception] = ValueError) -> Any:
+def check_value(
+    label: str, value: Any, constraint: Constraint, error: type[Exception] = ValueError
+) -> Any:
     """`value` converted by `constraint`, or `error` with the sentence of `refusal`.
 
     `label` names the key as the user wrote it, e.g. "The 'bits' setting".
@@ -165,7 +179,9 @@ def check_mapping(
     if unknown == "error":
         extra = sorted(set(mapping) - set(constraints))
         if extra:
-            raise error(f"Unknown {what} {extra[0]!r}; known {what}s: {', '.join(constraints)}.")
+            raise error(
+                f"Unknown {what} {extra[0]!r}; known {what}s: {', '.join(constraints)}."
+            )
     out = {}
     for key, constraint in constraints.items():
         if key not in mapping:

@@ -7,25 +7,50 @@ import math
 import pytest
 import torch
 
-from qfd_app.runs.checkpoint import ResumeError, commit_checkpoint, load_checkpoint, stage_checkpoint
+from qfd_app.runs.checkpoint import (
+    ResumeError,
+    commit_checkpoint,
+    load_checkpoint,
+    stage_checkpoint,
+)
 from qfd_app.runs.ledger import DeviceRecord, Ledger, read_csv
 from qfd_app.runs.rundir import create_run_dir, open_run_dir
 from qfd_app.settings import Settings, SettingsError, default_run_config
 
 
 def settings(tmp_path, **overrides):
-    return Settings.from_run_config({**default_run_config(), "output-dir": str(tmp_path), **overrides})
+    return Settings.from_run_config(
+        {**default_run_config(), "output-dir": str(tmp_path), **overrides}
+    )
 
 
 def book_round(ledger, server_round, nodes=(1, 2)):
     for node in nodes:
-        ledger.book(DeviceRecord(server_round, node, node, "phone", "ok", "", bits=4, energy_compute_j=0.5 * node,
-                                 num_examples=10, train_loss=0.25, deadline_missed=node == 2))  # fmt: skip
+        ledger.book(
+            DeviceRecord(
+                server_round,
+                node,
+                node,
+                "phone",
+                "ok",
+                "",
+                bits=4,
+                energy_compute_j=0.5 * node,
+                num_examples=10,
+                train_loss=0.25,
+                deadline_missed=node == 2,
+            )
+        )
     ledger.write_round({"round": server_round, **ledger.summarise(server_round)})
 
 
 def checkpoint(run_dir, server_round, value):
-    staged = stage_checkpoint(run_dir, server_round, {"w": torch.full((3,), value)}, {"strategy": {"x": value}})
+    staged = stage_checkpoint(
+        run_dir,
+        server_round,
+        {"w": torch.full((3,), value)},
+        {"strategy": {"x": value}},
+    )
     return commit_checkpoint(run_dir, staged)
 
 
@@ -47,12 +72,18 @@ def test_loading_rolls_the_ledger_back_to_the_checkpoint(tmp_path):
         book_round(ledger, r)
     checkpoint(tmp_path, 2, 2.0)
     book_round(ledger, 3)  # a half-done round 3 …
-    assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {"1", "2", "3"}
+    assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {
+        "1",
+        "2",
+        "3",
+    }
     load_checkpoint(tmp_path)  # … is dropped
     assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {"1", "2"}
     assert [row["round"] for row in read_csv(tmp_path / "rounds.csv")] == ["1", "2"]
     resumed = Ledger(tmp_path)
-    assert resumed.records == [r for r in ledger.records if r.round <= 2]  # every type read back
+    assert resumed.records == [
+        r for r in ledger.records if r.round <= 2
+    ]  # every type read back
     assert resumed.totals()["deadline_misses"] == 2
 
 
@@ -76,16 +107,21 @@ def test_resume_last_finds_the_newest_unfinished_run_with_the_same_settings(tmp_
 def test_resume_refuses_a_run_trained_with_other_settings(tmp_path):
     run_dir = create_run_dir(settings(tmp_path, **{"local-epochs": 3}), "1")
     checkpoint(run_dir, 1, 1.0)
-    with pytest.raises(SettingsError, match=r"'resume'.*'local-epochs' \(3 there, 10 now\)"):
+    with pytest.raises(
+        SettingsError, match=r"'resume'.*'local-epochs' \(3 there, 10 now\)"
+    ):
         open_run_dir(settings(tmp_path, resume=str(run_dir)), "2")
     open_run_dir(settings(tmp_path, resume=str(run_dir), **{"local-epochs": 3}), "2")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d, "no complete checkpoint"),
-    (lambda d: (d / "summary.json").write_text("{}") and d, "finished"),
-    (lambda d: d / "nothing-here", "config.json"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d, "no complete checkpoint"),
+        (lambda d: (d / "summary.json").write_text("{}") and d, "finished"),
+        (lambda d: d / "nothing-here", "config.json"),
+    ],
+)
 def test_resume_refuses_what_cannot_go_on(tmp_path, make, message):
     run_dir = create_run_dir(settings(tmp_path), "1")
     target = make(run_dir) or run_dir
@@ -100,7 +136,11 @@ def test_the_strategy_state_survives_json_and_restores_the_same_plan(tmp_path):
 
     strategy = Planned(epsilon=0.05)
     strategy.update_sq_norm = 1.0
-    strategy.history.range_sq = {0: {64: 50.0, 256: 50.0}, 1: {64: 40.0, 256: 40.0}, 2: {64: 30.0, 256: 30.0}}
+    strategy.history.range_sq = {
+        0: {64: 50.0, 256: 50.0},
+        1: {64: 40.0, 256: 40.0},
+        2: {64: 30.0, 256: 30.0},
+    }
     edge = make_strategy(tmp_path / "a")
     edge.history = strategy.history
     saved = json.loads(json.dumps(edge.state()))
@@ -111,7 +151,10 @@ def test_the_strategy_state_survives_json_and_restores_the_same_plan(tmp_path):
     planned = Planned(epsilon=0.05)
     planned.history = fresh.history
     forgetful = smoke_states({})
-    reported = [replace(s, range_sq=strategy.history.range_sq[i]) for i, s in enumerate(forgetful)]
+    reported = [
+        replace(s, range_sq=strategy.history.range_sq[i])
+        for i, s in enumerate(forgetful)
+    ]
     assert plan_bits(planned, forgetful) == plan_bits(strategy, reported)
 
 

@@ -19,7 +19,19 @@ def test_sample_draws_a_grid_from_an_exported_pipeline(tmp_path):
     torch.manual_seed(0)
     ddpm.export_pipeline(ddpm.build_unet("tiny", 16), tmp_path / "final")
     out = tmp_path / "grid.png"
-    result = runner.invoke(app, ["sample", str(tmp_path / "final"), "--out", str(out), "--num", "6", "--steps", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "sample",
+            str(tmp_path / "final"),
+            "--out",
+            str(out),
+            "--num",
+            "6",
+            "--steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     import matplotlib.image
 
@@ -33,10 +45,26 @@ def test_sample_uses_the_runs_epsilon_scaling_unless_told_otherwise(tmp_path):
     ddpm.export_pipeline(ddpm.build_unet("tiny", 16), tmp_path / "final")
     (tmp_path / "config.json").write_text('{"sample-eps-scale": 1.5}')
     grids = {}
-    for name, extra in {"run's": [], "1.5": ["--eps-scale", "1.5"], "1": ["--eps-scale", "1"]}.items():
+    for name, extra in {
+        "run's": [],
+        "1.5": ["--eps-scale", "1.5"],
+        "1": ["--eps-scale", "1"],
+    }.items():
         out = tmp_path / f"{name}.png"
-        result = runner.invoke(app, ["sample", str(tmp_path / "final"), "--out", str(out), "--num", "4",
-                                     "--steps", "3", *extra])  # fmt: skip
+        result = runner.invoke(
+            app,
+            [
+                "sample",
+                str(tmp_path / "final"),
+                "--out",
+                str(out),
+                "--num",
+                "4",
+                "--steps",
+                "3",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         grids[name] = out.read_bytes()
     assert grids["run's"] == grids["1.5"] != grids["1"]
@@ -46,9 +74,13 @@ def test_sample_of_a_missing_folder_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a short path, which the error box does not wrap
     result = runner.invoke(app, ["sample", "nope"])
     assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), result.exception  # a refusal, not a traceback
+    assert isinstance(result.exception, SystemExit), (
+        result.exception
+    )  # a refusal, not a traceback
     assert result.exit_code == 2, result.output  # a bad argument, as click reports one
-    assert "'nope'" in flat(result.output) and "does not exist" in flat(result.output), result.output
+    assert "'nope'" in flat(result.output) and "does not exist" in flat(
+        result.output
+    ), result.output
     assert not (tmp_path / "samples.png").exists()
 
 
@@ -63,11 +95,23 @@ def flat(output: str) -> str:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["compare", "default", "--strategies", "fedavg,sgd"], "--strategies: 'sgd' is not a strategy"),
-        (["compare", "default", "--strategies", "fixed:many"], "fixed takes a bit-width"),
-        (["compare", "default", "--strategies", "ondemand,ondemand"], "lists a strategy twice"),
+        (
+            ["compare", "default", "--strategies", "fedavg,sgd"],
+            "--strategies: 'sgd' is not a strategy",
+        ),
+        (
+            ["compare", "default", "--strategies", "fixed:many"],
+            "fixed takes a bit-width",
+        ),
+        (
+            ["compare", "default", "--strategies", "ondemand,ondemand"],
+            "lists a strategy twice",
+        ),
         (["compare", "nowhere"], "Unknown scenario 'nowhere'"),
-        (["compare", "default", "--run-config", "batch-size=0"], "'batch-size' setting must be"),
+        (
+            ["compare", "default", "--run-config", "batch-size=0"],
+            "'batch-size' setting must be",
+        ),
         (["compare", "default", "--strategies", "fixed:40"], "'bits' setting must be"),
     ],
 )

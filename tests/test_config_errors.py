@@ -94,12 +94,16 @@ def assert_one_line_naming(result, key):
 
 
 @pytest.mark.parametrize("run_config, key", RUN_CONFIG_ERRORS)
-def test_a_bad_run_config_value_stops_qfd_run_naming_the_key(nothing_starts, run_config, key):
+def test_a_bad_run_config_value_stops_qfd_run_naming_the_key(
+    nothing_starts, run_config, key
+):
     assert_one_line_naming(qfd_run(run_config), key)
 
 
 @pytest.mark.parametrize("toml, key", SCENARIO_ERRORS)
-def test_a_bad_scenario_value_stops_qfd_run_naming_the_key(nothing_starts, tmp_path, toml, key):
+def test_a_bad_scenario_value_stops_qfd_run_naming_the_key(
+    nothing_starts, tmp_path, toml, key
+):
     path = tmp_path / "bad.toml"
     path.write_text(f'extends = "default"\n{toml}\n')
     assert_one_line_naming(qfd_run(f"scenario='{path}'"), key)
@@ -109,16 +113,28 @@ def test_a_resume_of_a_run_with_other_settings_names_the_keys(nothing_starts, tm
     from qfd_app.runs.rundir import create_run_dir
     from qfd_app.settings import Settings, default_run_config
 
-    settings = Settings.from_run_config({**default_run_config(), "output-dir": str(tmp_path), "local-epochs": 2})
+    settings = Settings.from_run_config(
+        {**default_run_config(), "output-dir": str(tmp_path), "local-epochs": 2}
+    )
     run_dir = create_run_dir(settings, "1")
-    result = CliRunner().invoke(app, ["resume", str(run_dir), "--app-dir", str(APP_DIR)])
+    result = CliRunner().invoke(
+        app, ["resume", str(run_dir), "--app-dir", str(APP_DIR)]
+    )
     assert_one_line_naming(result, "resume")  # no checkpoint yet
     assert "checkpoint" in result.output
-    assert_one_line_naming(qfd_run(f"output-dir='{tmp_path}' resume='{run_dir}'"), "local-epochs")
+    assert_one_line_naming(
+        qfd_run(f"output-dir='{tmp_path}' resume='{run_dir}'"), "local-epochs"
+    )
 
 
 def test_the_exit_code_is_real_from_the_command_line():
-    done = subprocess.run([str(launch.BIN / "qfd"), "run", str(APP_DIR), "-c", "bits=99"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [done.stderr.strip()]
+    done = subprocess.run(
+        [str(launch.BIN / "qfd"), "run", str(APP_DIR), "-c", "bits=99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        done.stderr.strip()
+    ]
     assert "'bits'" in done.stderr and done.stdout == ""

@@ -20,7 +20,9 @@ def test_partitions_are_disjoint_and_cover_the_training_split(partitioner):
     train = rows(spec.load_train())
     parts = [rows(spec.load_partition(i, 7)) for i in range(7)]
     union = sum(parts, Counter())
-    assert union == train  # complete, and no image in two partitions (multiset equality)
+    assert (
+        union == train
+    )  # complete, and no image in two partitions (multiset equality)
     assert sum(sum(p.values()) for p in parts) == sum(train.values())
 
 
@@ -57,7 +59,10 @@ def label_skew(alpha, seed, n=10):
     tv = []
     for i in range(n):
         labels = spec.load_partition(i, n).labels.numpy()
-        tv.append(0.5 * np.abs(np.bincount(labels, minlength=10) / len(labels) - overall).sum())
+        tv.append(
+            0.5
+            * np.abs(np.bincount(labels, minlength=10) / len(labels) - overall).sum()
+        )
     return float(np.mean(tv))
 
 
@@ -77,10 +82,13 @@ def test_hugging_face_path_loads_a_local_dataset_through_federated_dataset(tmp_p
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 40), ("test", 12)):
-        images = [Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L") for _ in range(n)]
-        Dataset.from_dict({"image": images, "label": list(rng.integers(0, 10, n))}).to_parquet(
-            tmp_path / f"{split}.parquet"
-        )
+        images = [
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L")
+            for _ in range(n)
+        ]
+        Dataset.from_dict(
+            {"image": images, "label": list(rng.integers(0, 10, n))}
+        ).to_parquet(tmp_path / f"{split}.parquet")
     spec = DataSpec(dataset=f"hf:{tmp_path}", image_size=16)
     parts = [spec.load_partition(i, 4) for i in range(4)]
     assert sum(len(p) for p in parts) == 40

@@ -30,10 +30,17 @@ def test_the_average_follows_the_ema_recurrence_with_warmup(unet, decay):
     expected = None
     for r, state in enumerate(rounds_of_training(unet, 12), start=1):
         out = average.update(unet)
-        d = 0.0 if r == 1 else min(decay, r / (9 + r))  # independent statement of the schedule
+        d = (
+            0.0 if r == 1 else min(decay, r / (9 + r))
+        )  # independent statement of the schedule
         w = state["conv_in.weight"].double().numpy()
         expected = w if expected is None else d * expected + (1 - d) * w
-        np.testing.assert_allclose(out.state_dict()["conv_in.weight"].double().numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            out.state_dict()["conv_in.weight"].double().numpy(),
+            expected,
+            rtol=1e-5,
+            atol=1e-5,
+        )
     assert out is not unet and not torch.equal(out.conv_in.weight, unet.conv_in.weight)
 
 

@@ -16,11 +16,28 @@ from qfd_app.protocol import (
     state_record,
 )
 
-PHONE = DeviceClass("phone", bits_min=4, bits_max=8, cpu_hz_min=5e8, cpu_hz_max=2e9, cycles_per_flop=0.25,
-                    kappa=1e-28, power_w_max=0.2)  # fmt: skip
-STATE = DeviceState(PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={64: 2.5, 256: 4.0})
-METRICS = {"num-examples": 10, "train-loss": 0.5, "partition-id": 3, "train-s": 1.0, "encode-s": 0.1,
-           "range-sq-64": 12.5, "range-sq-256": 30.0}  # fmt: skip
+PHONE = DeviceClass(
+    "phone",
+    bits_min=4,
+    bits_max=8,
+    cpu_hz_min=5e8,
+    cpu_hz_max=2e9,
+    cycles_per_flop=0.25,
+    kappa=1e-28,
+    power_w_max=0.2,
+)
+STATE = DeviceState(
+    PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={64: 2.5, 256: 4.0}
+)
+METRICS = {
+    "num-examples": 10,
+    "train-loss": 0.5,
+    "partition-id": 3,
+    "train-s": 1.0,
+    "encode-s": 0.1,
+    "range-sq-64": 12.5,
+    "range-sq-256": 30.0,
+}
 
 
 def test_a_state_survives_its_record_unchanged():
@@ -61,8 +78,6 @@ def test_a_missing_field_is_rejected_naming_it(key):
         parse_state(record)
 
 
-
-
 @pytest.mark.parametrize("value", [10**400, -(10**400), float("inf")])
 def test_a_number_beyond_float_range_is_a_state_error_not_an_overflow(value):
     with pytest.raises(StateError, match="gain"):
@@ -86,9 +101,16 @@ def test_reply_metrics_pass_and_convert():
 
 @pytest.mark.parametrize(
     "key, value",
-    [("num-examples", 0), ("num-examples", 2.5), ("train-loss", math.nan), ("train-loss", [0.5]),
-     ("partition-id", True), ("train-s", -1.0), ("range-sq-64", math.inf)],
-)  # fmt: skip
+    [
+        ("num-examples", 0),
+        ("num-examples", 2.5),
+        ("train-loss", math.nan),
+        ("train-loss", [0.5]),
+        ("partition-id", True),
+        ("train-s", -1.0),
+        ("range-sq-64", math.inf),
+    ],
+)
 def test_a_bad_reply_metric_is_refused_naming_key_value_and_what_is_allowed(key, value):
     with pytest.raises(ReplyError, match=rf"Reply metric '{key}' must be .*; got "):
         reply_metrics({**METRICS, key: value})

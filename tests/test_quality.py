@@ -44,21 +44,30 @@ def test_classifier_recognises_held_out_digits(mnist):
 def test_fid_of_real_vs_real_is_small_and_of_noise_is_large(mnist):
     net, train, test = mnist
     real = quality.fid(net, train.pixels[:512], test.pixels)
-    noise = quality.fid(net, torch.rand(512, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1, test.pixels)
+    noise = quality.fid(
+        net,
+        torch.rand(512, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+        test.pixels,
+    )
     assert real < 3.0
     assert noise > 50 * real
 
 
 def test_fid_grows_monotonically_with_blur(mnist):
     net, train, test = mnist
-    scores = [quality.fid(net, gaussian_blur(train.pixels[:512], s), test.pixels) for s in (0.3, 0.6, 0.9, 1.2)]
+    scores = [
+        quality.fid(net, gaussian_blur(train.pixels[:512], s), test.pixels)
+        for s in (0.3, 0.6, 0.9, 1.2)
+    ]
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
 
 
 def test_fid_of_half_the_classes_is_worse_than_all_classes(mnist):
     net, train, test = mnist
     half = train.pixels[train.labels < 5][:512]
-    assert quality.fid(net, half, test.pixels) > 5 * quality.fid(net, train.pixels[:512], test.pixels)
+    assert quality.fid(net, half, test.pixels) > 5 * quality.fid(
+        net, train.pixels[:512], test.pixels
+    )
 
 
 def test_diversity_separates_all_classes_from_one_class(mnist):
@@ -83,7 +92,11 @@ def test_feature_network_is_trained_once_then_read_from_the_cache(mnist):
 def test_feature_network_training_is_deterministic():
     spec = DataSpec(dataset="digits")
     train = spec.load_train()
-    a = quality.train_feature_net(train.pixels[:300], train.labels[:300], seed=3, epochs=1)
-    b = quality.train_feature_net(train.pixels[:300], train.labels[:300], seed=3, epochs=1)
+    a = quality.train_feature_net(
+        train.pixels[:300], train.labels[:300], seed=3, epochs=1
+    )
+    b = quality.train_feature_net(
+        train.pixels[:300], train.labels[:300], seed=3, epochs=1
+    )
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)

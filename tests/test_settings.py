@@ -36,7 +36,9 @@ def invalid_values(constraint):
         if constraint.kind is int:
             bad.append(1.5)
         if constraint.low is not None:
-            bad.append(constraint.low - 1 if constraint.kind is int else constraint.low - 1e-3)
+            bad.append(
+                constraint.low - 1 if constraint.kind is int else constraint.low - 1e-3
+            )
             if constraint.closed in ("right", "neither"):
                 bad.append(constraint.low)
         if constraint.high is not None:
@@ -66,14 +68,22 @@ def test_constraints_cover_every_setting_and_every_pyproject_key():
 def test_pyproject_defaults_are_valid():
     settings = load_settings({})
     assert settings.to_run_config() == {
-        k: (float(v) if isinstance(CONSTRAINTS[k], Interval) and CONSTRAINTS[k].kind is float else v)
+        k: (
+            float(v)
+            if isinstance(CONSTRAINTS[k], Interval) and CONSTRAINTS[k].kind is float
+            else v
+        )
         for k, v in default_run_config().items()
     }
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [(key, value) for key, constraint in CONSTRAINTS.items() for value in invalid_values(constraint)],
+    [
+        (key, value)
+        for key, constraint in CONSTRAINTS.items()
+        for value in invalid_values(constraint)
+    ],
 )
 def test_each_invalid_value_is_rejected_naming_the_key_and_value(key, value):
     allowed = CONSTRAINTS[key].problem(value)
@@ -86,11 +96,16 @@ def test_each_invalid_value_is_rejected_naming_the_key_and_value(key, value):
 def test_a_refusal_reads_in_the_one_form():
     with pytest.raises(SettingsError) as info:
         with_overrides({"bits": 40})
-    assert str(info.value) == "The 'bits' setting must be an int in the range [1, 32]; got 40."
+    assert (
+        str(info.value)
+        == "The 'bits' setting must be an int in the range [1, 32]; got 40."
+    )
 
 
 def test_unknown_key_is_rejected_with_the_known_ones():
-    with pytest.raises(SettingsError, match="Unknown setting 'num-rounds'.*num-server-rounds"):
+    with pytest.raises(
+        SettingsError, match="Unknown setting 'num-rounds'.*num-server-rounds"
+    ):
         with_overrides({"num-rounds": 3})
 
 
@@ -99,7 +114,10 @@ def test_missing_key_is_named():
     del config["batch-size"]
     with pytest.raises(SettingsError) as info:
         Settings.from_run_config(config)
-    assert str(info.value) == "The 'batch-size' setting is missing; it must be an int in the range [1, inf)."
+    assert (
+        str(info.value)
+        == "The 'batch-size' setting is missing; it must be an int in the range [1, inf)."
+    )
 
 
 def test_int_is_accepted_where_a_float_is_expected():
@@ -122,41 +140,66 @@ def test_flower_run_config_is_validated_as_given_not_merged_with_files():
 def test_a_broken_scenario_file_is_refused_with_the_scenario_key(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('extends = "default"\n[network]\ndeadline_s = -1.0\n')
-    with pytest.raises(SettingsError, match="'scenario' setting must be a scenario that loads.*deadline_s"):
+    with pytest.raises(
+        SettingsError,
+        match="'scenario' setting must be a scenario that loads.*deadline_s",
+    ):
         with_overrides({"scenario": str(path)})
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"strategy": "ondemand", "resource-policy": "race-to-idle"},
-         "The 'resource-policy' setting with strategy 'ondemand' must be one of 'auto', 'optimal'; got 'race-to-idle'"),
-        ({"strategy": "fixed", "resource-policy": "race-to-idle"},
-         "The 'resource-policy' setting with strategy 'fixed' must be one of 'auto', 'optimal'; got 'race-to-idle'"),
-        ({"strategy": "ondemand", "codec": "bnb-nf4", "bits": 4},
-         "The 'codec' setting with strategy 'ondemand' must be one of 'uniform'; got 'bnb-nf4'"),
-        ({"strategy": "fixed", "codec": "fp16", "bits": 8}, "The 'bits' setting with codec 'fp16' must be one of 16; got 8"),
+        (
+            {"strategy": "ondemand", "resource-policy": "race-to-idle"},
+            "The 'resource-policy' setting with strategy 'ondemand' must be one of 'auto', 'optimal'; got 'race-to-idle'",
+        ),
+        (
+            {"strategy": "fixed", "resource-policy": "race-to-idle"},
+            "The 'resource-policy' setting with strategy 'fixed' must be one of 'auto', 'optimal'; got 'race-to-idle'",
+        ),
+        (
+            {"strategy": "ondemand", "codec": "bnb-nf4", "bits": 4},
+            "The 'codec' setting with strategy 'ondemand' must be one of 'uniform'; got 'bnb-nf4'",
+        ),
+        (
+            {"strategy": "fixed", "codec": "fp16", "bits": 8},
+            "The 'bits' setting with codec 'fp16' must be one of 16; got 8",
+        ),
     ],
 )
-def test_settings_that_do_not_fit_together_are_refused_naming_the_key(overrides, message):
+def test_settings_that_do_not_fit_together_are_refused_naming_the_key(
+    overrides, message
+):
     with pytest.raises(SettingsError, match=message):
         with_overrides(overrides)
 
 
 def test_devices_compute_in_bf16_below_16_bits_unless_told_fp32():
-    bf16, fp32 = with_overrides({}).low_bit_compute, with_overrides({"low-bit-compute": "fp32"}).low_bit_compute
+    bf16, fp32 = (
+        with_overrides({}).low_bit_compute,
+        with_overrides({"low-bit-compute": "fp32"}).low_bit_compute,
+    )
     assert bf16 == "bf16"
-    assert [compute_dtype(b, bf16) for b in (2, 4, 8, 15, 16, 32)] == [torch.bfloat16] * 4 + [torch.float32] * 2
+    assert [compute_dtype(b, bf16) for b in (2, 4, 8, 15, 16, 32)] == [
+        torch.bfloat16
+    ] * 4 + [torch.float32] * 2
     assert {compute_dtype(b, fp32) for b in (2, 4, 8, 15, 16, 32)} == {torch.float32}
 
 
 def test_auto_resources_race_to_idle_for_fedavg_only():
     assert with_overrides({"strategy": "fedavg"}).resources == "race-to-idle"
-    assert with_overrides({"strategy": "fedavg", "resource-policy": "optimal"}).resources == "optimal"
+    assert (
+        with_overrides({"strategy": "fedavg", "resource-policy": "optimal"}).resources
+        == "optimal"
+    )
     assert with_overrides({"strategy": "ondemand"}).resources == "optimal"
 
 
-@pytest.mark.parametrize("value, expected", [(True, "last"), (False, ""), ("last", "last"), ("", ""), ("/r/x", "/r/x")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [(True, "last"), (False, ""), ("last", "last"), ("", ""), ("/r/x", "/r/x")],
+)
 def test_resume_true_means_the_last_unfinished_run(value, expected):
     assert with_overrides({"resume": value}).resume == expected
 
@@ -169,6 +212,8 @@ def test_validating_a_run_config_imports_neither_the_model_nor_the_data():
         "heavy = ('diffusers', 'qfd_app.diffusion.ddpm', 'qfd_app.diffusion.data')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -35,7 +35,12 @@ PRESETS: dict[str, dict] = {
     ),
     "ddpm-cifar10": dict(
         block_out_channels=(128, 256, 256, 256),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        down_block_types=(
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+        ),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
         layers_per_block=2,
         norm_num_groups=32,

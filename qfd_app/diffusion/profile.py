@@ -43,7 +43,9 @@ def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
 
     with torch.device("meta"):
         model = build_unet(preset, image_size, channels)
-        images = torch.zeros(1, channels, image_size, image_size)  # a batch of one image
+        images = torch.zeros(
+            1, channels, image_size, image_size
+        )  # a batch of one image
         timesteps = torch.zeros(1, dtype=torch.long)
     flops = training_flops(model, images, timesteps)
     shapes = tuple(tuple(p.shape) for p in model.parameters() if p.requires_grad)

@@ -21,7 +21,9 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 FEATURES = 64
-_ARCH_VERSION = "cnn-gap64-v1"  # bump when the network or its training changes: invalidates caches
+_ARCH_VERSION = (
+    "cnn-gap64-v1"  # bump when the network or its training changes: invalidates caches
+)
 
 
 class FeatureNet(nn.Module):
@@ -75,7 +77,9 @@ def train_feature_net(
 
 def cache_dir() -> Path:
     """Where trained feature networks are kept: `$QFD_CACHE_DIR` or `~/.cache/qfd`."""
-    return Path(os.environ.get("QFD_CACHE_DIR", Path.home() / ".cache" / "qfd")).expanduser()
+    return Path(
+        os.environ.get("QFD_CACHE_DIR", Path.home() / ".cache" / "qfd")
+    ).expanduser()
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,7 +93,9 @@ def _cached(key: str) -> FeatureNet | None:
     return net.eval()
 
 
-def feature_net_for(name: str, pixels: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> FeatureNet:
+def feature_net_for(
+    name: str, pixels: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
+) -> FeatureNet:
     """The feature network of a dataset, trained once and cached on disk and in memory.
 
     The cache key covers the dataset name, the exact training images and labels, the seed
@@ -155,9 +161,15 @@ def diversity(net: FeatureNet, images: torch.Tensor) -> Diversity:
     classes = probs.shape[1]
     hist = torch.bincount(probs.argmax(1), minlength=classes).double() / len(images)
     p_y = probs.mean(0)
-    kl = (probs * (probs.clamp_min(1e-12).log() - p_y.clamp_min(1e-12).log())).sum(1).mean()
+    kl = (
+        (probs * (probs.clamp_min(1e-12).log() - p_y.clamp_min(1e-12).log()))
+        .sum(1)
+        .mean()
+    )
     nonzero = hist[hist > 0]
-    entropy = float(-(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(float(classes))))
+    entropy = float(
+        -(nonzero * nonzero.log()).sum() / torch.log(torch.tensor(float(classes)))
+    )
     return Diversity(
         coverage=float((hist >= 0.01).double().mean()),
         entropy=entropy,

@@ -6,7 +6,13 @@ surface is re-exported here.
 
 from qfd_app.edge.allocate import race_to_idle, solve_round
 from qfd_app.edge.devices import DeviceClass, Fleet
-from qfd_app.edge.problem import Allocation, Candidates, Devices, Network, candidate_bits
+from qfd_app.edge.problem import (
+    Allocation,
+    Candidates,
+    Devices,
+    Network,
+    candidate_bits,
+)
 from qfd_app.edge.record import round_record
 from qfd_app.edge.scenario import Scenario, ScenarioError, load_scenario
 

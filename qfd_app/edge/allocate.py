@@ -48,8 +48,14 @@ from qfd_app.edge.problem import (
 from qfd_app.edge.upload import Upload, min_bandwidth_hz, optimal_upload
 
 __all__ = [
-    "BANDWIDTH_POLICIES", "Allocation", "Candidates", "Devices", "Network",
-    "candidate_bits", "race_to_idle", "solve_round",
+    "BANDWIDTH_POLICIES",
+    "Allocation",
+    "Candidates",
+    "Devices",
+    "Network",
+    "candidate_bits",
+    "race_to_idle",
+    "solve_round",
 ]
 
 # ----------------------------------------------------------------------------- solver
@@ -91,7 +97,7 @@ def solve_round(
     n = len(devices)
     valid = candidates.valid
     rows = np.arange(n)
-    first = np.argmax(valid, axis=1)                        # column of b_min
+    first = np.argmax(valid, axis=1)  # column of b_min
     need_min = min_bandwidth_hz(
         payload_bits=candidates.payload_bits[rows, first],
         work_cycles=candidates.work_cycles[rows, first],
@@ -119,37 +125,76 @@ def solve_round(
         mu = 0.0
     else:
         col, choice, plan, bandwidth, mu = _alternate(
-            candidates, network, idx, per_device, werr, need_min[idx], first[idx],
-            exact_limit, max_alternations,
+            candidates,
+            network,
+            idx,
+            per_device,
+            werr,
+            need_min[idx],
+            first[idx],
+            exact_limit,
+            max_alternations,
         )
     builder.scheduled_plan(idx, col, plan, bandwidth, weight, choice, mu)
     return builder.finish(started)
 
 
-def _alternate(candidates, network, idx, per_device, werr, need_min, first, exact_limit, max_alternations):
+def _alternate(
+    candidates,
+    network,
+    idx,
+    per_device,
+    werr,
+    need_min,
+    first,
+    exact_limit,
+    max_alternations,
+):
     """Optimised split: bits on the current split ↔ water-filling for the chosen bits."""
     k = idx.size
     rows = np.arange(k)
     s_all, w_all = candidates.payload_bits[idx], candidates.work_cycles[idx]
     bandwidth = need_min + (network.bandwidth_hz - need_min.sum()) / k
     col = first
-    radio = {key: per_device[key] for key in ("gain", "noise_w_per_hz", "deadline_s", "cpu_hz_max", "power_w_max")}
+    radio = {
+        key: per_device[key]
+        for key in ("gain", "noise_w_per_hz", "deadline_s", "cpu_hz_max", "power_w_max")
+    }
     cells = _Cells(candidates, idx, per_device)
     choice, table = None, None
     for _ in range(max_alternations):
         table = cells.table(bandwidth, guess=table)
         hint = None if choice is None else choice.price
-        new = choose_bits(table.energy_j, werr, network.error_budget_abs, exact_limit=exact_limit, price_hint=hint)
-        if choice is not None and _no_better(table.energy_j, werr, col, new.index, network.error_budget_abs):
+        new = choose_bits(
+            table.energy_j,
+            werr,
+            network.error_budget_abs,
+            exact_limit=exact_limit,
+            price_hint=hint,
+        )
+        if choice is not None and _no_better(
+            table.energy_j, werr, col, new.index, network.error_budget_abs
+        ):
             new = type(new)(col, choice.budget_met, choice.price)
         converged = choice is not None and np.array_equal(new.index, col)
         col, choice = new.index, new
         if converged:
             break
-        fixed = {"payload_bits": s_all[rows, col], "work_cycles": w_all[rows, col], **per_device}
-        need = min_bandwidth_hz(payload_bits=fixed["payload_bits"], work_cycles=fixed["work_cycles"], **radio)
+        fixed = {
+            "payload_bits": s_all[rows, col],
+            "work_cycles": w_all[rows, col],
+            **per_device,
+        }
+        need = min_bandwidth_hz(
+            payload_bits=fixed["payload_bits"],
+            work_cycles=fixed["work_cycles"],
+            **radio,
+        )
         bandwidth, up, mu = water_fill(
-            fixed, total_hz=network.bandwidth_hz, need_hz=np.minimum(need, bandwidth), start_hz=bandwidth
+            fixed,
+            total_hz=network.bandwidth_hz,
+            need_hz=np.minimum(need, bandwidth),
+            start_hz=bandwidth,
         )
     plan = {key: getattr(up, key) for key in vars(up)}
     return col, choice, plan, bandwidth, mu
@@ -166,16 +211,23 @@ class _Cells:
         self.shape = valid.shape
         self.rows, cols = np.nonzero(valid)
         at = idx[self.rows]
-        self.args = {key: v[self.rows] if isinstance(v, np.ndarray) else v for key, v in per_device.items()}
+        self.args = {
+            key: v[self.rows] if isinstance(v, np.ndarray) else v
+            for key, v in per_device.items()
+        }
         self.args["payload_bits"] = candidates.payload_bits[at, cols]
         self.args["work_cycles"] = candidates.work_cycles[at, cols]
-        self.flat = np.full(self.shape, -1, dtype=np.int64)     # (K, C) → cell, −1 for padding
+        self.flat = np.full(
+            self.shape, -1, dtype=np.int64
+        )  # (K, C) → cell, −1 for padding
         self.flat[self.rows, cols] = np.arange(self.rows.size)
         self.cols = cols
 
     def table(self, bandwidth: NDArray, guess: _Table | None = None) -> _Table:
         up = optimal_upload(
-            bandwidth_hz=bandwidth[self.rows], upload_s_guess=None if guess is None else guess.up.upload_s, **self.args
+            bandwidth_hz=bandwidth[self.rows],
+            upload_s_guess=None if guess is None else guess.up.upload_s,
+            **self.args,
         )
         energy = np.full(self.shape, np.inf)
         energy[self.rows, self.cols] = up.energy_j
@@ -203,7 +255,9 @@ def _no_better(energy, werr, old, new, budget) -> bool:
     return bool(old_ok and energy[rows, old].sum() <= energy[rows, new].sum())
 
 
-def race_to_idle(devices: Devices, candidates: Candidates, network: Network) -> Allocation:
+def race_to_idle(
+    devices: Devices, candidates: Candidates, network: Network
+) -> Allocation:
     """The classic FL client: highest candidate bit-width, f = f_max, p = p_max, equal split.
 
     Devices that miss the deadline this way are excluded (same admission as `solve_round`
@@ -213,7 +267,7 @@ def race_to_idle(devices: Devices, candidates: Candidates, network: Network) -> 
     _check_shapes(devices, candidates)
     n = len(devices)
     rows = np.arange(n)
-    top = candidates.valid.sum(axis=1) - 1                 # column of b_max
+    top = candidates.valid.sum(axis=1) - 1  # column of b_max
     s, w = candidates.payload_bits[rows, top], candidates.work_cycles[rows, top]
     need = min_bandwidth_hz(payload_bits=s, work_cycles=w, **_radio(devices, network))
     admitted = admit_equal(need, network.bandwidth_hz)
@@ -224,14 +278,23 @@ def race_to_idle(devices: Devices, candidates: Candidates, network: Network) -> 
         return builder.finish(started, enforced=False)
     share = network.bandwidth_hz / idx.size
     f, p = devices.cpu_hz_max[idx], devices.power_w_max[idx]
-    upload_s = s[idx] / uplink_rate_bps(share, devices.gain[idx], p, network.noise_w_per_hz)
+    upload_s = s[idx] / uplink_rate_bps(
+        share, devices.gain[idx], p, network.noise_w_per_hz
+    )
     e_cmp = devices.kappa[idx] * w[idx] * f * f
     plan = {
-        "upload_s": upload_s, "compute_s": w[idx] / f, "cpu_hz": f, "power_w": p,
-        "energy_compute_j": e_cmp, "energy_upload_j": p * upload_s, "energy_j": e_cmp + p * upload_s,
+        "upload_s": upload_s,
+        "compute_s": w[idx] / f,
+        "cpu_hz": f,
+        "power_w": p,
+        "energy_compute_j": e_cmp,
+        "energy_upload_j": p * upload_s,
+        "energy_j": e_cmp + p * upload_s,
     }
     weight = devices.weight[idx] / devices.weight[idx].sum()
-    builder.scheduled_plan(idx, top[idx], plan, np.full(idx.size, share), weight, None, 0.0)
+    builder.scheduled_plan(
+        idx, top[idx], plan, np.full(idx.size, share), weight, None, 0.0
+    )
     return builder.finish(started, enforced=False)
 
 
@@ -251,35 +314,63 @@ def _check_shapes(devices: Devices, candidates: Candidates) -> None:
             )
     for name in ("work_cycles", "payload_bits", "error"):
         if np.shape(getattr(candidates, name)) != shape:
-            raise ValueError(f"candidates.{name} must have shape {shape}; got {np.shape(getattr(candidates, name))}.")
+            raise ValueError(
+                f"candidates.{name} must have shape {shape}; got {np.shape(getattr(candidates, name))}."
+            )
     if n and not candidates.valid[:, 0].all():
-        raise ValueError("every device needs at least one candidate bit-width (column 0 is padding).")
+        raise ValueError(
+            "every device needs at least one candidate bit-width (column 0 is padding)."
+        )
 
 
 def _radio(devices: Devices, network: Network) -> dict:
     """Arguments of `min_bandwidth_hz` other than the payload and the work."""
     return {
-        "gain": devices.gain, "noise_w_per_hz": network.noise_w_per_hz, "deadline_s": network.deadline_s,
-        "cpu_hz_max": devices.cpu_hz_max, "power_w_max": devices.power_w_max,
+        "gain": devices.gain,
+        "noise_w_per_hz": network.noise_w_per_hz,
+        "deadline_s": network.deadline_s,
+        "cpu_hz_max": devices.cpu_hz_max,
+        "power_w_max": devices.power_w_max,
     }
 
 
 def _per_device(devices: Devices, network: Network, idx: NDArray) -> dict:
     """Arguments of `optimal_upload` other than payload, work and bandwidth, for rows `idx`."""
     return {
-        "gain": devices.gain[idx], "noise_w_per_hz": network.noise_w_per_hz, "deadline_s": network.deadline_s,
-        "cpu_hz_min": devices.cpu_hz_min[idx], "cpu_hz_max": devices.cpu_hz_max[idx],
-        "power_w_max": devices.power_w_max[idx], "kappa": devices.kappa[idx],
+        "gain": devices.gain[idx],
+        "noise_w_per_hz": network.noise_w_per_hz,
+        "deadline_s": network.deadline_s,
+        "cpu_hz_min": devices.cpu_hz_min[idx],
+        "cpu_hz_max": devices.cpu_hz_max[idx],
+        "power_w_max": devices.power_w_max[idx],
+        "kappa": devices.kappa[idx],
     }
 
 
 class _Builder:
     """Collects the per-device outputs and writes the `Allocation`."""
 
-    FIELDS = ("cpu_hz", "power_w", "bandwidth_hz", "compute_s", "upload_s", "energy_compute_j",
-              "energy_upload_j", "energy_j", "payload_bits", "error", "weight_used")
+    FIELDS = (
+        "cpu_hz",
+        "power_w",
+        "bandwidth_hz",
+        "compute_s",
+        "upload_s",
+        "energy_compute_j",
+        "energy_upload_j",
+        "energy_j",
+        "payload_bits",
+        "error",
+        "weight_used",
+    )
 
-    def __init__(self, devices: Devices, candidates: Candidates, network: Network, admitted: NDArray) -> None:
+    def __init__(
+        self,
+        devices: Devices,
+        candidates: Candidates,
+        network: Network,
+        admitted: NDArray,
+    ) -> None:
         n = len(devices)
         self.devices, self.candidates, self.network = devices, candidates, network
         self.status = np.where(admitted, SCHEDULED, EXCLUDED)
@@ -290,12 +381,18 @@ class _Builder:
         self.budget_met, self.price_error, self.price_bandwidth = True, 0.0, 0.0
         n_out = int((~admitted).sum())
         if n_out:
-            self.warnings.append(f"{n_out} of {n} devices cannot meet the {network.deadline_s:g} s deadline and are excluded.")
+            self.warnings.append(
+                f"{n_out} of {n} devices cannot meet the {network.deadline_s:g} s deadline and are excluded."
+            )
 
     def exclusion_reasons(self, need: NDArray, col: NDArray, at: str = "b_min") -> None:
         c, d, net = self.candidates, self.devices, self.network
         for i in np.flatnonzero(self.status == EXCLUDED):
-            b, w, s = c.bits[i, col[i]], c.work_cycles[i, col[i]], c.payload_bits[i, col[i]]
+            b, w, s = (
+                c.bits[i, col[i]],
+                c.work_cycles[i, col[i]],
+                c.payload_bits[i, col[i]],
+            )
             compute_s = w / d.cpu_hz_max[i]
             if compute_s >= net.deadline_s:
                 why = f"training alone takes {compute_s:.3g} s at {at}={b} and f_max, over the {net.deadline_s:g} s deadline"
@@ -303,18 +400,30 @@ class _Builder:
                 why = f"even unlimited bandwidth cannot upload {s:.3g} bits at {at}={b} and p_max within the deadline"
             elif self.network.bandwidth_policy == "equal" or at == "b_max":
                 k = int((self.status == SCHEDULED).sum()) + 1
-                why = (f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
-                       f"an equal share would be {net.bandwidth_hz / k / 1e6:.3g} MHz")
+                why = (
+                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
+                    f"an equal share would be {net.bandwidth_hz / k / 1e6:.3g} MHz"
+                )
             else:
                 used = float(np.sum(need[self.status == SCHEDULED]))
-                why = (f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
-                       f"{(net.bandwidth_hz - used) / 1e6:.3g} MHz is left after the devices that need less")
+                why = (
+                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
+                    f"{(net.bandwidth_hz - used) / 1e6:.3g} MHz is left after the devices that need less"
+                )
             self.reason[i] = why
 
     def scheduled_plan(self, idx, col, plan, bandwidth, weight, choice, mu) -> None:
         c = self.candidates
         self.bits[idx] = c.bits[idx, col]
-        for key in ("cpu_hz", "power_w", "compute_s", "upload_s", "energy_compute_j", "energy_upload_j", "energy_j"):
+        for key in (
+            "cpu_hz",
+            "power_w",
+            "compute_s",
+            "upload_s",
+            "energy_compute_j",
+            "energy_upload_j",
+            "energy_j",
+        ):
             self.out[key][idx] = plan[key]
         self.out["bandwidth_hz"][idx] = bandwidth
         self.out["payload_bits"][idx] = c.payload_bits[idx, col]
@@ -325,7 +434,9 @@ class _Builder:
             self.price_error = float(choice.price) if choice.budget_met else math.inf
             if not choice.budget_met:
                 for i in idx:
-                    self.reason[i] = "error budget unmet: at its most precise bit-width that meets the deadline"
+                    self.reason[i] = (
+                        "error budget unmet: at its most precise bit-width that meets the deadline"
+                    )
 
     def finish(self, started: float, *, enforced: bool = True) -> Allocation:
         total_error = float(np.sum(self.out["weight_used"] ** 2 * self.out["error"]))
@@ -342,8 +453,15 @@ class _Builder:
                 "precise bit-width that meets the deadline."
             )
         return Allocation(
-            status=self.status, reason=tuple(self.reason), bits=self.bits,
-            **self.out, total_error=total_error, error_budget_abs=budget, budget_met=met,
-            price_error=self.price_error, price_bandwidth=self.price_bandwidth,
-            warnings=tuple(self.warnings), solve_s=time.perf_counter() - started,
+            status=self.status,
+            reason=tuple(self.reason),
+            bits=self.bits,
+            **self.out,
+            total_error=total_error,
+            error_budget_abs=budget,
+            budget_met=met,
+            price_error=self.price_error,
+            price_bandwidth=self.price_bandwidth,
+            warnings=tuple(self.warnings),
+            solve_s=time.perf_counter() - started,
         )

@@ -31,11 +31,15 @@ def admit_equal(need_hz: NDArray[np.float64], bandwidth_hz: float) -> NDArray[np
     k = np.arange(1, len(need_hz) + 1)
     fits = need_hz[order] <= bandwidth_hz / k
     admitted = np.zeros(len(need_hz), bool)
-    admitted[order[: int(fits.sum())]] = True             # `fits` is a prefix: B_need rises, B/k falls
+    admitted[order[: int(fits.sum())]] = (
+        True  # `fits` is a prefix: B_need rises, B/k falls
+    )
     return admitted
 
 
-def admit_optimal(need_hz: NDArray[np.float64], bandwidth_hz: float) -> NDArray[np.bool_]:
+def admit_optimal(
+    need_hz: NDArray[np.float64], bandwidth_hz: float
+) -> NDArray[np.bool_]:
     """Admitted devices under an optimised split: the largest K with Σ_{i≤K} B_need,(i) ≤ B."""
     order = np.argsort(need_hz, kind="stable")
     fits = np.cumsum(need_hz[order]) <= bandwidth_hz
@@ -57,7 +61,12 @@ def slopes(up: Upload, p: dict) -> tuple[NDArray[np.float64], NDArray[np.float64
       e = p_max τ_lo + C(τ_lo): e' = (p_max + C') τ_lo', e'' = C'' τ_lo'² + (p_max + C') τ_lo''.
     """
     s, w, bw, g = p["payload_bits"], p["work_cycles"], p["bandwidth_hz"], p["gain"]
-    n0, t, pmax, kap = p["noise_w_per_hz"], p["deadline_s"], p["power_w_max"], p["kappa"]
+    n0, t, pmax, kap = (
+        p["noise_w_per_hz"],
+        p["deadline_s"],
+        p["power_w_max"],
+        p["kappa"],
+    )
     tau = up.upload_s
     c = n0 / g
     z = s * LN2 / (bw * tau)
@@ -65,8 +74,8 @@ def slopes(up: Upload, p: dict) -> tuple[NDArray[np.float64], NDArray[np.float64
     hz = h(z)
     rest = t - tau
     k3 = kap * w**3
-    c1 = 2.0 * k3 / rest**3                                 # C'(τ) right of the kink
-    c2 = 6.0 * k3 / rest**4                                 # C''(τ)
+    c1 = 2.0 * k3 / rest**3  # C'(τ) right of the kink
+    c2 = 6.0 * k3 / rest**4  # C''(τ)
     e_b = -c * tau * hz
     e_bb = c * z * z * ez * tau / bw
     e_bt = c * (z * z * ez - hz)
@@ -96,10 +105,10 @@ def _price_step(value, rate, lo, hi):
     a bisection bracket.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        at_hi = value + hi / rate                              # x where δ_n reaches hi_n
-        at_lo = value + lo / rate                              # x where δ_n reaches lo_n
-    a, b = np.min(at_hi), np.max(at_lo)                        # Σ δ(a) > 0 ≥ Σ δ(b)
-    x = np.sum(rate * value) / np.sum(rate)                    # Σ r (x − L) = 0, unclipped
+        at_hi = value + hi / rate  # x where δ_n reaches hi_n
+        at_lo = value + lo / rate  # x where δ_n reaches lo_n
+    a, b = np.min(at_hi), np.max(at_lo)  # Σ δ(a) > 0 ≥ Σ δ(b)
+    x = np.sum(rate * value) / np.sum(rate)  # Σ r (x − L) = 0, unclipped
     x = x if a < x < b else 0.5 * (a + b)
     scale = np.sum(hi)
     for _ in range(100):
@@ -112,7 +121,7 @@ def _price_step(value, rate, lo, hi):
         else:
             b = x
         free = (delta > lo) & (delta < hi)
-        slope = np.sum(rate[free])                             # dΣδ/dx < 0
+        slope = np.sum(rate[free])  # dΣδ/dx < 0
         new = x - f / slope if slope < 0 else 0.5 * (a + b)
         x = new if a < new < b else 0.5 * (a + b)
     return delta, float(np.exp(x))
@@ -160,18 +169,22 @@ def water_fill(
     mu = 0.0
     for _ in range(max_iter):
         d1, d2 = slopes(up, {**params, "bandwidth_hz": bw})
-        d1 = np.minimum(d1, -1e-300)                            # e' < 0: more band never costs energy
-        d2 = np.maximum(d2, 1e-9 * np.abs(d1) / bw)             # keep the model strictly convex
+        d1 = np.minimum(d1, -1e-300)  # e' < 0: more band never costs energy
+        d2 = np.maximum(d2, 1e-9 * np.abs(d1) / bw)  # keep the model strictly convex
         # A step may close at most 80 % of a device's slack above its floor: near B_need the
         # energy climbs steeply (full power), which the local model cannot see.
-        delta, mu = _price_step(np.log(-d1), d1 / d2, -0.8 * (bw - need_hz), total_hz - bw)
+        delta, mu = _price_step(
+            np.log(-d1), d1 / d2, -0.8 * (bw - need_hz), total_hz - bw
+        )
         predicted = float(np.dot(d1, delta))
         if -predicted <= rtol * energy:
             break
         step = 1.0
         while step > 1e-8:
             trial = np.maximum(bw + step * delta, need_hz)
-            trial_up = optimal_upload(bandwidth_hz=trial, upload_s_guess=up.upload_s, **params)
+            trial_up = optimal_upload(
+                bandwidth_hz=trial, upload_s_guess=up.upload_s, **params
+            )
             trial_energy = trial_up.energy_j.sum()
             if trial_energy <= energy + 1e-4 * step * predicted:
                 break
@@ -181,7 +194,10 @@ def water_fill(
         bw, up, energy = trial, trial_up, trial_energy
     fixed = _fix_sum(bw, need_hz, total_hz)
     if fixed is not bw:
-        bw, up = fixed, optimal_upload(bandwidth_hz=fixed, upload_s_guess=up.upload_s, **params)
+        bw, up = (
+            fixed,
+            optimal_upload(bandwidth_hz=fixed, upload_s_guess=up.upload_s, **params),
+        )
     return bw, up, mu
 
 

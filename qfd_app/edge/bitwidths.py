@@ -121,20 +121,24 @@ def _bracket_price(energy: NDArray, error: NDArray, limit: float, hint: float | 
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         pool = (np.diff(energy, axis=1) / -np.diff(error, axis=1)).ravel()
-    pool = pool[(pool > 0) & (pool < np.inf)]                     # nan and ±inf drop out
+    pool = pool[(pool > 0) & (pool < np.inf)]  # nan and ±inf drop out
     lam_lo, lam_hi = _initial_bracket(energy, error, limit, pool, hint)
     pick_lo, pick_hi = _picks(energy, error, lam_lo), _picks(energy, error, lam_hi)
-    live = np.flatnonzero(pick_lo != pick_hi)              # devices whose pick still depends on λ
+    live = np.flatnonzero(pick_lo != pick_hi)  # devices whose pick still depends on λ
     settled = np.ones(len(energy), bool)
     settled[live] = False
     err_fixed = error[settled, pick_hi[settled]].sum()
     while live.size > 1 and lam_hi > lam_lo * (1 + 1e-15):
         pool = pool[(pool > lam_lo) & (pool < lam_hi)]
-        sample = pool[:: max(pool.size // 1000, 1)]           # a median of ≤ ~1000 is pivot enough
-        lam = float(np.median(sample)) if sample.size else float(np.sqrt(lam_lo * lam_hi))
+        sample = pool[
+            :: max(pool.size // 1000, 1)
+        ]  # a median of ≤ ~1000 is pivot enough
+        lam = (
+            float(np.median(sample)) if sample.size else float(np.sqrt(lam_lo * lam_hi))
+        )
         if not lam_lo < lam < lam_hi:
             lam = float(np.sqrt(lam_lo * lam_hi))
-        if 2 * live.size > len(energy):                        # cheaper than copying most rows
+        if 2 * live.size > len(energy):  # cheaper than copying most rows
             pick = _picks(energy, error, lam)[live]
         else:
             pick = _picks(energy[live], error[live], lam)
@@ -170,29 +174,33 @@ def _initial_bracket(energy, error, limit, pool, hint) -> tuple[float, float]:
 
 def _picks(energy: NDArray, error: NDArray, lam: float) -> NDArray[np.int64]:
     """argmin_k E + λ Q per row (inf where unusable)."""
-    return np.argmin(energy + lam * error, axis=1)          # λ > 0: inf + λ·inf stays inf
+    return np.argmin(energy + lam * error, axis=1)  # λ > 0: inf + λ·inf stays inf
 
 
-def _repair(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDArray[np.int64]:
+def _repair(
+    energy: NDArray, error: NDArray, pick: NDArray, limit: float
+) -> NDArray[np.int64]:
     """Upgrade the device with the least extra energy per unit of error removed until within budget."""
     pick = pick.copy()
     rows = np.arange(len(energy))
     total = error[rows, pick].sum()
     while total > limit:
-        removed = error[rows, pick][:, None] - error           # > 0 for an upgrade
+        removed = error[rows, pick][:, None] - error  # > 0 for an upgrade
         extra = energy - energy[rows, pick][:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(removed > 0, np.maximum(extra, 0.0) / removed, np.inf)
         flat = int(np.argmin(ratio))
         n, k = divmod(flat, energy.shape[1])
         if not np.isfinite(ratio[n, k]):
-            break                                               # cannot happen: the most precise choice fits
+            break  # cannot happen: the most precise choice fits
         total += error[n, k] - error[n, pick[n]]
         pick[n] = k
     return pick
 
 
-def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> NDArray[np.int64]:
+def _take_back(
+    energy: NDArray, error: NDArray, pick: NDArray, limit: float
+) -> NDArray[np.int64]:
     """Downgrade, largest saving first, while the budget still holds.
 
     The slack only shrinks, so a move that does not fit now never will: keep the list of
@@ -200,8 +208,8 @@ def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> 
     """
     rows = np.arange(len(energy))
     slack = limit - error[rows, pick].sum()
-    added = error - error[rows, pick][:, None]               # error a move adds
-    saved = energy[rows, pick][:, None] - energy             # energy it saves
+    added = error - error[rows, pick][:, None]  # error a move adds
+    saved = energy[rows, pick][:, None] - energy  # energy it saves
     n, k = np.nonzero((added <= slack) & (saved > 0))
     gain = saved[n, k]
     while n.size:
@@ -212,7 +220,9 @@ def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> 
         # drop the moved row's old moves and those that no longer fit, then add its new ones
         keep = (n != row) & (error[n, k] - error[n, pick[n]] <= slack)
         n, k, gain = n[keep], k[keep], gain[keep]
-        new = np.flatnonzero((error[row] - error[row, col] <= slack) & (energy[row] < energy[row, col]))
+        new = np.flatnonzero(
+            (error[row] - error[row, col] <= slack) & (energy[row] < energy[row, col])
+        )
         n = np.concatenate([n, np.full(new.size, row)])
         k = np.concatenate([k, new])
         gain = np.concatenate([gain, energy[row, col] - energy[row, new]])
@@ -220,7 +230,12 @@ def _take_back(energy: NDArray, error: NDArray, pick: NDArray, limit: float) -> 
 
 
 def _exact_core(
-    energy: NDArray, error: NDArray, pick: NDArray, lam: float, limit: float, exact_limit: int
+    energy: NDArray,
+    error: NDArray,
+    pick: NDArray,
+    lam: float,
+    limit: float,
+    exact_limit: int,
 ) -> NDArray[np.int64]:
     """Enumerate the choices of the devices closest to switching; keep the best within budget.
 
@@ -239,18 +254,22 @@ def _exact_core(
         options = [np.flatnonzero(usable[n]) for n in core]
     else:
         with np.errstate(invalid="ignore"):
-            cost = energy + lam * error                           # inf where unusable
+            cost = energy + lam * error  # inf where unusable
         two = np.partition(cost, 1, axis=1)[:, :2]
         with np.errstate(invalid="ignore", divide="ignore"):
             regret = (two[:, 1] - two[:, 0]) / np.abs(two[:, 0])
         regret[counts < 2] = np.inf
-        nearest = np.argpartition(regret, 32)[:32] if regret.size > 32 else np.arange(regret.size)
+        nearest = (
+            np.argpartition(regret, 32)[:32]
+            if regret.size > 32
+            else np.arange(regret.size)
+        )
         nearest = nearest[np.argsort(regret[nearest], kind="stable")]
         core, options, size = [], [], 1
         for n in nearest:
             near = np.flatnonzero(usable[n])
             at = int(np.searchsorted(near, pick[n]))
-            opts = near[max(at - 2, 0): at + 3]
+            opts = near[max(at - 2, 0) : at + 3]
             if size * opts.size > exact_limit:
                 break
             core.append(int(n))

@@ -113,7 +113,9 @@ class Fleet:
         """
         index = np.asarray(class_index, dtype=np.int64)
         n = len(index)
-        distance = place_uniform_disc(_rng(seed, _PLACEMENT), n, cell_radius_m, min_distance_m)
+        distance = place_uniform_disc(
+            _rng(seed, _PLACEMENT), n, cell_radius_m, min_distance_m
+        )
         for k, device_class in enumerate(classes):
             if device_class.distance_m is not None:
                 distance[index == k] = device_class.distance_m

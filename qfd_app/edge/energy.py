@@ -97,7 +97,11 @@ def work_cycles(
     gamma : float
         Exponent of the precision factor ρ(b) = (b/32)^γ.
     """
-    base = np.asarray(epochs, float) * np.asarray(samples, float) * np.asarray(flops_per_sample, float)
+    base = (
+        np.asarray(epochs, float)
+        * np.asarray(samples, float)
+        * np.asarray(flops_per_sample, float)
+    )
     return base * np.asarray(cycles_per_flop, float) * precision_factor(bits, gamma)
 
 
@@ -106,26 +110,38 @@ def compute_time_s(work_cycles: ArrayLike, cpu_hz: ArrayLike) -> NDArray[np.floa
     return np.asarray(work_cycles, float) / np.asarray(cpu_hz, float)
 
 
-def compute_energy_j(kappa: ArrayLike, work_cycles: ArrayLike, cpu_hz: ArrayLike) -> NDArray[np.float64]:
+def compute_energy_j(
+    kappa: ArrayLike, work_cycles: ArrayLike, cpu_hz: ArrayLike
+) -> NDArray[np.float64]:
     """E_cmp = κ · W · f² (dynamic CMOS power κ f³ over the time W / f)."""
     f = np.asarray(cpu_hz, float)
     return np.asarray(kappa, float) * np.asarray(work_cycles, float) * f * f
 
 
 def uplink_rate_bps(
-    bandwidth_hz: ArrayLike, gain: ArrayLike, power_w: ArrayLike, noise_w_per_hz: ArrayLike
+    bandwidth_hz: ArrayLike,
+    gain: ArrayLike,
+    power_w: ArrayLike,
+    noise_w_per_hz: ArrayLike,
 ) -> NDArray[np.float64]:
     """Shannon rate of an FDMA sub-band: r = B · log2(1 + g p / (N0 B)).
 
     The limit B → ∞ is g p / (N0 ln 2), the most any bandwidth can give at power p.
     """
     b = np.asarray(bandwidth_hz, float)
-    snr = np.asarray(gain, float) * np.asarray(power_w, float) / (np.asarray(noise_w_per_hz, float) * b)
+    snr = (
+        np.asarray(gain, float)
+        * np.asarray(power_w, float)
+        / (np.asarray(noise_w_per_hz, float) * b)
+    )
     return b * np.log1p(snr) / LN2
 
 
 def power_for_rate_w(
-    rate_bps: ArrayLike, bandwidth_hz: ArrayLike, gain: ArrayLike, noise_w_per_hz: ArrayLike
+    rate_bps: ArrayLike,
+    bandwidth_hz: ArrayLike,
+    gain: ArrayLike,
+    noise_w_per_hz: ArrayLike,
 ) -> NDArray[np.float64]:
     """The transmit power that reaches `rate_bps`: p = (N0 B / g)(2^{r/B} − 1)."""
     b = np.asarray(bandwidth_hz, float)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-
 BANDWIDTH_POLICIES = ("equal", "optimal")
 SCHEDULED, EXCLUDED = "scheduled", "excluded"
 
@@ -54,7 +53,9 @@ class Network:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}.")
         if not self.error_budget >= 0:
-            raise ValueError(f"error_budget must be ≥ 0 (inf: off); got {self.error_budget!r}.")
+            raise ValueError(
+                f"error_budget must be ≥ 0 (inf: off); got {self.error_budget!r}."
+            )
 
     @property
     def error_budget_abs(self) -> float:
@@ -112,7 +113,9 @@ class Candidates:
         return self.bits > 0
 
 
-def candidate_bits(bits_min: ArrayLike, bits_max: ArrayLike, widths: ArrayLike) -> NDArray[np.int64]:
+def candidate_bits(
+    bits_min: ArrayLike, bits_max: ArrayLike, widths: ArrayLike
+) -> NDArray[np.int64]:
     """Rows of the bit-widths of `widths` (e.g. those a codec sends) in [b_min, b_max], 0-padded.
 
     >>> candidate_bits([2, 8], [4, 32], [*range(1, 17), 32]).tolist()
@@ -121,7 +124,7 @@ def candidate_bits(bits_min: ArrayLike, bits_max: ArrayLike, widths: ArrayLike) 
     lo = np.asarray(bits_min, dtype=np.int64)[:, None]
     hi = np.asarray(bits_max, dtype=np.int64)[:, None]
     codec = np.sort(np.asarray(widths, dtype=np.int64))
-    inside = (codec >= lo) & (codec <= hi)                  # (N, W)
+    inside = (codec >= lo) & (codec <= hi)  # (N, W)
     width = max(int(inside.sum(axis=1).max(initial=0)), 1)
     # Stable sort puts each row's candidates first, in ascending order.
     order = np.argsort(~inside, axis=1, kind="stable")[:, :width]

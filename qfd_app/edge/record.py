@@ -30,8 +30,16 @@ from qfd_app.edge.problem import Allocation, Candidates, Devices, Network
 
 DEVICE_INPUTS = ("cpu_hz_min", "cpu_hz_max", "power_w_max", "kappa", "gain", "weight")
 DEVICE_OUTPUTS = (
-    "bits", "cpu_hz", "power_w", "bandwidth_hz", "compute_s", "upload_s",
-    "energy_compute_j", "energy_upload_j", "energy_j", "weight_used",
+    "bits",
+    "cpu_hz",
+    "power_w",
+    "bandwidth_hz",
+    "compute_s",
+    "upload_s",
+    "energy_compute_j",
+    "energy_upload_j",
+    "energy_j",
+    "weight_used",
 )
 
 
@@ -43,7 +51,9 @@ def _num(x: Any) -> float | int | None:
     return x if math.isfinite(x) else None
 
 
-def round_record(devices: Devices, candidates: Candidates, network: Network, allocation: Allocation) -> dict:
+def round_record(
+    devices: Devices, candidates: Candidates, network: Network, allocation: Allocation
+) -> dict:
     """The record of one round (see the module docstring for its keys)."""
     valid = candidates.valid
     rows = []

@@ -9,8 +9,8 @@ names the key as written in the file, what is allowed and what was received, e.g
     Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf); got -0.1.
 
 Unknown keys, missing keys, wrong types and references to undefined classes are errors
-(`ScenarioError`, a `ValueError`). Nothing here runs a model: the model preset is checked
-against the presets by `qfd_app.planning`, which owns the UNet.
+(`ScenarioError`, a `ValueError`). A scenario is the network, not the run: the model, the
+data and E are the run's settings (`MOVED` says where a key that used to be here went).
 
 `load_scenario` parses each file once per process: the result is cached by the resolved
 path and the modification times of the file and of those it `extends`, so an edited file
@@ -32,7 +32,15 @@ import numpy as np
 from qfd_app.edge.devices import DeviceClass, Fleet
 from qfd_app.edge.energy import dbm_to_w
 from qfd_app.edge.problem import BANDWIDTH_POLICIES
-from qfd_app.validation import Constraint, Interval, Options, Satisfies, Text, check_value, is_number
+from qfd_app.validation import (
+    Constraint,
+    Interval,
+    Options,
+    Satisfies,
+    Text,
+    check_value,
+    is_number,
+)
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -92,7 +100,10 @@ MOVED = {
 # Keys a scenario may leave out.
 OPTIONAL = frozenset({"description", "classes.*.distance_m"})
 
-EXTENDS = Satisfies(lambda v: isinstance(v, str) and bool(v), "a scenario name or the path of a .toml file")
+EXTENDS = Satisfies(
+    lambda v: isinstance(v, str) and bool(v),
+    "a scenario name or the path of a .toml file",
+)
 
 
 def _label(key: str) -> str:
@@ -201,7 +212,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 
 @functools.lru_cache(maxsize=128)
-def _load(resolved: str, file_name: str, chain: tuple[tuple[str, int, int], ...]) -> Scenario:
+def _load(
+    resolved: str, file_name: str, chain: tuple[tuple[str, int, int], ...]
+) -> Scenario:
     """The scenario of the file `resolved` whose `extends` chain is `chain` (path, mtime, size of
     each file, the file first): `chain` is in the key so that editing any file of it reloads."""
     merged: dict = {}
@@ -243,7 +256,9 @@ def _chain(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 @functools.lru_cache(maxsize=128)
-def _read_toml(file: str, mtime_ns: int, size: int) -> tuple[str | None, Mapping[str, Any]]:
+def _read_toml(
+    file: str, mtime_ns: int, size: int
+) -> tuple[str | None, Mapping[str, Any]]:
     """The scenario `extends` (None: none) and the other tables of `file`, parsed once for each
     (mtime, size) it has. The tables are shared by every caller: read them, never change them."""
     path = Path(file)
@@ -253,14 +268,20 @@ def _read_toml(file: str, mtime_ns: int, size: int) -> tuple[str | None, Mapping
         raise ScenarioError(f"{path.name} is not valid TOML: {err}.") from None
     parent = data.pop("extends", None)
     if parent is not None:
-        parent = check_value(f"{path.name}: {_label('extends')}", parent, EXTENDS, ScenarioError)
+        parent = check_value(
+            f"{path.name}: {_label('extends')}", parent, EXTENDS, ScenarioError
+        )
     return parent, data
 
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        out[key] = (
+            _merge(base[key], value)
+            if isinstance(value, dict) and isinstance(base.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -297,10 +318,16 @@ def _build(name: str, data: Mapping[str, Any]) -> Scenario:
     for pattern, constraint in KEYS.items():
         if pattern in OPTIONAL:
             continue
-        names = [pattern.replace("*", c) for c in class_names] if pattern.startswith("classes.*") else [pattern]
+        names = (
+            [pattern.replace("*", c) for c in class_names]
+            if pattern.startswith("classes.*")
+            else [pattern]
+        )
         for key in names:
             if "*" not in key and key not in values:
-                raise ScenarioError(f"{_label(key)} is missing; it must be {constraint.describe()}.")
+                raise ScenarioError(
+                    f"{_label(key)} is missing; it must be {constraint.describe()}."
+                )
     classes = tuple(_device_class(c, values) for c in class_names)
     counts = _counts(data.get("devices", {}), class_names)
     _cross_checks(values, counts)
@@ -328,25 +355,39 @@ def _build(name: str, data: Mapping[str, Any]) -> Scenario:
 def _allowed_near(key: str) -> str:
     """The keys allowed in the table of `key`, or the tables allowed at the top."""
     table = _pattern(key).rpartition(".")[0]
-    siblings = sorted(k.rpartition(".")[2] for k in KEYS if k.rpartition(".")[0] == table and table)
+    siblings = sorted(
+        k.rpartition(".")[2] for k in KEYS if k.rpartition(".")[0] == table and table
+    )
     if siblings:
-        return f"the keys allowed in [{key.rpartition('.')[0]}] are {', '.join(siblings)}"
-    return "the top-level keys and tables allowed are " + ", ".join(sorted({k.split(".")[0] for k in KEYS}))
+        return (
+            f"the keys allowed in [{key.rpartition('.')[0]}] are {', '.join(siblings)}"
+        )
+    return "the top-level keys and tables allowed are " + ", ".join(
+        sorted({k.split(".")[0] for k in KEYS})
+    )
 
 
 def _device_class(name: str, values: dict[str, Any]) -> DeviceClass:
     get = lambda field: values.get(f"classes.{name}.{field}")  # noqa: E731
     lo, hi = get("bits_min"), get("bits_max")
     if lo > hi:
-        raise ScenarioError(f"classes.{name}.bits_min must be ≤ classes.{name}.bits_max; got {lo} > {hi}.")
+        raise ScenarioError(
+            f"classes.{name}.bits_min must be ≤ classes.{name}.bits_max; got {lo} > {hi}."
+        )
     if get("cpu_hz_min") > get("cpu_hz_max"):
         raise ScenarioError(
             f"classes.{name}.cpu_hz_min must be ≤ classes.{name}.cpu_hz_max; "
             f"got {get('cpu_hz_min'):g} > {get('cpu_hz_max'):g}."
         )
     return DeviceClass(
-        name=name, bits_min=lo, bits_max=hi, cpu_hz_min=get("cpu_hz_min"), cpu_hz_max=get("cpu_hz_max"),
-        cycles_per_flop=get("cycles_per_flop"), kappa=get("kappa"), power_w_max=get("power_w_max"),
+        name=name,
+        bits_min=lo,
+        bits_max=hi,
+        cpu_hz_min=get("cpu_hz_min"),
+        cpu_hz_max=get("cpu_hz_max"),
+        cycles_per_flop=get("cycles_per_flop"),
+        kappa=get("kappa"),
+        power_w_max=get("power_w_max"),
         distance_m=get("distance_m"),
     )
 
@@ -360,7 +401,9 @@ def _counts(devices: dict, class_names: list[str]) -> tuple[int, ...]:
             )
     counts = tuple(int(devices.get(c, 0)) for c in class_names)
     if sum(counts) == 0:
-        raise ScenarioError("devices must list at least one device (e.g. `[devices]` with `phone = 4`).")
+        raise ScenarioError(
+            "devices must list at least one device (e.g. `[devices]` with `phone = 4`)."
+        )
     return counts
 
 

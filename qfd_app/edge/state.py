@@ -77,7 +77,11 @@ class DeviceState:
 
 
 def fleet_state(
-    fleet: Fleet, index: int, round_: int, num_examples: int, profile: DeviceClass | None = None
+    fleet: Fleet,
+    index: int,
+    round_: int,
+    num_examples: int,
+    profile: DeviceClass | None = None,
 ) -> DeviceState:
     """The state of device `index` of `fleet` in round `round_` (its class unless `profile` replaces it)."""
     return DeviceState(
@@ -116,18 +120,29 @@ def device_state(
         "distance-m": Interval(float, 0, None, closed="neither"),
     }
     given = {key: node_config[key] for key in PROFILE_KEYS if key in node_config}
-    values = check_mapping(given, allowed, label=lambda k: f"Node config {k!r}", error=ProfileError,
-                           optional=PROFILE_KEYS)  # fmt: skip
+    values = check_mapping(
+        given,
+        allowed,
+        label=lambda k: f"Node config {k!r}",
+        error=ProfileError,
+        optional=PROFILE_KEYS,
+    )
     if "device-class" in values:
         profile = next(c for c in scenario.classes if c.name == values["device-class"])
-    demand = {key.replace("-", "_"): values[key] for key in ("bits-min", "bits-max") if key in values}
+    demand = {
+        key.replace("-", "_"): values[key]
+        for key in ("bits-min", "bits-max")
+        if key in values
+    }
     profile = dataclasses.replace(profile, **demand)
     if "distance-m" in values:
         placed = fleet.distance_m.copy()
         placed[partition_id] = values["distance-m"]
         fleet = dataclasses.replace(fleet, distance_m=placed)
     state = fleet_state(fleet, partition_id, server_round, num_examples, profile)
-    return dataclasses.replace(state, range_sq={int(m): float(v) for m, v in range_sq.items()})
+    return dataclasses.replace(
+        state, range_sq={int(m): float(v) for m, v in range_sq.items()}
+    )
 
 
 def solver_inputs(
@@ -153,17 +168,29 @@ def solver_inputs(
     error : callable
         (device row n, b) ↦ V_n(b).
     """
-    column = lambda name: np.array([getattr(s.device_class, name) for s in states], dtype=float)  # noqa: E731
+
+    def column(name: str) -> NDArray[np.float64]:
+        return np.array([getattr(s.device_class, name) for s in states], dtype=float)
+
     valid = bits > 0
     samples = np.array([s.num_examples for s in states], dtype=float)
     work = work_cycles(
-        epochs=epochs, samples=samples[:, None], flops_per_sample=flops_per_sample,
-        cycles_per_flop=column("cycles_per_flop")[:, None], bits=np.where(valid, bits, 32), gamma=gamma,
-    )  # fmt: skip
+        epochs=epochs,
+        samples=samples[:, None],
+        flops_per_sample=flops_per_sample,
+        cycles_per_flop=column("cycles_per_flop")[:, None],
+        bits=np.where(valid, bits, 32),
+        gamma=gamma,
+    )
     sizes = {b: float(payload_bits(b)) for b in np.unique(bits[valid]).tolist()}
-    size = np.array([[sizes[b] if b else 0.0 for b in row] for row in bits.tolist()]).reshape(bits.shape)
+    size = np.array(
+        [[sizes[b] if b else 0.0 for b in row] for row in bits.tolist()]
+    ).reshape(bits.shape)
     err = np.array(
-        [[error(n, b) if b else 0.0 for b in row] for n, row in enumerate(bits.tolist())]
+        [
+            [error(n, b) if b else 0.0 for b in row]
+            for n, row in enumerate(bits.tolist())
+        ]
     ).reshape(bits.shape)
     devices = Devices(
         cpu_hz_min=column("cpu_hz_min"),

@@ -41,7 +41,9 @@ FEASIBILITY_RTOL = 1e-9
 def h(z: NDArray[np.float64]) -> NDArray[np.float64]:
     """h(z) = e^z (z − 1) + 1, by its series z²/2 + z³/3 + z⁴/8 where z < 1e-3 (no cancellation)."""
     ez = np.exp(z)
-    return np.where(z < 1e-3, z * z * (0.5 + z * (1.0 / 3.0 + z * 0.125)), ez * (z - 1.0) + 1.0)
+    return np.where(
+        z < 1e-3, z * z * (0.5 + z * (1.0 / 3.0 + z * 0.125)), ez * (z - 1.0) + 1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -111,37 +113,68 @@ def optimal_upload(
     Upload
     """
     s, w, bw, g, t, fmin, fmax, pmax, kap = (
-        np.asarray(x, dtype=float) for x in (
-            payload_bits, work_cycles, bandwidth_hz, gain, deadline_s,
-            cpu_hz_min, cpu_hz_max, power_w_max, kappa,
+        np.asarray(x, dtype=float)
+        for x in (
+            payload_bits,
+            work_cycles,
+            bandwidth_hz,
+            gain,
+            deadline_s,
+            cpu_hz_min,
+            cpu_hz_max,
+            power_w_max,
+            kappa,
         )
     )
-    shape = np.broadcast_shapes(s.shape, w.shape, bw.shape, g.shape, t.shape,
-                                fmin.shape, fmax.shape, pmax.shape, kap.shape)
+    shape = np.broadcast_shapes(
+        s.shape,
+        w.shape,
+        bw.shape,
+        g.shape,
+        t.shape,
+        fmin.shape,
+        fmax.shape,
+        pmax.shape,
+        kap.shape,
+    )
     n0 = float(noise_w_per_hz)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        noise_per_gain = n0 * bw / g                       # N0 B / g, W
+        noise_per_gain = n0 * bw / g  # N0 B / g, W
         rate_max = bw * np.log1p(pmax / noise_per_gain) / LN2
-        tau_lo = np.broadcast_to(s / rate_max, shape)      # full power
-        tau_hi = np.broadcast_to(t - w / fmax, shape)      # full clock
-        tau_kink = t - w / fmin                            # below it the clock floor binds
+        tau_lo = np.broadcast_to(s / rate_max, shape)  # full power
+        tau_hi = np.broadcast_to(t - w / fmax, shape)  # full clock
+        tau_kink = t - w / fmin  # below it the clock floor binds
         feasible = (tau_hi > 0) & (tau_lo <= tau_hi * (1 + FEASIBILITY_RTOL)) & (bw > 0)
         tau_lo = np.minimum(tau_lo, tau_hi)
-        lo = np.maximum(tau_lo, tau_kink)                  # G < 0 below τ_kink
+        lo = np.maximum(tau_lo, tau_kink)  # G < 0 below τ_kink
         hi = tau_hi
-        z_scale = s * LN2 / bw                             # z = z_scale / τ
-        k3 = 2.0 * kap * w * w * w                         # 2 κ W³
+        z_scale = s * LN2 / bw  # z = z_scale / τ
+        k3 = 2.0 * kap * w * w * w  # 2 κ W³
         # G at both ends; at τ_kink the compute term is its right limit 2 κ f_min³.
         rest_lo, rest_hi = t - lo, t - hi
         g_lo = -noise_per_gain * h(z_scale / lo) + k3 / (rest_lo * rest_lo * rest_lo)
         g_hi = -noise_per_gain * h(z_scale / hi) + k3 / (rest_hi * rest_hi * rest_hi)
-    tau = np.where(g_lo >= 0, lo, hi)                      # an endpoint, unless G changes sign
+    tau = np.where(g_lo >= 0, lo, hi)  # an endpoint, unless G changes sign
     case = np.where(g_lo >= 0, np.where(lo > tau_lo, CPU_FLOOR, POWER_MAX), CPU_MAX)
     inner = feasible & (g_lo < 0) & (g_hi > 0)
     if inner.any():
-        pick = (lambda x: np.broadcast_to(x, shape)[inner])
-        guess = None if upload_s_guess is None else pick(np.asarray(upload_s_guess, float))
-        tau[inner] = _root(pick(lo), pick(hi), pick(noise_per_gain), pick(z_scale), pick(k3), pick(t), guess, max_iter)
+
+        def pick(x):
+            return np.broadcast_to(x, shape)[inner]
+
+        guess = (
+            None if upload_s_guess is None else pick(np.asarray(upload_s_guess, float))
+        )
+        tau[inner] = _root(
+            pick(lo),
+            pick(hi),
+            pick(noise_per_gain),
+            pick(z_scale),
+            pick(k3),
+            pick(t),
+            guess,
+            max_iter,
+        )
         case[inner] = INTERIOR
     case[~feasible] = INFEASIBLE
     return _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0)
@@ -163,9 +196,11 @@ def _root(lo, hi, c, a, k, tt, guess, max_iter):
         ez = np.exp(z)
         rest = tt - tau
         rest3 = rest * rest * rest
-        hz = np.where(z < 1e-3, z * z * (0.5 + z * (1.0 / 3.0 + z * 0.125)), ez * (z - 1.0) + 1.0)
+        hz = np.where(
+            z < 1e-3, z * z * (0.5 + z * (1.0 / 3.0 + z * 0.125)), ez * (z - 1.0) + 1.0
+        )
         g = -c * hz + k / rest3
-        dg = c * z * z * ez / tau + 3.0 * k / (rest3 * rest)   # G'(τ) > 0
+        dg = c * z * z * ez / tau + 3.0 * k / (rest3 * rest)  # G'(τ) > 0
         lo = np.where(g < 0, tau, lo)
         hi = np.where(g > 0, tau, hi)
         step = g / dg
@@ -179,9 +214,11 @@ def _root(lo, hi, c, a, k, tt, guess, max_iter):
             out[todo[done]] = tau[done]
             if n_done == todo.size:
                 return out
-            if 4 * n_done >= todo.size:                     # shrink only when it pays
+            if 4 * n_done >= todo.size:  # shrink only when it pays
                 keep = ~done
-                todo, tau, lo, hi, c, a, k, tt = (x[keep] for x in (todo, tau, lo, hi, c, a, k, tt))
+                todo, tau, lo, hi, c, a, k, tt = (
+                    x[keep] for x in (todo, tau, lo, hi, c, a, k, tt)
+                )
     out[todo] = tau
     return out
 
@@ -195,7 +232,9 @@ def _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0) ->
         e_cmp = kap * w * cpu * cpu
         e_com = power * tau
         energy = e_cmp + e_com
-    out = [np.asarray(x) for x in (tau, compute_s, cpu, power, e_cmp, e_com, energy)]   # τ's shape
+    out = [
+        np.asarray(x) for x in (tau, compute_s, cpu, power, e_cmp, e_com, energy)
+    ]  # τ's shape
     if not feasible.all():
         bad = ~feasible
         for x in out[:4]:
@@ -204,8 +243,15 @@ def _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0) ->
             x[bad] = np.inf
     upload_s, compute_s, cpu, power, e_cmp, e_com, energy = out
     return Upload(
-        feasible=feasible, case=case, upload_s=upload_s, compute_s=compute_s, cpu_hz=cpu,
-        power_w=power, energy_compute_j=e_cmp, energy_upload_j=e_com, energy_j=energy,
+        feasible=feasible,
+        case=case,
+        upload_s=upload_s,
+        compute_s=compute_s,
+        cpu_hz=cpu,
+        power_w=power,
+        energy_compute_j=e_cmp,
+        energy_upload_j=e_com,
+        energy_j=energy,
     )
 
 
@@ -229,7 +275,17 @@ def min_bandwidth_hz(
     Newton from the right of the root, where φ > 0, converges monotonically; B = R/x.
     """
     s, w, g, t, fmax, pmax = np.broadcast_arrays(
-        *(np.asarray(v, dtype=float) for v in (payload_bits, work_cycles, gain, deadline_s, cpu_hz_max, power_w_max))
+        *(
+            np.asarray(v, dtype=float)
+            for v in (
+                payload_bits,
+                work_cycles,
+                gain,
+                deadline_s,
+                cpu_hz_max,
+                power_w_max,
+            )
+        )
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         window = t - w / fmax

@@ -24,13 +24,28 @@ _EXPORTS = {
     **dict.fromkeys(("Codec", "Encoded", "PayloadError", "get_codec"), "codec"),
     **dict.fromkeys(("codec_bits", "codec_names", "default_block_size"), "registry"),
     **dict.fromkeys(
-        ("FULL_PRECISION_BITS", "apply_fake_quant", "fake_quantized", "is_fake_quantized", "remove_fake_quant"),
+        (
+            "FULL_PRECISION_BITS",
+            "apply_fake_quant",
+            "fake_quantized",
+            "is_fake_quantized",
+            "remove_fake_quant",
+        ),
         "fakequant",
     ),
     **dict.fromkeys(
-        ("decode_update", "encode_update", "expected_payload_bytes", "metadata_bytes", "payload_bytes"), "payload"
+        (
+            "decode_update",
+            "encode_update",
+            "expected_payload_bytes",
+            "metadata_bytes",
+            "payload_bytes",
+        ),
+        "payload",
     ),
-    **dict.fromkeys(("block_ranges", "range_sq_sums", "uniform_error_bound"), "uniform"),
+    **dict.fromkeys(
+        ("block_ranges", "range_sq_sums", "uniform_error_bound"), "uniform"
+    ),
 }
 
 __all__ = sorted(_EXPORTS)

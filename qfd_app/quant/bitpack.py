@@ -38,7 +38,9 @@ def packed_nbytes(n: int, bits: int) -> int:
 
 def _check_bits(bits: int) -> None:
     if not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"Bit-packing supports 1 to {MAX_BITS} bits per code. Got {bits}.")
+        raise ValueError(
+            f"Bit-packing supports 1 to {MAX_BITS} bits per code. Got {bits}."
+        )
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:

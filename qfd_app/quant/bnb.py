@@ -58,7 +58,6 @@ if logging.getLogger("bitsandbytes").level == logging.NOTSET:
 import bitsandbytes.functional as bnbf  # noqa: E402
 from bitsandbytes.utils import pack_dict_to_tensor  # noqa: E402
 
-
 _CHUNK_VALUES = 1 << 18  # a multiple of every allowed block size, and even
 
 
@@ -95,7 +94,9 @@ class _BnbCodec(Codec):
         absmax_bytes = 4 * _ceil_div(n, self.block_size)
         return buffer[:absmax_bytes].view(torch.float32), buffer[absmax_bytes:]
 
-    def _pack(self, tensor: torch.Tensor, absmax: torch.Tensor, codes: torch.Tensor) -> Encoded:
+    def _pack(
+        self, tensor: torch.Tensor, absmax: torch.Tensor, codes: torch.Tensor
+    ) -> Encoded:
         buffer = torch.cat([absmax.reshape(-1).view(torch.uint8), codes.reshape(-1)])
         return self._new_encoded(tensor, buffer)
 
@@ -126,7 +127,9 @@ class _BnbCodec(Codec):
             If the buffer has the wrong length or invalid absmax values.
         """
         absmax, _ = self._checked_absmax(encoded)
-        return bnbf.QuantState.from_dict(self._state_dict(absmax, encoded.numel), device="cpu")
+        return bnbf.QuantState.from_dict(
+            self._state_dict(absmax, encoded.numel), device="cpu"
+        )
 
     def error_bound(self, tensor: torch.Tensor) -> float:
         """‖decode(encode(x)) − x‖²: exact, since the rounding is deterministic."""
@@ -158,7 +161,9 @@ class BnbBlockwise8Codec(_BnbCodec):
     def _code_nbytes(self, n: int) -> int:
         return n
 
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+    def encode(
+        self, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Encoded:
         """Quantize with `bitsandbytes.functional.quantize_blockwise`; no randomness."""
         flat = self._flat_input(tensor)
         check_finite_input(flat, self.name)
@@ -197,13 +202,17 @@ class _Bnb4BitCodec(_BnbCodec):
     def _code_nbytes(self, n: int) -> int:
         return _ceil_div(n, 2)
 
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+    def encode(
+        self, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Encoded:
         """Quantize with `bitsandbytes.functional.quantize_4bit`; no randomness."""
         flat = self._flat_input(tensor)
         check_finite_input(flat, self.name)
         if flat.numel() == 0:
             return self._new_encoded(tensor, torch.empty(0, dtype=torch.uint8))
-        even = torch.cat([flat, flat.new_zeros(flat.numel() % 2)])  # (n rounded up to even,)
+        even = torch.cat(
+            [flat, flat.new_zeros(flat.numel() % 2)]
+        )  # (n rounded up to even,)
         # bitsandbytes' CPU 4-bit quantizer is plain torch on the whole tensor; whole-block
         # chunks give the same codes and absmax and run ~2× faster (cache-sized temporaries)
         codes, absmax = [], []
@@ -233,7 +242,9 @@ class _Bnb4BitCodec(_BnbCodec):
         return {
             "absmax": absmax,
             "quant_map": _code_table(self.name).clone(),
-            f"quant_state.bitsandbytes__{self.quant_type}": pack_dict_to_tensor(scalars),
+            f"quant_state.bitsandbytes__{self.quant_type}": pack_dict_to_tensor(
+                scalars
+            ),
         }
 
 
@@ -261,4 +272,3 @@ def _code_table(name: str) -> torch.Tensor:
     if name == "bnb-blockwise8":
         return bnbf.create_dynamic_map().to("cpu")
     return bnbf.get_4bit_type(name.removeprefix("bnb-"), device="cpu")
-

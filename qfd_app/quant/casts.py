@@ -33,12 +33,18 @@ class _CastCodec(Codec):
         """n values of `bits/8` bytes each."""
         return math.prod(shape) * self.wire_dtype.itemsize
 
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+    def encode(
+        self, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Encoded:
         """Cast to the wire dtype (round to nearest); `generator` is ignored."""
         self._check_dtype(tensor)
-        flat = tensor.detach().reshape(-1).to("cpu")  # cast from the original dtype, once
+        flat = (
+            tensor.detach().reshape(-1).to("cpu")
+        )  # cast from the original dtype, once
         check_finite_input(flat, self.name)
-        wire = flat.to(self.wire_dtype, copy=True)  # copy: a snapshot, never a view of x
+        wire = flat.to(
+            self.wire_dtype, copy=True
+        )  # copy: a snapshot, never a view of x
         if not all_finite(wire):
             raise ValueError(
                 f"Codec {self.name!r} overflows: the largest |value| is "
@@ -79,4 +85,3 @@ class BFloat16Codec(_CastCodec):
 
     name = "bf16"
     wire_dtype = torch.bfloat16
-

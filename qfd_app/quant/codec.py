@@ -41,7 +41,9 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
-DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    dtype: name for name, dtype in FLOAT_DTYPES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,9 @@ class Codec(ABC):
         return {key: getattr(self, key) for key in self.option_names}
 
     @abstractmethod
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+    def encode(
+        self, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Encoded:
         """Encode one floating tensor.
 
         Parameters
@@ -165,7 +169,11 @@ class Codec(ABC):
 
     def _check_dtype(self, tensor: torch.Tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in DTYPE_NAMES:
-            got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            got = (
+                tensor.dtype
+                if isinstance(tensor, torch.Tensor)
+                else type(tensor).__name__
+            )
             raise ValueError(
                 f"Codec {self.name!r} encodes floating tensors "
                 f"({', '.join(FLOAT_DTYPES)}); got {got}."
@@ -174,7 +182,12 @@ class Codec(ABC):
     def _flat_input(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` as a contiguous 1-D float32 CPU tensor, after checking its dtype."""
         self._check_dtype(tensor)
-        return tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32).contiguous()
+        return (
+            tensor.detach()
+            .reshape(-1)
+            .to(device="cpu", dtype=torch.float32)
+            .contiguous()
+        )
 
     def _new_encoded(self, tensor: torch.Tensor, buffer: torch.Tensor) -> Encoded:
         return Encoded(self.name, self.bits, tuple(tensor.shape), tensor.dtype, buffer)
@@ -187,7 +200,11 @@ class Codec(ABC):
                 f"but decoding with {self.name!r} at {self.bits} bits."
             )
         buffer = encoded.buffer
-        if not isinstance(buffer, torch.Tensor) or buffer.dtype != torch.uint8 or buffer.dim() != 1:
+        if (
+            not isinstance(buffer, torch.Tensor)
+            or buffer.dtype != torch.uint8
+            or buffer.dim() != 1
+        ):
             raise PayloadError("The encoded buffer must be a 1-D uint8 tensor.")
         expected = self.size_bytes(encoded.shape)
         if buffer.numel() != expected:

@@ -55,7 +55,9 @@ from torch.nn.utils import parametrize
 
 FULL_PRECISION_BITS = 16
 GROUP_SIZE = 32  # weights per scale and zero point
-CLIP_FACTORS = torch.linspace(1.0, 0.3, 15)  # the α tried per group, largest first (ties keep min/max)
+CLIP_FACTORS = torch.linspace(
+    1.0, 0.3, 15
+)  # the α tried per group, largest first (ties keep min/max)
 CLIP_SEARCH_EVERY = 16  # forward passes between two searches for each group's α
 _QUANTIZED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # not transposed convs
 _MIN_SCALE = torch.finfo(torch.float32).eps  # as torch.ao's observers: no zero scale
@@ -76,12 +78,16 @@ class GroupWeightFakeQuant(nn.Module):
         self.bits = bits
         self.quant_max = (1 << bits) - 1
         self.forwards = 0  # forward passes so far; the clipping factors are searched every CLIP_SEARCH_EVERY
-        self.alpha: torch.Tensor | None = None  # per group: the clipping factor of the last search
+        self.alpha: torch.Tensor | None = (
+            None  # per group: the clipping factor of the last search
+        )
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         rows = weight.reshape(weight.shape[0], -1)  # (out channels, fan-in)
         fan_in = rows.shape[1]
-        groups = nn.functional.pad(rows, (0, -fan_in % GROUP_SIZE)).reshape(-1, GROUP_SIZE)
+        groups = nn.functional.pad(rows, (0, -fan_in % GROUP_SIZE)).reshape(
+            -1, GROUP_SIZE
+        )
         with torch.no_grad():  # the grid follows the weights but carries no gradient
             if self.forwards % CLIP_SEARCH_EVERY == 0:
                 self.alpha = self.clip_factors(groups)
@@ -92,7 +98,9 @@ class GroupWeightFakeQuant(nn.Module):
         )
         return quantized.reshape(rows.shape[0], -1)[:, :fan_in].reshape(weight.shape)
 
-    def grid(self, groups: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grid(
+        self, groups: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point of each row of `groups` (G, size) for its clipping factor(s) `alpha`:
         shape (G,), or (A, 1) for A candidates per group, giving (A, G)."""
         low = alpha * groups.amin(-1).clamp(max=0)
@@ -105,8 +113,13 @@ class GroupWeightFakeQuant(nn.Module):
         groups = groups.detach().float()  # (G, size)
         alphas = CLIP_FACTORS.to(groups.device)
         scale, zero_point = self.grid(groups, alphas[:, None])  # (A, G)
-        codes = (groups / scale[..., None]).round() + zero_point[..., None]  # (A, G, size)
-        error = ((codes.clamp(0, self.quant_max) - zero_point[..., None]) * scale[..., None] - groups).square()
+        codes = (groups / scale[..., None]).round() + zero_point[
+            ..., None
+        ]  # (A, G, size)
+        error = (
+            (codes.clamp(0, self.quant_max) - zero_point[..., None]) * scale[..., None]
+            - groups
+        ).square()
         return alphas[error.sum(-1).argmin(0)]
 
     def extra_repr(self) -> str:
@@ -137,10 +150,14 @@ def apply_fake_quant(model: nn.Module, bits: int) -> int:
     """
     _check_bits(bits, upper=None)
     if is_fake_quantized(model):
-        raise ValueError("The model is already fake-quantized; call remove_fake_quant first.")
+        raise ValueError(
+            "The model is already fake-quantized; call remove_fake_quant first."
+        )
     if bits >= FULL_PRECISION_BITS:
         return 0
-    layers = [module for module in model.modules() if isinstance(module, _QUANTIZED_TYPES)]
+    layers = [
+        module for module in model.modules() if isinstance(module, _QUANTIZED_TYPES)
+    ]
     if len(layers) >= 3:
         layers = layers[1:-1]  # the image-facing layers stay in full precision
     for module in layers:
@@ -178,7 +195,11 @@ def _quantizer_of(module: nn.Module) -> GroupWeightFakeQuant | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
     return next(
-        (p for p in module.parametrizations.weight if isinstance(p, GroupWeightFakeQuant)),
+        (
+            p
+            for p in module.parametrizations.weight
+            if isinstance(p, GroupWeightFakeQuant)
+        ),
         None,
     )
 
@@ -206,7 +227,11 @@ def _check_bits(bits: int, upper: int | None) -> None:
         or bits < 1
         or (upper is not None and bits > upper)
     ):
-        allowed = f"an integer in 1–{upper}" if upper else "an integer ≥ 1 (≥ 16: full precision)"
+        allowed = (
+            f"an integer in 1–{upper}"
+            if upper
+            else "an integer ≥ 1 (≥ 16: full precision)"
+        )
         raise ValueError(
             f"The 'bits' parameter of fake quantization must be {allowed}. Got {bits!r}."
         )

@@ -131,11 +131,15 @@ def decode_update(
     """
     codec = _codec_from_meta(meta, expected_codec, expected_bits)
     if not isinstance(arrays, Mapping):
-        raise PayloadError(f"The update must be an ArrayRecord; got {type(arrays).__name__}.")
+        raise PayloadError(
+            f"The update must be an ArrayRecord; got {type(arrays).__name__}."
+        )
     _check_names(arrays.keys(), expected_shapes.keys())
     decoded = {}
     for name, shape in expected_shapes.items():
-        decoded[name] = _decode_tensor(name, arrays[name], codec, tuple(int(d) for d in shape))
+        decoded[name] = _decode_tensor(
+            name, arrays[name], codec, tuple(int(d) for d in shape)
+        )
     return decoded
 
 
@@ -180,28 +184,40 @@ def expected_payload_bytes(
 # -- validation -------------------------------------------------------------------------------
 
 
-def _codec_from_meta(meta: ConfigRecord, expected_codec: str, expected_bits: int) -> Codec:
+def _codec_from_meta(
+    meta: ConfigRecord, expected_codec: str, expected_bits: int
+) -> Codec:
     """Rebuild the codec `meta` describes, after checking it against the assignment."""
     if not isinstance(meta, Mapping):
-        raise PayloadError(f"The metadata must be a ConfigRecord; got {type(meta).__name__}.")
+        raise PayloadError(
+            f"The metadata must be a ConfigRecord; got {type(meta).__name__}."
+        )
     missing = [key for key in _FIXED_KEYS if key not in meta]
     if missing:
         raise PayloadError(f"Malformed metadata: missing key(s) {', '.join(missing)}.")
     if not isinstance(meta["format"], str) or meta["format"] != FORMAT:
-        raise PayloadError(f"Malformed metadata: format {meta['format']!r} is not {FORMAT!r}.")
+        raise PayloadError(
+            f"Malformed metadata: format {meta['format']!r} is not {FORMAT!r}."
+        )
     name, bits = meta["codec"], meta["bits"]
     if not isinstance(name, str):
         raise PayloadError(f"Malformed metadata: codec must be a string; got {name!r}.")
     if isinstance(bits, bool) or not isinstance(bits, int):
-        raise PayloadError(f"Malformed metadata: bits must be an integer; got {bits!r}.")
+        raise PayloadError(
+            f"Malformed metadata: bits must be an integer; got {bits!r}."
+        )
     try:
         cls = codec_class(name)
     except ValueError as error:
         raise PayloadError(str(error)) from error
     if name != expected_codec:
-        raise PayloadError(f"Codec {name!r} differs from the assigned codec {expected_codec!r}.")
+        raise PayloadError(
+            f"Codec {name!r} differs from the assigned codec {expected_codec!r}."
+        )
     if bits != expected_bits:
-        raise PayloadError(f"Bits {bits} differ from the assigned bit-width {expected_bits}.")
+        raise PayloadError(
+            f"Bits {bits} differ from the assigned bit-width {expected_bits}."
+        )
     option_keys = {_kebab(option): option for option in cls.option_names}
     unknown = sorted(map(repr, set(meta) - set(_FIXED_KEYS) - set(option_keys)))
     absent = sorted(set(option_keys) - set(meta))
@@ -211,7 +227,9 @@ def _codec_from_meta(meta: ConfigRecord, expected_codec: str, expected_bits: int
     if absent:
         problems.append(f"missing option(s) {', '.join(absent)}")
     if problems:
-        raise PayloadError(f"Malformed metadata for codec {name!r}: {'; '.join(problems)}.")
+        raise PayloadError(
+            f"Malformed metadata for codec {name!r}: {'; '.join(problems)}."
+        )
     options = {option: meta[key] for key, option in option_keys.items()}
     try:
         return get_codec(name, bits, **options)
@@ -230,10 +248,14 @@ def _check_names(received: Iterable[str], expected: Iterable[str]) -> None:
             parts.append(f"missing {len(missing)} tensor(s) ({_preview(missing)})")
         if extra:
             parts.append(f"{len(extra)} unexpected tensor(s) ({_preview(extra)})")
-        raise PayloadError(f"The update's tensors differ from the model's: {'; '.join(parts)}.")
+        raise PayloadError(
+            f"The update's tensors differ from the model's: {'; '.join(parts)}."
+        )
 
 
-def _decode_tensor(name: str, array: object, codec: Codec, shape: tuple[int, ...]) -> torch.Tensor:
+def _decode_tensor(
+    name: str, array: object, codec: Codec, shape: tuple[int, ...]
+) -> torch.Tensor:
     try:
         encoded = _encoded_from_array(array, codec, shape)
         return codec.decode(encoded)
@@ -253,7 +275,9 @@ def _encoded_from_array(array: object, codec: Codec, shape: tuple[int, ...]) -> 
     if array.stype != stype:
         raise PayloadError(f"stype {array.stype!r} is not {stype!r}.")
     if array.dtype not in FLOAT_DTYPES:
-        raise PayloadError(f"dtype {array.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}.")
+        raise PayloadError(
+            f"dtype {array.dtype!r} is not one of {', '.join(FLOAT_DTYPES)}."
+        )
     declared = array.shape
     if not isinstance(declared, (tuple, list)) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in declared
@@ -271,7 +295,9 @@ def _encoded_from_array(array: object, codec: Codec, shape: tuple[int, ...]) -> 
             f"buffer is {kind}: {len(data)} bytes, but {codec.name} at {codec.bits} bits "
             f"encodes shape {shape} in exactly {expected} bytes."
         )
-    return Encoded(codec.name, codec.bits, shape, FLOAT_DTYPES[array.dtype], _as_tensor(data))
+    return Encoded(
+        codec.name, codec.bits, shape, FLOAT_DTYPES[array.dtype], _as_tensor(data)
+    )
 
 
 def _as_tensor(data: bytes | bytearray) -> torch.Tensor:

@@ -80,7 +80,9 @@ def range_sq_sums(update: Mapping[str, torch.Tensor]) -> dict[int, float]:
     """
     sums = {}
     for m in UNIFORM_BLOCK_SIZES:
-        total = sum(float(block_ranges(t, m).double().square().sum()) for t in update.values())
+        total = sum(
+            float(block_ranges(t, m).double().square().sum()) for t in update.values()
+        )
         sums[m] = float(m * total)
     return sums
 
@@ -128,10 +130,15 @@ class UniformCodec(Codec):
     option_names = ("block_size", "scale_dtype")
 
     def __init__(
-        self, bits: int | None = None, block_size: int | None = None, scale_dtype: str = "float32"
+        self,
+        bits: int | None = None,
+        block_size: int | None = None,
+        scale_dtype: str = "float32",
     ) -> None:
         if bits is None:
-            raise ValueError(f"Codec 'uniform' needs 'bits', an integer in 1–{MAX_BITS}.")
+            raise ValueError(
+                f"Codec 'uniform' needs 'bits', an integer in 1–{MAX_BITS}."
+            )
         _check_bits(bits)
         if block_size is None:
             block_size = default_block_size(bits)
@@ -162,14 +169,18 @@ class UniformCodec(Codec):
     def size_bytes(self, shape: Sequence[int]) -> int:
         """2·⌈n/m⌉ scales plus ⌈n·b/8⌉ bytes of codes, n = prod(shape)."""
         n = math.prod(shape)
-        return 2 * self._num_blocks(n) * self._scale_nbytes + packed_nbytes(n, self.bits)
+        return 2 * self._num_blocks(n) * self._scale_nbytes + packed_nbytes(
+            n, self.bits
+        )
 
     def _num_blocks(self, n: int) -> int:
         return -(-n // self.block_size)
 
     # -- encode --------------------------------------------------------------------------
 
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+    def encode(
+        self, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> Encoded:
         """Quantize `tensor` stochastically; see `Codec.encode`."""
         if not isinstance(generator, torch.Generator):
             raise ValueError(
@@ -188,7 +199,9 @@ class UniformCodec(Codec):
             first = start // m
             mins[first : first + len(low)] = low
             steps[first : first + len(low)] = step
-            chunk_codes = self._round(blocks, low, step, generator).view(-1)[: values.numel()]
+            chunk_codes = self._round(blocks, low, step, generator).view(-1)[
+                : values.numel()
+            ]
             offset = start * self.bits // 8  # start is a multiple of 8: byte aligned
             packed = pack_codes(chunk_codes, self.bits)
             codes[offset : offset + packed.numel()] = packed
@@ -225,7 +238,9 @@ class UniformCodec(Codec):
         # threshold t = 65536·f − 32768.5: a uniform int16 r satisfies r < t with
         # probability round(65536·f)/65536, and never when f = 0 (so never past L)
         threshold = scaled.sub_(floor).mul_(_DRAW_LEVELS).sub_(_DRAW_LEVELS / 2 + 0.5)
-        round_up = _int16_draws(blocks.numel(), generator).view(blocks.shape) < threshold
+        round_up = (
+            _int16_draws(blocks.numel(), generator).view(blocks.shape) < threshold
+        )
         if self.bits <= 8:  # via int16: float -> uint8 has no fast conversion kernel
             codes = floor.to(torch.int16).to(torch.uint8)
         else:
@@ -243,7 +258,9 @@ class UniformCodec(Codec):
         if not (all_finite(low) and all_finite(step)):
             raise PayloadError("The block scales (min or step) contain NaN or Inf.")
         if bool((step < 0).any()):
-            raise PayloadError("A block step is negative; the encoder only writes steps ≥ 0.")
+            raise PayloadError(
+                "A block step is negative; the encoder only writes steps ≥ 0."
+            )
         out = torch.empty(n, dtype=torch.float32)
         chunk = _chunk_values(m)
         for start in range(0, n, chunk):
@@ -268,7 +285,9 @@ class UniformCodec(Codec):
     ) -> None:
         """Write ℓ_j + q·δ_j for the values [start, start + len(codes)) into `out`."""
         m = self.block_size
-        full = codes.numel() // m * m  # whole blocks of this chunk; a short tail may follow
+        full = (
+            codes.numel() // m * m
+        )  # whole blocks of this chunk; a short tail may follow
         first = start // m
         if full:
             count = full // m

@@ -27,7 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LEDGER_FILES = ("devices.csv", "rounds.csv")
-MODEL_FILE, AVERAGE_FILE, STATE_FILE = "model.safetensors", "average.safetensors", "state.json"
+MODEL_FILE, AVERAGE_FILE, STATE_FILE = (
+    "model.safetensors",
+    "average.safetensors",
+    "state.json",
+)
 
 
 class ResumeError(ValueError):
@@ -58,8 +62,12 @@ def stage_checkpoint(
     staged.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.items()}, staged / MODEL_FILE)
     if average is not None:
-        save_file({k: v.contiguous() for k, v in average.items()}, staged / AVERAGE_FILE)
-    (staged / STATE_FILE).write_text(json.dumps({"round": server_round, **state}, indent=1) + "\n")
+        save_file(
+            {k: v.contiguous() for k, v in average.items()}, staged / AVERAGE_FILE
+        )
+    (staged / STATE_FILE).write_text(
+        json.dumps({"round": server_round, **state}, indent=1) + "\n"
+    )
     return staged
 
 
@@ -91,7 +99,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     """
     latest = latest_checkpoint(run_dir)
     if latest is None:
-        raise ResumeError(f"{run_dir} holds no complete checkpoint (checkpoints/round_XXX/) to resume from")
+        raise ResumeError(
+            f"{run_dir} holds no complete checkpoint (checkpoints/round_XXX/) to resume from"
+        )
     state = json.loads((latest / STATE_FILE).read_text())
     for name in LEDGER_FILES:
         target = run_dir / name
@@ -100,13 +110,24 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             os.replace(target.with_suffix(".restoring"), target)
         elif target.exists():
             target.unlink()
-    average = load_file(latest / AVERAGE_FILE) if (latest / AVERAGE_FILE).exists() else None
-    return Checkpoint(round=int(state.pop("round")), model=load_file(latest / MODEL_FILE), state=state, average=average)
+    average = (
+        load_file(latest / AVERAGE_FILE) if (latest / AVERAGE_FILE).exists() else None
+    )
+    return Checkpoint(
+        round=int(state.pop("round")),
+        model=load_file(latest / MODEL_FILE),
+        state=state,
+        average=average,
+    )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The folder of the latest complete checkpoint of `run_dir`, or None."""
-    folders = [p for p in (run_dir / "checkpoints").glob("round_*") if p.is_dir() and p.suffix != ".tmp"]
+    folders = [
+        p
+        for p in (run_dir / "checkpoints").glob("round_*")
+        if p.is_dir() and p.suffix != ".tmp"
+    ]
     return max(folders, key=lambda p: int(p.name.removeprefix("round_")), default=None)
 
 

@@ -11,7 +11,9 @@ import typer
 
 from qfd_app import __version__
 
-app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+app = typer.Typer(
+    no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 
 
 def _version(value: bool) -> None:
@@ -23,7 +25,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Show the version.",
+        ),
     ] = False,
 ) -> None:
     """On-demand quantized federated training of diffusion models, on Flower."""
@@ -32,16 +41,27 @@ def main(
 @app.command()
 def sample(
     model_dir: Annotated[
-        Path, typer.Argument(exists=True, file_okay=False, help="A run's final/ folder (a diffusers DDPMPipeline).")
+        Path,
+        typer.Argument(
+            exists=True,
+            file_okay=False,
+            help="A run's final/ folder (a diffusers DDPMPipeline).",
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="PNG file to write the image grid to.")] = Path("samples.png"),
+    out: Annotated[
+        Path, typer.Option(help="PNG file to write the image grid to.")
+    ] = Path("samples.png"),
     num: Annotated[int, typer.Option(min=1, help="Number of images.")] = 64,
     steps: Annotated[int, typer.Option(min=1, max=1000, help="DDIM steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the initial noise.")] = 0,
     eps_scale: Annotated[
         float | None,
-        typer.Option(min=0.5, max=2.0, help="Epsilon scaling: DDIM divides the predicted noise by "
-                     "1 + (this - 1)·t/T. Default: the run's sample-eps-scale (config.json beside final/), else 1."),
+        typer.Option(
+            min=0.5,
+            max=2.0,
+            help="Epsilon scaling: DDIM divides the predicted noise by "
+            "1 + (this - 1)·t/T. Default: the run's sample-eps-scale (config.json beside final/), else 1.",
+        ),
     ] = None,
 ) -> None:
     """Draw images from an exported model and save them as a grid."""
@@ -49,41 +69,91 @@ def sample(
 
     if eps_scale is None:  # sample as the run evaluated
         config = model_dir.parent / "config.json"
-        eps_scale = json.loads(config.read_text()).get("sample-eps-scale", 1.0) if config.is_file() else 1.0
-    typer.echo(sample_grid_from_pipeline(model_dir, out, num=num, steps=steps, seed=seed, eps_scale=eps_scale))
+        eps_scale = (
+            json.loads(config.read_text()).get("sample-eps-scale", 1.0)
+            if config.is_file()
+            else 1.0
+        )
+    typer.echo(
+        sample_grid_from_pipeline(
+            model_dir, out, num=num, steps=steps, seed=seed, eps_scale=eps_scale
+        )
+    )
 
 
 @app.command()
 def plan(
-    scenario: Annotated[str, typer.Argument(help="Scenario name (default, paper, …) or path to a .toml file.")],
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="Scenario name (default, paper, …) or path to a .toml file."
+        ),
+    ],
     run_config: Annotated[
-        str, typer.Option("--run-config", "-c", help="The run's settings, as for `qfd run` / `flwr run --run-config`.")
+        str,
+        typer.Option(
+            "--run-config",
+            "-c",
+            help="The run's settings, as for `qfd run` / `flwr run --run-config`.",
+        ),
     ] = "",
     devices: Annotated[
-        int | None, typer.Option(min=1, help="Devices (SuperNodes) of the run (default: as many as the scenario lists).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Devices (SuperNodes) of the run (default: as many as the scenario lists).",
+        ),
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="Shorthand for --run-config \"strategy='…'\" (see docs/strategies.md).")
+        str | None,
+        typer.Option(
+            help="Shorthand for --run-config \"strategy='…'\" (see docs/strategies.md)."
+        ),
     ] = None,
-    bits: Annotated[int | None, typer.Option(help="Shorthand for the `bits` setting (the bit-width of `fixed`).")] = None,
+    bits: Annotated[
+        int | None,
+        typer.Option(
+            help="Shorthand for the `bits` setting (the bit-width of `fixed`)."
+        ),
+    ] = None,
     resource_policy: Annotated[
-        str | None, typer.Option(help="Shorthand for the `resource-policy` setting (auto, race-to-idle, optimal).")
+        str | None,
+        typer.Option(
+            help="Shorthand for the `resource-policy` setting (auto, race-to-idle, optimal)."
+        ),
     ] = None,
-    round_: Annotated[int, typer.Option("--round", min=1, help="Round number (selects the fading and the sample).")] = 1,
+    round_: Annotated[
+        int,
+        typer.Option(
+            "--round", min=1, help="Round number (selects the fading and the sample)."
+        ),
+    ] = 1,
     seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed of placement and fading (default: the scenario's).")
+        int | None,
+        typer.Option(
+            min=0, help="Seed of placement and fading (default: the scenario's)."
+        ),
     ] = None,
     bandwidth_policy: Annotated[
         str | None, typer.Option(help="equal or optimal (default: the scenario's).")
     ] = None,
     stand_in: Annotated[
-        bool, typer.Option("--stand-in-history", help="Enforce ε with the scenario's stand-in update statistics "
-                           "(a run has none before round 2).")
+        bool,
+        typer.Option(
+            "--stand-in-history",
+            help="Enforce ε with the scenario's stand-in update statistics "
+            "(a run has none before round 2).",
+        ),
     ] = False,
     app_dir: Annotated[
-        Path | None, typer.Option(help="The Flower app whose defaults apply (default: this package's).")
+        Path | None,
+        typer.Option(
+            help="The Flower app whose defaults apply (default: this package's)."
+        ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Plan a round exactly as a run with these settings would, without training, and print it."""
     from qfd_app.edge.problem import BANDWIDTH_POLICIES
@@ -91,14 +161,28 @@ def plan(
     from qfd_app.runs.plan import format_plan, plan_first_round
     from qfd_app.validation import Options, check_value
 
-    shorthands = {"strategy": strategy, "bits": bits, "resource-policy": resource_policy}
-    extra = run_config_arg({"scenario": scenario, **{k: v for k, v in shorthands.items() if v is not None}})
+    shorthands = {
+        "strategy": strategy,
+        "bits": bits,
+        "resource-policy": resource_policy,
+    }
+    extra = run_config_arg(
+        {"scenario": scenario, **{k: v for k, v in shorthands.items() if v is not None}}
+    )
     settings = _checked_settings(app_dir, f"{run_config} {extra}".strip())
     try:
         if bandwidth_policy is not None:
-            check_value("--bandwidth-policy", bandwidth_policy, Options(BANDWIDTH_POLICIES))
-        record = plan_first_round(settings, num_devices=devices, round_=round_, scenario_seed=seed,
-                                  bandwidth_policy=bandwidth_policy, stand_in=stand_in)  # fmt: skip
+            check_value(
+                "--bandwidth-policy", bandwidth_policy, Options(BANDWIDTH_POLICIES)
+            )
+        record = plan_first_round(
+            settings,
+            num_devices=devices,
+            round_=round_,
+            scenario_seed=seed,
+            bandwidth_policy=bandwidth_policy,
+            stand_in=stand_in,
+        )
     except ValueError as err:
         _fail(str(err))
     typer.echo(json.dumps(record, indent=1) if json_out else format_plan(record))
@@ -106,7 +190,12 @@ def plan(
 
 @app.command()
 def compare(
-    scenario: Annotated[str, typer.Argument(help="Scenario name (default, heterogeneous, …) or path to a .toml file.")],
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="Scenario name (default, heterogeneous, …) or path to a .toml file."
+        ),
+    ],
     strategies: Annotated[
         str,
         typer.Option(
@@ -114,24 +203,43 @@ def compare(
             "fedavg:optimal, fixed:4, ondemand; add :fp32-training to train in fp32."
         ),
     ] = "fedavg,fixed,ondemand",
-    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds of every run (default: the app's).")] = None,
-    bits: Annotated[int, typer.Option(min=1, max=32, help="Bit-width of a plain `fixed`.")] = 8,
+    rounds: Annotated[
+        int | None,
+        typer.Option(min=1, help="Rounds of every run (default: the app's)."),
+    ] = None,
+    bits: Annotated[
+        int, typer.Option(min=1, max=32, help="Bit-width of a plain `fixed`.")
+    ] = 8,
     output: Annotated[
-        Path | None, typer.Option(help="Folder of the comparison (default: ~/qfd-runs/compare-<scenario>-<time>).")
+        Path | None,
+        typer.Option(
+            help="Folder of the comparison (default: ~/qfd-runs/compare-<scenario>-<time>)."
+        ),
     ] = None,
     run_config: Annotated[
-        str, typer.Option(help="More run-config overrides for every run, as for `flwr run --run-config`.")
+        str,
+        typer.Option(
+            help="More run-config overrides for every run, as for `flwr run --run-config`."
+        ),
     ] = "",
     devices: Annotated[
-        int | None, typer.Option(min=1, help="Virtual devices (default: as many as the scenario lists).")
+        int | None,
+        typer.Option(
+            min=1, help="Virtual devices (default: as many as the scenario lists)."
+        ),
     ] = None,
 ) -> None:
     """Run several strategies on one scenario with the same seeds; write a table and plots."""
     import click
     from flwr.common.config import parse_config_args
 
-    from qfd_app.runs.compare import CompareError, check_settings, parse_variants, run_comparison
     from qfd_app.edge import ScenarioError, load_scenario
+    from qfd_app.runs.compare import (
+        CompareError,
+        check_settings,
+        parse_variants,
+        run_comparison,
+    )
 
     try:
         loaded = load_scenario(scenario)
@@ -139,13 +247,30 @@ def compare(
         variants = parse_variants(strategies, {"bits": bits, **base})
         if rounds is not None:
             base["num-server-rounds"] = rounds
-        scenario_ref = scenario if Path(scenario).suffix != ".toml" else str(Path(scenario).resolve())
-        check_settings(variants, {**base, "scenario": scenario_ref})  # every mistake before the first run
+        scenario_ref = (
+            scenario
+            if Path(scenario).suffix != ".toml"
+            else str(Path(scenario).resolve())
+        )
+        check_settings(
+            variants, {**base, "scenario": scenario_ref}
+        )  # every mistake before the first run
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}")).expanduser().resolve()
+        out = (
+            (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}"))
+            .expanduser()
+            .resolve()
+        )
         typer.echo(f"comparison folder: {out}")
         num_devices = devices or loaded.num_devices
-        run_comparison(scenario_ref, variants, out, base=base, num_devices=num_devices, echo=typer.echo)
+        run_comparison(
+            scenario_ref,
+            variants,
+            out,
+            base=base,
+            num_devices=num_devices,
+            echo=typer.echo,
+        )
     except (CompareError, ScenarioError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     typer.echo((out / "comparison.md").read_text())
@@ -154,7 +279,12 @@ def compare(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory, or a comparison folder of `qfd compare`.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory, or a comparison folder of `qfd compare`."
+        ),
+    ],
 ) -> None:
     """Redraw the plots of a run (plots/) or of a comparison (table and plots)."""
     import click
@@ -163,27 +293,43 @@ def report(
     from qfd_app.runs.report import plot_rounds
 
     if (run_dir / "runs.json").is_file():
-        runs = {k: Path(v) for k, v in json.loads((run_dir / "runs.json").read_text()).items()}
+        runs = {
+            k: Path(v)
+            for k, v in json.loads((run_dir / "runs.json").read_text()).items()
+        }
         write_comparison(run_dir, runs)
         typer.echo(f"{run_dir / 'comparison.md'}\n{run_dir / 'plots'}")
     elif (run_dir / "rounds.csv").is_file():
         for path in plot_rounds(run_dir):
             typer.echo(path)
     else:
-        raise click.ClickException(f"{run_dir} holds neither a run (rounds.csv) nor a comparison (runs.json).")
+        raise click.ClickException(
+            f"{run_dir} holds neither a run (rounds.csv) nor a comparison (runs.json)."
+        )
 
 
 @app.command()
 def run(
-    app_dir: Annotated[Path, typer.Argument(help="The Flower app (the folder with pyproject.toml).")] = Path("."),
+    app_dir: Annotated[
+        Path, typer.Argument(help="The Flower app (the folder with pyproject.toml).")
+    ] = Path("."),
     superlink: Annotated[
-        str | None, typer.Argument(help="The SuperLink connection of $FLWR_HOME/config.toml (default: its default).")
+        str | None,
+        typer.Argument(
+            help="The SuperLink connection of $FLWR_HOME/config.toml (default: its default)."
+        ),
     ] = None,
     run_config: Annotated[
-        str, typer.Option("--run-config", "-c", help="Overrides, as for `flwr run --run-config`.")
+        str,
+        typer.Option(
+            "--run-config", "-c", help="Overrides, as for `flwr run --run-config`."
+        ),
     ] = "",
     federation_config: Annotated[
-        str, typer.Option(help='Simulation settings, e.g. "num-supernodes=10 client-resources-num-cpus=1".')
+        str,
+        typer.Option(
+            help='Simulation settings, e.g. "num-supernodes=10 client-resources-num-cpus=1".'
+        ),
     ] = "",
 ) -> None:
     """Check every setting, then `flwr run --stream`; the exit code says whether the run completed.
@@ -195,21 +341,43 @@ def run(
 
     settings = _checked_settings(app_dir, run_config)
     env = user_env()
-    done = flwr_run(env, run_config, federation_config, timeout_s=30 * 24 * 3600, app=app_dir.resolve(),
-                    on_line=typer.echo, connection=superlink)  # fmt: skip
+    done = flwr_run(
+        env,
+        run_config,
+        federation_config,
+        timeout_s=30 * 24 * 3600,
+        app=app_dir.resolve(),
+        on_line=typer.echo,
+        connection=superlink,
+    )
     status = run_status(env, done.stdout, connection=superlink)
     if done.returncode != 0 or status != "finished:completed":
-        typer.echo(f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr run exited "
-                   f"{done.returncode}, status {status}", err=True)  # fmt: skip
+        typer.echo(
+            f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr run exited "
+            f"{done.returncode}, status {status}",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
 @app.command()
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="The run directory of a killed run (it holds config.json).")],
-    superlink: Annotated[str | None, typer.Argument(help="The SuperLink connection (default: the default).")] = None,
-    app_dir: Annotated[Path, typer.Option(help="The Flower app the run used.")] = Path("."),
-    federation_config: Annotated[str, typer.Option(help="Simulation settings, as for `qfd run`.")] = "",
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="The run directory of a killed run (it holds config.json)."
+        ),
+    ],
+    superlink: Annotated[
+        str | None,
+        typer.Argument(help="The SuperLink connection (default: the default)."),
+    ] = None,
+    app_dir: Annotated[Path, typer.Option(help="The Flower app the run used.")] = Path(
+        "."
+    ),
+    federation_config: Annotated[
+        str, typer.Option(help="Simulation settings, as for `qfd run`.")
+    ] = "",
 ) -> None:
     """Go on with a killed run from its last complete round, with the settings it was started with."""
     from qfd_app.runs.launch import run_config_arg
@@ -231,7 +399,11 @@ def _checked_settings(app_dir: Path | None, run_config: str):
 
     try:
         overrides = parse_config_args([run_config]) if run_config else {}
-        defaults = default_run_config(app_dir / "pyproject.toml") if app_dir else default_run_config()
+        defaults = (
+            default_run_config(app_dir / "pyproject.toml")
+            if app_dir
+            else default_run_config()
+        )
         settings = Settings.from_run_config({**defaults, **overrides})
         resume_target(settings)
     except (OSError, ValueError) as err:  # SettingsError, ScenarioError, TOML errors

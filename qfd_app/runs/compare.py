@@ -29,10 +29,24 @@ from qfd_app.strategies import get_strategy, strategy_names
 FP32_TRAINING = "fp32-training"
 
 TABLE_FIELDS = (
-    "strategy", "resource_policy", "rounds", "energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
-    "energy_vs_first", "bytes_vs_first", "fid", "coverage", "class_entropy", "devices_excluded",
-    "deadline_misses", "demand_violations", "wall_s", "run_dir",
-)  # fmt: skip
+    "strategy",
+    "resource_policy",
+    "rounds",
+    "energy_j",
+    "energy_compute_j",
+    "energy_upload_j",
+    "bytes_up",
+    "energy_vs_first",
+    "bytes_vs_first",
+    "fid",
+    "coverage",
+    "class_entropy",
+    "devices_excluded",
+    "deadline_misses",
+    "demand_violations",
+    "wall_s",
+    "run_dir",
+)
 
 
 class CompareError(ValueError):
@@ -61,13 +75,21 @@ def parse_variants(spec: str, base: dict) -> list[Variant]:
             overrides["quantized-training"] = False
             option = option.removesuffix(FP32_TRAINING).rstrip(":")
         if name not in strategy_names():
-            raise CompareError(f"--strategies: {name!r} is not a strategy; use {', '.join(strategy_names())}.")
+            raise CompareError(
+                f"--strategies: {name!r} is not a strategy; use {', '.join(strategy_names())}."
+            )
         try:
             more, option = get_strategy(name).parse_option(option, base)
         except ValueError as err:
             raise CompareError(f"--strategies: {item!r}: {err}.") from None
         overrides.update(more)
-        label = ":".join([name, *([option] if option else []), *([FP32_TRAINING] if "quantized-training" in overrides else [])])
+        label = ":".join(
+            [
+                name,
+                *([option] if option else []),
+                *([FP32_TRAINING] if "quantized-training" in overrides else []),
+            ]
+        )
         variants.append(Variant(label, overrides))
     if not variants:
         raise CompareError("--strategies lists no strategy.")
@@ -82,7 +104,9 @@ def check_settings(variants: list[Variant], base: dict) -> dict[str, Settings]:
     out = {}
     for variant in variants:
         try:
-            out[variant.label] = Settings.from_run_config({**default_run_config(), **base, **variant.overrides})
+            out[variant.label] = Settings.from_run_config(
+                {**default_run_config(), **base, **variant.overrides}
+            )
         except SettingsError as err:
             raise CompareError(f"{variant.label}: {err}") from None
     return out
@@ -110,7 +134,12 @@ def run_comparison(
     with superlink(out / "flwr-home") as env:
         for variant in variants:
             folder = out / "runs" / variant.label.replace(":", "-")
-            config = {**flatten_dict(base), "scenario": scenario, **variant.overrides, "output-dir": str(folder)}
+            config = {
+                **flatten_dict(base),
+                "scenario": scenario,
+                **variant.overrides,
+                "output-dir": str(folder),
+            }
             echo(f"== {variant.label}: {time.strftime('%H:%M:%S')}")
             with (out / f"{variant.label.replace(':', '-')}.log").open("w") as log:
 
@@ -119,12 +148,22 @@ def run_comparison(
                     if "[qfd]" in line:  # progress lines of the ServerApp
                         echo(line)
 
-                done = flwr_run(env, run_config_arg(config), federation, timeout_s=timeout_s, on_line=on_line)
+                done = flwr_run(
+                    env,
+                    run_config_arg(config),
+                    federation,
+                    timeout_s=timeout_s,
+                    on_line=on_line,
+                )
             found = sorted(folder.glob("*/summary.json"))
             if done.returncode != 0 or not found:
-                raise CompareError(f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}")
+                raise CompareError(
+                    f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}"
+                )
             runs[variant.label] = found[-1].parent
-    (out / "runs.json").write_text(json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n")
+    (out / "runs.json").write_text(
+        json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n"
+    )
     write_comparison(out, runs)
     return out
 
@@ -158,13 +197,25 @@ def _row(label: str, run_dir: Path) -> dict:
         "strategy": label,
         "resource_policy": summary["resource_policy"],
         "rounds": summary["rounds"],
-        **{k: summary[k] for k in ("energy_j", "energy_compute_j", "energy_upload_j", "bytes_up",
-                                   "devices_excluded", "deadline_misses", "wall_s")},  # fmt: skip
+        **{
+            k: summary[k]
+            for k in (
+                "energy_j",
+                "energy_compute_j",
+                "energy_upload_j",
+                "bytes_up",
+                "devices_excluded",
+                "deadline_misses",
+                "wall_s",
+            )
+        },
         "fid": summary.get("final_fid", float("nan")),
         "coverage": summary.get("final_coverage", float("nan")),
         "class_entropy": summary.get("final_class_entropy", float("nan")),
         "demand_violations": sum(
-            d["status"] == "ok" and not int(d["bits_min"]) <= int(d["bits"]) <= int(d["bits_max"]) for d in devices
+            d["status"] == "ok"
+            and not int(d["bits_min"]) <= int(d["bits"]) <= int(d["bits_max"])
+            for d in devices
         ),
         "run_dir": str(run_dir),
     }

@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APP_DIR = Path(__file__).resolve().parents[2]  # the folder with pyproject.toml (a checkout)
+APP_DIR = (
+    Path(__file__).resolve().parents[2]
+)  # the folder with pyproject.toml (a checkout)
 BIN = Path(sys.executable).parent
 CONNECTION = "qfd-local"
 
@@ -61,7 +63,9 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def start_superlink(flwr_home: Path, **extra_env: str) -> tuple[subprocess.Popen, dict[str, str]]:
+def start_superlink(
+    flwr_home: Path, **extra_env: str
+) -> tuple[subprocess.Popen, dict[str, str]]:
     """Start `flower-superlink --simulation` on a free loopback port in its own process group.
 
     Returns the process (stop it with `stop_group`) and the environment for `flwr` commands
@@ -76,10 +80,21 @@ def start_superlink(flwr_home: Path, **extra_env: str) -> tuple[subprocess.Popen
     env = flower_env(flwr_home, **extra_env)
     with open(flwr_home / "superlink.log", "w") as log:
         proc = subprocess.Popen(
-            [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-             "--port", str(port), "--disable-runtime-dependency-installation"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.time() + 60
     while True:
         with socket.socket() as s:
@@ -87,7 +102,9 @@ def start_superlink(flwr_home: Path, **extra_env: str) -> tuple[subprocess.Popen
                 return proc, env
         if proc.poll() is not None or time.time() > deadline:
             stop_group(proc)
-            raise RuntimeError(f"SuperLink did not start: {(flwr_home / 'superlink.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"SuperLink did not start: {(flwr_home / 'superlink.log').read_text()[-2000:]}"
+            )
         time.sleep(0.3)
 
 
@@ -165,9 +182,19 @@ def flwr_run(
     Every output line (stdout and stderr, merged) goes to `on_line` as it comes; the
     finished process carries all of them in `stdout`. A run past `timeout_s` is killed.
     """
-    args = [str(BIN / "flwr"), "run", str(app), *([connection] if connection else []), "--stream", "--run-config",
-            run_config, *(["--federation-config", federation_config] if federation_config else [])]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        str(BIN / "flwr"),
+        "run",
+        str(app),
+        *([connection] if connection else []),
+        "--stream",
+        "--run-config",
+        run_config,
+        *(["--federation-config", federation_config] if federation_config else []),
+    ]
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     timer = threading.Timer(timeout_s, proc.kill)
     timer.start()
     lines = []
@@ -179,7 +206,9 @@ def flwr_run(
         proc.wait()
     finally:
         timer.cancel()
-    return subprocess.CompletedProcess(args, proc.returncode, stdout="".join(lines), stderr="")
+    return subprocess.CompletedProcess(
+        args, proc.returncode, stdout="".join(lines), stderr=""
+    )
 
 
 def run_status(env: dict, output: str, connection: str | None = CONNECTION) -> str:
@@ -191,7 +220,15 @@ def run_status(env: dict, output: str, connection: str | None = CONNECTION) -> s
     started = re.search(r"Successfully started run (\d+)", output)
     if not started:
         return "unknown"
-    args = [str(BIN / "flwr"), "ls", *([connection] if connection else []), "--run-id", started[1], "--format", "json"]
+    args = [
+        str(BIN / "flwr"),
+        "ls",
+        *([connection] if connection else []),
+        "--run-id",
+        started[1],
+        "--format",
+        "json",
+    ]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     try:
         return str(json.loads(done.stdout)["runs"][0]["status"])

@@ -86,25 +86,57 @@ def planned_record(
     charged = status != FAILED
     upload_s = 0.0
     if sent:
-        upload_s = float(8 * sent / uplink_rate_bps(plan.bandwidth_hz, plan.gain, plan.power_w, noise_w_per_hz))
+        upload_s = float(
+            8
+            * sent
+            / uplink_rate_bps(
+                plan.bandwidth_hz, plan.gain, plan.power_w, noise_w_per_hz
+            )
+        )
     compute_s = plan.compute_s if charged else 0.0
     metrics = metrics or {}
     return DeviceRecord(
-        round=server_round, node_id=node, partition_id=plan.partition_id, device_class=plan.device_class,
-        status=status, reason=reason, bits=plan.bits, bits_min=plan.bits_min, bits_max=plan.bits_max,
-        cpu_hz=plan.cpu_hz, power_w=plan.power_w, bandwidth_hz=plan.bandwidth_hz, gain=plan.gain,
-        compute_s=compute_s, upload_s=upload_s,
-        energy_compute_j=plan.energy_compute_j if charged else 0.0, energy_upload_j=plan.power_w * upload_s,
-        bytes_up=sent, deadline_missed=charged and compute_s + upload_s > deadline_s * (1 + DEADLINE_RTOL),
-        num_examples=metrics.get("num-examples", 0), train_loss=metrics.get("train-loss", math.nan),
-        host_train_s=metrics.get("train-s", 0.0), host_encode_s=metrics.get("encode-s", 0.0),
-    )  # fmt: skip
+        round=server_round,
+        node_id=node,
+        partition_id=plan.partition_id,
+        device_class=plan.device_class,
+        status=status,
+        reason=reason,
+        bits=plan.bits,
+        bits_min=plan.bits_min,
+        bits_max=plan.bits_max,
+        cpu_hz=plan.cpu_hz,
+        power_w=plan.power_w,
+        bandwidth_hz=plan.bandwidth_hz,
+        gain=plan.gain,
+        compute_s=compute_s,
+        upload_s=upload_s,
+        energy_compute_j=plan.energy_compute_j if charged else 0.0,
+        energy_upload_j=plan.power_w * upload_s,
+        bytes_up=sent,
+        deadline_missed=charged
+        and compute_s + upload_s > deadline_s * (1 + DEADLINE_RTOL),
+        num_examples=metrics.get("num-examples", 0),
+        train_loss=metrics.get("train-loss", math.nan),
+        host_train_s=metrics.get("train-s", 0.0),
+        host_encode_s=metrics.get("encode-s", 0.0),
+    )
 
 
 # Wall time of a round's phases on the simulation host (s): the server's query and solve, the
 # slowest device's training and encoding, the server's decode (with booking), aggregation,
 # checkpoint and evaluation, and the whole round.
-PHASES = ("query_s", "solve_s", "train_s", "encode_s", "decode_s", "aggregate_s", "checkpoint_s", "evaluate_s", "round_s")
+PHASES = (
+    "query_s",
+    "solve_s",
+    "train_s",
+    "encode_s",
+    "decode_s",
+    "aggregate_s",
+    "checkpoint_s",
+    "evaluate_s",
+    "round_s",
+)
 
 ROUND_FIELDS = (
     "round",
@@ -134,14 +166,22 @@ class Ledger:
     def __init__(self, run_dir: Path):
         self.devices_csv = Path(run_dir) / "devices.csv"
         self.rounds_csv = Path(run_dir) / "rounds.csv"
-        self.records = [_parse_record(row) for row in read_csv(self.devices_csv)] if self.devices_csv.exists() else []
+        self.records = (
+            [_parse_record(row) for row in read_csv(self.devices_csv)]
+            if self.devices_csv.exists()
+            else []
+        )
         self.broadcast_bytes: dict[int, int] = {}
         self.phases: dict[int, dict[str, float]] = {}
 
     def book(self, record: DeviceRecord) -> None:
         record = dataclasses.replace(record, reason=one_line(record.reason))
         self.records.append(record)
-        _append(self.devices_csv, [f.name for f in dataclasses.fields(DeviceRecord)], dataclasses.asdict(record))
+        _append(
+            self.devices_csv,
+            [f.name for f in dataclasses.fields(DeviceRecord)],
+            dataclasses.asdict(record),
+        )
 
     def book_broadcast(self, server_round: int, num_bytes: int) -> None:
         """The bytes of the global model sent down to the sampled devices (not charged to them)."""
@@ -151,7 +191,9 @@ class Ledger:
         """Wall times of phases of a round (keys of `PHASES`)."""
         unknown = set(seconds) - set(PHASES)
         if unknown:
-            raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
+            raise ValueError(
+                f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}"
+            )
         self.phases.setdefault(server_round, {}).update(seconds)
 
     def of_round(self, server_round: int) -> list[DeviceRecord]:
@@ -169,7 +211,9 @@ class Ledger:
             "devices_rejected": sum(r.status == REJECTED for r in rows),
             "devices_excluded": sum(r.status == EXCLUDED for r in rows),
             "deadline_misses": sum(r.deadline_missed for r in rows),
-            "train_loss": sum(r.train_loss * r.num_examples for r in ok) / examples if examples else float("nan"),
+            "train_loss": sum(r.train_loss * r.num_examples for r in ok) / examples
+            if examples
+            else float("nan"),
             "energy_j": sum(r.energy_j for r in rows),
             "energy_compute_j": sum(r.energy_compute_j for r in rows),
             "energy_upload_j": sum(r.energy_upload_j for r in rows),
@@ -194,7 +238,11 @@ class Ledger:
 
     def write_round(self, row: dict) -> None:
         """Append one line to rounds.csv; keys missing from `row` are left empty."""
-        _append(self.rounds_csv, list(ROUND_FIELDS), {k: row.get(k, "") for k in ROUND_FIELDS})
+        _append(
+            self.rounds_csv,
+            list(ROUND_FIELDS),
+            {k: row.get(k, "") for k in ROUND_FIELDS},
+        )
 
 
 def one_line(reason: str, limit: int = 300) -> str:
@@ -216,12 +264,22 @@ def _append(path: Path, fields: list[str], row: dict) -> None:
         writer.writerow(row)
 
 
-_FROM_CSV = {"int": int, "float": float, "str": str, "bool": lambda text: text == "True"}
+_FROM_CSV = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": lambda text: text == "True",
+}
 
 
 def _parse_record(row: dict[str, str]) -> DeviceRecord:
     """A devices.csv row back as the record that wrote it."""
-    return DeviceRecord(**{f.name: _FROM_CSV[f.type](row[f.name]) for f in dataclasses.fields(DeviceRecord)})
+    return DeviceRecord(
+        **{
+            f.name: _FROM_CSV[f.type](row[f.name])
+            for f in dataclasses.fields(DeviceRecord)
+        }
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

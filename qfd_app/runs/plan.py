@@ -40,12 +40,23 @@ def plan_first_round(
     partitions = [settings.data.load_partition(p, n) for p in range(n)]
     channels = int(partitions[0].pixels.shape[1])
     physics = planner.round_physics(settings, scenario, channels)
-    sampled = planner.sample_partitions(list(range(n)), connected=n, fraction=settings.fraction_train, min_train=1,
-                                        seed=settings.seed, server_round=round_)  # fmt: skip
-    states = {p: device_state(scenario, p, n, round_, len(partitions[p]), {}, {}) for p in sampled}
+    sampled = planner.sample_partitions(
+        list(range(n)),
+        connected=n,
+        fraction=settings.fraction_train,
+        min_train=1,
+        seed=settings.seed,
+        server_round=round_,
+    )
+    states = {
+        p: device_state(scenario, p, n, round_, len(partitions[p]), {}, {})
+        for p in sampled
+    }
     history = planner.History()
     if stand_in:
-        history = planner.stand_in_history(sampled, physics.shapes, scenario.update_rms, scenario.update_coherence)
+        history = planner.stand_in_history(
+            sampled, physics.shapes, scenario.update_rms, scenario.update_coherence
+        )
     rules = settings.rules()
     plan = planner.plan_round(rules, physics, states, history)
     return {
@@ -57,10 +68,14 @@ def plan_first_round(
         "devices_total": n,
         "history": "stand-in" if stand_in else "none",
         "model": {
-            "preset": settings.model, "image_size": settings.image_size, "channels": channels,
-            "parameters": sum(math.prod(s) for s in physics.shapes), "flops_per_sample": physics.flops_per_sample,
-            "epochs": physics.epochs, "gamma": physics.gamma,
-        },  # fmt: skip
+            "preset": settings.model,
+            "image_size": settings.image_size,
+            "channels": channels,
+            "parameters": sum(math.prod(s) for s in physics.shapes),
+            "flops_per_sample": physics.flops_per_sample,
+            "epochs": physics.epochs,
+            "gamma": physics.gamma,
+        },
         **plan.record(),
     }
 
@@ -78,29 +93,53 @@ def format_plan(record: dict[str, Any]) -> str:
         f"E = {model['epochs']}, γ = {model['gamma']:g}",
         f"band {net['bandwidth_hz'] / 1e6:g} MHz ({net['bandwidth_policy']} split) · deadline {net['deadline_s']:g} s · "
         f"error budget ε = {'off' if budget is None else format(budget, 'g')}"
-        + (" (no update history yet: a run enforces ε from round 2)" if budget is None and record["history"] == "none"
-           else ""),
+        + (
+            " (no update history yet: a run enforces ε from round 2)"
+            if budget is None and record["history"] == "none"
+            else ""
+        ),
         "",
-    ]  # fmt: skip
-    header = ("#", "class", "dist m", "gain dB", "bits", "CPU GHz", "P dBm", "B kHz",
-              "compute s", "upload s", "energy J", "status")  # fmt: skip
+    ]
+    header = (
+        "#",
+        "class",
+        "dist m",
+        "gain dB",
+        "bits",
+        "CPU GHz",
+        "P dBm",
+        "B kHz",
+        "compute s",
+        "upload s",
+        "energy J",
+        "status",
+    )
     rows = [header]
     for d in record["devices"]:
         on = d["status"] == "scheduled"
-        rows.append((
-            str(d["partition_id"]), d["class"], f"{d['distance_m']:.0f}", f"{d['gain_db']:.1f}",
-            str(d["bits"]) if on else "-",
-            f"{d['cpu_hz'] / 1e9:.3f}" if on else "-",
-            f"{float(w_to_dbm(d['power_w'])):.1f}" if on else "-",
-            f"{d['bandwidth_hz'] / 1e3:.1f}" if on else "-",
-            f"{d['compute_s']:.3g}" if on else "-",
-            f"{d['upload_s']:.3g}" if on else "-",
-            f"{d['energy_j']:.4g}" if on else "-",
-            d["status"] + (f": {d['reason']}" if d["reason"] else ""),
-        ))  # fmt: skip
+        rows.append(
+            (
+                str(d["partition_id"]),
+                d["class"],
+                f"{d['distance_m']:.0f}",
+                f"{d['gain_db']:.1f}",
+                str(d["bits"]) if on else "-",
+                f"{d['cpu_hz'] / 1e9:.3f}" if on else "-",
+                f"{float(w_to_dbm(d['power_w'])):.1f}" if on else "-",
+                f"{d['bandwidth_hz'] / 1e3:.1f}" if on else "-",
+                f"{d['compute_s']:.3g}" if on else "-",
+                f"{d['upload_s']:.3g}" if on else "-",
+                f"{d['energy_j']:.4g}" if on else "-",
+                d["status"] + (f": {d['reason']}" if d["reason"] else ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     for r in rows:
-        lines.append("  ".join(c.rjust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+        lines.append(
+            "  ".join(c.rjust(w) for c, w in zip(r[:-1], widths, strict=True))
+            + "  "
+            + r[-1]
+        )
     budget_abs = tot["error_budget_abs"]
     lines += [
         "",

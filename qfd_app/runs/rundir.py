@@ -13,9 +13,15 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import log
 
-from qfd_app.runs.checkpoint import Checkpoint, commit_checkpoint, latest_checkpoint, load_checkpoint, stage_checkpoint
 from qfd_app.diffusion.ema import RoundAverage
 from qfd_app.diffusion.evaluation import Evaluator
+from qfd_app.runs.checkpoint import (
+    Checkpoint,
+    commit_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    stage_checkpoint,
+)
 from qfd_app.runs.ledger import Ledger
 from qfd_app.runs.report import save_grid
 from qfd_app.settings import RESUMABLE, Settings, SettingsError
@@ -24,13 +30,19 @@ from qfd_app.settings import RESUMABLE, Settings, SettingsError
 def create_run_dir(settings: Settings, run_id: int | str) -> Path:
     """A new, absolute directory `<output-dir>/<time>-<strategy>-<run id>` with config.json."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(settings.output_dir).expanduser() / f"{stamp}-{settings.strategy}-{run_id}"
+    path = (
+        Path(settings.output_dir).expanduser() / f"{stamp}-{settings.strategy}-{run_id}"
+    )
     path.mkdir(parents=True, exist_ok=False)
-    (path / "config.json").write_text(json.dumps(settings.to_run_config(), indent=2) + "\n")
+    (path / "config.json").write_text(
+        json.dumps(settings.to_run_config(), indent=2) + "\n"
+    )
     return path
 
 
-def open_run_dir(settings: Settings, run_id: int | str) -> tuple[Path, Checkpoint | None]:
+def open_run_dir(
+    settings: Settings, run_id: int | str
+) -> tuple[Path, Checkpoint | None]:
     """A new run directory, or, with `resume`, the run to go on with and its latest checkpoint."""
     run_dir = resume_target(settings)
     if run_dir is None:
@@ -49,17 +61,29 @@ def resume_target(settings: Settings) -> Path | None:
     """
     if not settings.resume:
         return None
-    run_dir = _last_unfinished(settings) if settings.resume == "last" else Path(settings.resume).expanduser()
+    run_dir = (
+        _last_unfinished(settings)
+        if settings.resume == "last"
+        else Path(settings.resume).expanduser()
+    )
     saved = _saved_config(run_dir)
     now = settings.to_run_config()
     differ = [k for k, v in now.items() if k not in RESUMABLE and saved.get(k) != v]
     if differ:
-        shown = ", ".join(f"{k!r} ({saved.get(k)!r} there, {now[k]!r} now)" for k in differ)
-        raise SettingsError(f"The 'resume' setting names {run_dir}, trained with other settings: {shown}.")
+        shown = ", ".join(
+            f"{k!r} ({saved.get(k)!r} there, {now[k]!r} now)" for k in differ
+        )
+        raise SettingsError(
+            f"The 'resume' setting names {run_dir}, trained with other settings: {shown}."
+        )
     if (run_dir / "summary.json").exists():
-        raise SettingsError(f"The 'resume' setting names {run_dir}, which finished (it has summary.json).")
+        raise SettingsError(
+            f"The 'resume' setting names {run_dir}, which finished (it has summary.json)."
+        )
     if latest_checkpoint(run_dir) is None:
-        raise SettingsError(f"The 'resume' setting names {run_dir}, which holds no complete checkpoint to go on from.")
+        raise SettingsError(
+            f"The 'resume' setting names {run_dir}, which holds no complete checkpoint to go on from."
+        )
     return run_dir
 
 
@@ -67,7 +91,9 @@ def _saved_config(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as err:
-        raise SettingsError(f"The 'resume' setting must name a run directory with a config.json; {err}") from None
+        raise SettingsError(
+            f"The 'resume' setting must name a run directory with a config.json; {err}"
+        ) from None
 
 
 def _last_unfinished(settings: Settings) -> Path:
@@ -76,9 +102,14 @@ def _last_unfinished(settings: Settings) -> Path:
     candidates = [
         p.parent
         for p in Path(settings.output_dir).expanduser().glob("*/config.json")
-        if not (p.parent / "summary.json").exists() and (p.parent / "checkpoints").is_dir()
+        if not (p.parent / "summary.json").exists()
+        and (p.parent / "checkpoints").is_dir()
     ]
-    matching = [p for p in candidates if all(_saved_config(p).get(k) == v for k, v in wanted.items())]
+    matching = [
+        p
+        for p in candidates
+        if all(_saved_config(p).get(k) == v for k, v in wanted.items())
+    ]
     if not matching:
         raise SettingsError(
             f"The 'resume' setting is 'last', but {settings.output_dir} holds no unfinished run with these "
@@ -88,8 +119,20 @@ def _last_unfinished(settings: Settings) -> Path:
 
 
 # What the progress line of a round shows (rounds.csv has everything).
-LOGGED = ("devices_ok", "devices_failed", "devices_rejected", "devices_excluded", "deadline_misses", "train_loss",
-          "energy_j", "bytes_up", "fid", "coverage", "round_s", "wall_s")  # fmt: skip
+LOGGED = (
+    "devices_ok",
+    "devices_failed",
+    "devices_rejected",
+    "devices_excluded",
+    "deadline_misses",
+    "train_loss",
+    "energy_j",
+    "bytes_up",
+    "fid",
+    "coverage",
+    "round_s",
+    "wall_s",
+)
 
 
 @dataclass
@@ -126,7 +169,9 @@ class AfterRound:
         return self.wall_before_s + time.time() - self.started
 
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if flower_round == 0:  # before training: nothing to book, the first round starts now
+        if (
+            flower_round == 0
+        ):  # before training: nothing to book, the first round starts now
             self._round_started = time.perf_counter()
             return None
         server_round = flower_round + self.first_round - 1
@@ -136,24 +181,40 @@ class AfterRound:
         averaged = self.average.update(self.model)
         if self.due(server_round):
             scores, images = self.evaluator(averaged)
-            save_grid(images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png")
-            self.ledger.book_phases(server_round, evaluate_s=time.perf_counter() - begun)
+            save_grid(
+                images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png"
+            )
+            self.ledger.book_phases(
+                server_round, evaluate_s=time.perf_counter() - begun
+            )
             self.last_scores = scores
         else:
             scores = {}
         checkpointing = time.perf_counter()
-        run_state = {"wall_s": self.wall_s(), "last_scores": self.last_scores, "strategy": self.strategy_state()}
+        run_state = {
+            "wall_s": self.wall_s(),
+            "last_scores": self.last_scores,
+            "strategy": self.strategy_state(),
+        }
         average = self.average.state()
         if average is not None:
             run_state["average_rounds"] = average[1]
-        staged = stage_checkpoint(self.run_dir, server_round, state, run_state, average and average[0])
+        staged = stage_checkpoint(
+            self.run_dir, server_round, state, run_state, average and average[0]
+        )
         now = time.perf_counter()
-        self.ledger.book_phases(server_round, checkpoint_s=now - checkpointing, round_s=now - self._round_started)
+        self.ledger.book_phases(
+            server_round,
+            checkpoint_s=now - checkpointing,
+            round_s=now - self._round_started,
+        )
         self._round_started = now
         row = {**self.ledger.summarise(server_round), **scores}
         row["wall_s"] = round(self.wall_s(), 2)
         self.ledger.write_round(row)
         commit_checkpoint(self.run_dir, staged)
-        shown = ", ".join(f"{k} {row[k]:.4g}" for k in LOGGED if isinstance(row.get(k), (int, float)))
+        shown = ", ".join(
+            f"{k} {row[k]:.4g}" for k in LOGGED if isinstance(row.get(k), (int, float))
+        )
         log(INFO, "[qfd] round %d/%d: %s", server_round, self.num_rounds, shown)
         return MetricRecord({k: float(v) for k, v in row.items() if k != "round"})

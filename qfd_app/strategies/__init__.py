@@ -6,6 +6,11 @@ Flower strategy that queries, plans, trains, decodes and books with any of them;
 decodes, clips and averages the updates. Importing this package loads neither Flower nor torch.
 """
 
-from qfd_app.strategies.registry import Strategy, get_strategy, strategies, strategy_names
+from qfd_app.strategies.registry import (
+    Strategy,
+    get_strategy,
+    strategies,
+    strategy_names,
+)
 
 __all__ = ["Strategy", "get_strategy", "strategies", "strategy_names"]

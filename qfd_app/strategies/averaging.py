@@ -26,14 +26,24 @@ def sent_bytes(reply: Message) -> int:
     return 0 if arrays is None else payload_bytes(arrays)
 
 
-def decode_reply(reply: Message, plan: Assignment, shapes: dict[str, tuple[int, ...]]) -> Update:
+def decode_reply(
+    reply: Message, plan: Assignment, shapes: dict[str, tuple[int, ...]]
+) -> Update:
     """The update a reply carries, as fp32 tensors; `ValueError` (`ReplyError`, `PayloadError`)
     if the payload is not exactly `plan`'s codec and bits over `shapes`, or holds NaN or Inf."""
     arrays = reply.content.array_records.get(UPDATE_KEY)
     meta = reply.content.config_records.get(UPDATE_META_KEY)
     if arrays is None or meta is None:
-        raise ReplyError(f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord {UPDATE_META_KEY!r}")
-    update = decode_update(arrays, meta, expected_codec=plan.codec, expected_bits=plan.bits, expected_shapes=shapes)
+        raise ReplyError(
+            f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord {UPDATE_META_KEY!r}"
+        )
+    update = decode_update(
+        arrays,
+        meta,
+        expected_codec=plan.codec,
+        expected_bits=plan.bits,
+        expected_shapes=shapes,
+    )
     update = {name: t.float() for name, t in update.items()}
     for name, tensor in update.items():
         if not torch.isfinite(tensor).all():
@@ -51,7 +61,9 @@ def clipped(update: Update, max_norm: float) -> Update:
     return {name: t * (max_norm / norm) for name, t in update.items()}
 
 
-def add_mean_update(global_model: Update, accepted: list[tuple[int, int, Update]]) -> tuple[Update, float]:
+def add_mean_update(
+    global_model: Update, accepted: list[tuple[int, int, Update]]
+) -> tuple[Update, float]:
     """The global model plus the example-weighted mean of `accepted` (partition, examples,
     update), summed in partition order; and ‖Δ̄‖² of that mean update."""
     accepted = sorted(accepted, key=lambda item: item[0])

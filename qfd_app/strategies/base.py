@@ -26,7 +26,14 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -34,7 +41,15 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from qfd_app import protocol
 from qfd_app.edge.state import DeviceState
-from qfd_app.runs.ledger import EXCLUDED, FAILED, OK, REJECTED, DeviceRecord, Ledger, planned_record
+from qfd_app.runs.ledger import (
+    EXCLUDED,
+    FAILED,
+    OK,
+    REJECTED,
+    DeviceRecord,
+    Ledger,
+    planned_record,
+)
 from qfd_app.strategies import averaging, planner
 from qfd_app.strategies.planner import Assignment, History, RoundPhysics
 from qfd_app.strategies.registry import Strategy
@@ -83,10 +98,16 @@ class EdgeStrategy(FedAvg):
         self.rules, self.ledger, self.physics = rules, ledger, physics
         self.seed, self.max_update_norm = seed, max_update_norm
         self.history = History()
-        self.round_offset = 0  # rounds done before a resume: Flower's round r is round r + offset
-        self._partition_of: dict[int, int] = {}  # node id → partition id, learnt from queries
+        self.round_offset = (
+            0  # rounds done before a resume: Flower's round r is round r + offset
+        )
+        self._partition_of: dict[
+            int, int
+        ] = {}  # node id → partition id, learnt from queries
         self._global: dict[str, torch.Tensor] = {}
-        self._assigned: dict[int, dict[int, Assignment]] = {}  # round → node → its assignment
+        self._assigned: dict[
+            int, dict[int, Assignment]
+        ] = {}  # round → node → its assignment
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict:
@@ -105,73 +126,152 @@ class EdgeStrategy(FedAvg):
         """Sample, query, plan; one train message per scheduled device."""
         server_round = flower_round + self.round_offset
         self._global = arrays.to_torch_state_dict()
-        _, nodes = sample_nodes(grid, self.min_available_nodes, 0)  # waits for min_available_nodes
+        _, nodes = sample_nodes(
+            grid, self.min_available_nodes, 0
+        )  # waits for min_available_nodes
         started = time.perf_counter()
         # Devices never seen are asked who they are; their answers are also this round's states.
         unknown = [n for n in sorted(nodes) if n not in self._partition_of]
         states = self._query(server_round, unknown, grid)
         node_of = {self._partition_of[n]: n for n in nodes if n in self._partition_of}
         sampled = planner.sample_partitions(
-            list(node_of), connected=len(nodes), fraction=self.fraction_train, min_train=self.min_train_nodes,
-            seed=self.seed, server_round=server_round,
-        )  # fmt: skip
-        states.update(self._query(server_round, [node_of[p] for p in sampled if node_of[p] not in unknown], grid))
+            list(node_of),
+            connected=len(nodes),
+            fraction=self.fraction_train,
+            min_train=self.min_train_nodes,
+            seed=self.seed,
+            server_round=server_round,
+        )
+        states.update(
+            self._query(
+                server_round,
+                [node_of[p] for p in sampled if node_of[p] not in unknown],
+                grid,
+            )
+        )
         by_partition = {p: states[node_of[p]] for p in sampled if node_of[p] in states}
-        log(INFO, "Round %d: sampled %d of %d devices", server_round, len(sampled), len(nodes))
+        log(
+            INFO,
+            "Round %d: sampled %d of %d devices",
+            server_round,
+            len(sampled),
+            len(nodes),
+        )
         queried = time.perf_counter()
         plan = planner.plan_round(self.rules, self.physics, by_partition, self.history)
         for warning in plan.allocation.warnings:
             log(WARNING, "Round %d: %s", server_round, warning)
-        for n, (partition, state) in enumerate(zip(plan.partitions, plan.states, strict=True)):
+        for n, (partition, state) in enumerate(
+            zip(plan.partitions, plan.states, strict=True)
+        ):
             if partition not in plan.assignments:
                 profile = state.device_class
-                self.ledger.book(DeviceRecord(server_round, node_of[partition], partition, profile.name, EXCLUDED,
-                                              plan.allocation.reason[n], bits_min=profile.bits_min,
-                                              bits_max=profile.bits_max, gain=state.gain))  # fmt: skip
-        self.ledger.book_phases(server_round, query_s=queried - started, solve_s=time.perf_counter() - queried)
+                self.ledger.book(
+                    DeviceRecord(
+                        server_round,
+                        node_of[partition],
+                        partition,
+                        profile.name,
+                        EXCLUDED,
+                        plan.allocation.reason[n],
+                        bits_min=profile.bits_min,
+                        bits_max=profile.bits_max,
+                        gain=state.gain,
+                    )
+                )
+        self.ledger.book_phases(
+            server_round,
+            query_s=queried - started,
+            solve_s=time.perf_counter() - queried,
+        )
         assigned = {node_of[p]: a for p, a in plan.assignments.items()}
         self._assigned[server_round] = assigned
         messages = []
         for node, a in assigned.items():
-            train = protocol.TrainConfig(server_round, int(config["local-epochs"]), a.codec, a.bits, a.cpu_hz,
-                                         a.power_w, a.bandwidth_hz)  # fmt: skip
-            content = RecordDict({protocol.ARRAYS_KEY: arrays, protocol.CONFIG_KEY: ConfigRecord(train.to_record())})
+            train = protocol.TrainConfig(
+                server_round,
+                int(config["local-epochs"]),
+                a.codec,
+                a.bits,
+                a.cpu_hz,
+                a.power_w,
+                a.bandwidth_hz,
+            )
+            content = RecordDict(
+                {
+                    protocol.ARRAYS_KEY: arrays,
+                    protocol.CONFIG_KEY: ConfigRecord(train.to_record()),
+                }
+            )
             messages.append(
-                Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(server_round))
+                Message(
+                    content,
+                    dst_node_id=node,
+                    message_type=MessageType.TRAIN,
+                    group_id=str(server_round),
+                )
             )
         self.ledger.book_broadcast(server_round, arrays.count_bytes() * len(messages))
         return messages
 
-    def _query(self, server_round: int, nodes: list[int], grid: Grid) -> dict[int, DeviceState]:
+    def _query(
+        self, server_round: int, nodes: list[int], grid: Grid
+    ) -> dict[int, DeviceState]:
         """Ask `nodes` for their state; book those that fail or lie, return the others' states."""
         if not nodes:
             return {}
-        content = RecordDict({protocol.CONFIG_KEY: ConfigRecord({"server-round": server_round})})
+        content = RecordDict(
+            {protocol.CONFIG_KEY: ConfigRecord({"server-round": server_round})}
+        )
         queries = [
-            Message(content, dst_node_id=n, message_type=MessageType.QUERY, group_id=str(server_round)) for n in nodes
+            Message(
+                content,
+                dst_node_id=n,
+                message_type=MessageType.QUERY,
+                group_id=str(server_round),
+            )
+            for n in nodes
         ]
         states, answered = {}, set()
         for reply in grid.send_and_receive(queries, timeout=QUERY_TIMEOUT_S):
             node = reply.metadata.src_node_id
             answered.add(node)
             if reply.has_error():
-                self._book_unplanned(server_round, node, FAILED, f"query failed: {reply.error.reason}")
+                self._book_unplanned(
+                    server_round, node, FAILED, f"query failed: {reply.error.reason}"
+                )
                 continue
             try:
                 record = reply.content.config_records.get(protocol.STATE_KEY)
                 if record is None:
-                    raise protocol.StateError(f"the query reply lacks the ConfigRecord {protocol.STATE_KEY!r}")
+                    raise protocol.StateError(
+                        f"the query reply lacks the ConfigRecord {protocol.STATE_KEY!r}"
+                    )
                 self._partition_of[node], states[node] = protocol.parse_state(record)
             except protocol.StateError as err:
-                log(WARNING, "Round %d: rejected the state of node %d: %s", server_round, node, err)
+                log(
+                    WARNING,
+                    "Round %d: rejected the state of node %d: %s",
+                    server_round,
+                    node,
+                    err,
+                )
                 self._book_unplanned(server_round, node, REJECTED, f"bad state: {err}")
         for node in set(nodes) - answered:
-            self._book_unplanned(server_round, node, FAILED, "no answer to the query before its timeout")
+            self._book_unplanned(
+                server_round, node, FAILED, "no answer to the query before its timeout"
+            )
         return states
 
-    def _book_unplanned(self, server_round: int, node: int, status: str, reason: str) -> None:
+    def _book_unplanned(
+        self, server_round: int, node: int, status: str, reason: str
+    ) -> None:
         """Book a device that dropped out before it could be planned (nothing charged)."""
-        self.ledger.book(DeviceRecord(server_round, node, self._partition_of.get(node, -1), "", status, reason))
+        self.ledger.book(
+            DeviceRecord(
+                server_round, node, self._partition_of.get(node, -1), "", status, reason
+            )
+        )
 
     # ------------------------------------------------------------------ aggregation
     def aggregate_train(
@@ -182,54 +282,129 @@ class EdgeStrategy(FedAvg):
         started = time.perf_counter()
         assigned = self._assigned.pop(server_round, {})
         shapes = {name: tuple(t.shape) for name, t in self._global.items()}
-        accepted: list[tuple[int, int, averaging.Update]] = []  # (partition, examples, update)
+        accepted: list[
+            tuple[int, int, averaging.Update]
+        ] = []  # (partition, examples, update)
         for reply in replies:
             node = reply.metadata.src_node_id
             plan = assigned.pop(node, None)
             if plan is None:
                 continue  # not a device this round asked; nothing to book against
             if reply.has_error():
-                self.ledger.book(self._record(server_round, node, plan, FAILED, reply.error.reason))
+                self.ledger.book(
+                    self._record(server_round, node, plan, FAILED, reply.error.reason)
+                )
                 continue
             sent = averaging.sent_bytes(reply)
             try:
-                metrics = protocol.reply_metrics(reply.content.metric_records.get(protocol.METRICS_KEY))
+                metrics = protocol.reply_metrics(
+                    reply.content.metric_records.get(protocol.METRICS_KEY)
+                )
                 update = averaging.decode_reply(reply, plan, shapes)
             except (KeyError, TypeError, ValueError) as err:  # ReplyError, PayloadError
-                log(WARNING, "Round %d: rejected the update of node %d: %s", server_round, node, err)
-                self.ledger.book(self._record(server_round, node, plan, REJECTED, str(err), sent=sent))
+                log(
+                    WARNING,
+                    "Round %d: rejected the update of node %d: %s",
+                    server_round,
+                    node,
+                    err,
+                )
+                self.ledger.book(
+                    self._record(
+                        server_round, node, plan, REJECTED, str(err), sent=sent
+                    )
+                )
                 continue
-            self.ledger.book(self._record(server_round, node, plan, OK, "", sent=sent, metrics=metrics))
+            self.ledger.book(
+                self._record(
+                    server_round, node, plan, OK, "", sent=sent, metrics=metrics
+                )
+            )
             self.history.range_sq[plan.partition_id] = {
-                int(key.removeprefix("range-sq-")): value for key, value in metrics.items() if key.startswith("range-sq-")
-            }  # fmt: skip
-            accepted.append((plan.partition_id, metrics["num-examples"], averaging.clipped(update, self.max_update_norm)))
+                int(key.removeprefix("range-sq-")): value
+                for key, value in metrics.items()
+                if key.startswith("range-sq-")
+            }
+            accepted.append(
+                (
+                    plan.partition_id,
+                    metrics["num-examples"],
+                    averaging.clipped(update, self.max_update_norm),
+                )
+            )
         for node, plan in assigned.items():
-            self.ledger.book(self._record(server_round, node, plan, FAILED, "no reply before the round's timeout"))
+            self.ledger.book(
+                self._record(
+                    server_round,
+                    node,
+                    plan,
+                    FAILED,
+                    "no reply before the round's timeout",
+                )
+            )
 
         summary = self.ledger.summarise(server_round)
-        log(INFO, "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
-            server_round, summary["devices_ok"], summary["devices_failed"], summary["devices_rejected"],
-            summary["devices_excluded"], summary["energy_j"])  # fmt: skip
+        log(
+            INFO,
+            "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
+            server_round,
+            summary["devices_ok"],
+            summary["devices_failed"],
+            summary["devices_rejected"],
+            summary["devices_excluded"],
+            summary["energy_j"],
+        )
         decoded = time.perf_counter()
         self.ledger.book_phases(server_round, decode_s=decoded - started)
         if not accepted:
-            log(WARNING, "Round %d: no usable update; the global model stays as it was.", server_round)
+            log(
+                WARNING,
+                "Round %d: no usable update; the global model stays as it was.",
+                server_round,
+            )
             return None, None
-        new_global, self.history.update_sq_norm = averaging.add_mean_update(self._global, accepted)
-        metrics = MetricRecord({"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]})
+        new_global, self.history.update_sq_norm = averaging.add_mean_update(
+            self._global, accepted
+        )
+        metrics = MetricRecord(
+            {"train-loss": summary["train_loss"], "bytes-up": summary["bytes_up"]}
+        )
         self.ledger.book_phases(server_round, aggregate_s=time.perf_counter() - decoded)
         return ArrayRecord(torch_state_dict=new_global), metrics
 
-    def _record(self, server_round, node, plan: Assignment, status, reason, *, sent=0, metrics=None) -> DeviceRecord:
+    def _record(
+        self,
+        server_round,
+        node,
+        plan: Assignment,
+        status,
+        reason,
+        *,
+        sent=0,
+        metrics=None,
+    ) -> DeviceRecord:
         network = self.physics.network
-        return planned_record(server_round, node, plan, status, reason, sent=sent, metrics=metrics,
-                              noise_w_per_hz=network.noise_w_per_hz, deadline_s=network.deadline_s)  # fmt: skip
+        return planned_record(
+            server_round,
+            node,
+            plan,
+            status,
+            reason,
+            sent=sent,
+            metrics=metrics,
+            noise_w_per_hz=network.noise_w_per_hz,
+            deadline_s=network.deadline_s,
+        )
 
 
 def make_strategy(settings, ledger: Ledger, physics: RoundPhysics) -> EdgeStrategy:
     """The run's `EdgeStrategy` under the rules of `settings.strategy`, booking into `ledger`."""
     return EdgeStrategy(
-        settings.rules(), ledger, physics, fraction_train=settings.fraction_train, seed=settings.seed,
-        max_update_norm=settings.max_update_norm, min_available_nodes=settings.min_available_nodes,
-    )  # fmt: skip
+        settings.rules(),
+        ledger,
+        physics,
+        fraction_train=settings.fraction_train,
+        seed=settings.seed,
+        max_update_norm=settings.max_update_norm,
+        min_available_nodes=settings.min_available_nodes,
+    )

@@ -24,7 +24,9 @@ class FixedBits(Strategy):
         return self.codec
 
     @classmethod
-    def parse_option(cls, option: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    def parse_option(
+        cls, option: str, base: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str]:
         try:
             bits = int(option) if option else int(base["bits"])
         except ValueError:

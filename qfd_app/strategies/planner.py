@@ -77,7 +77,9 @@ def round_physics(settings: Any, scenario: Any, channels: int) -> RoundPhysics:
         bandwidth_policy=scenario.bandwidth_policy,
     )
     gamma = scenario.gamma if settings.quantized_training else 0.0
-    return RoundPhysics(network, settings.local_epochs, profile.flops_per_sample, gamma, profile.shapes)
+    return RoundPhysics(
+        network, settings.local_epochs, profile.flops_per_sample, gamma, profile.shapes
+    )
 
 
 @dataclass
@@ -91,14 +93,22 @@ class History:
     def to_json(self) -> dict:
         """JSON-able values (saved with each checkpoint)."""
         return {
-            "update_sq_norm": self.update_sq_norm if math.isfinite(self.update_sq_norm) else None,
-            "range_sq": {str(p): {str(m): v for m, v in sums.items()} for p, sums in self.range_sq.items()},
+            "update_sq_norm": self.update_sq_norm
+            if math.isfinite(self.update_sq_norm)
+            else None,
+            "range_sq": {
+                str(p): {str(m): v for m, v in sums.items()}
+                for p, sums in self.range_sq.items()
+            },
         }
 
     @classmethod
     def from_json(cls, state: Mapping[str, Any]) -> History:
         norm = state["update_sq_norm"]
-        range_sq = {int(p): {int(m): float(v) for m, v in sums.items()} for p, sums in state["range_sq"].items()}
+        range_sq = {
+            int(p): {int(m): float(v) for m, v in sums.items()}
+            for p, sums in state["range_sq"].items()
+        }
         return cls(math.nan if norm is None else float(norm), range_sq)
 
 
@@ -130,21 +140,38 @@ class RoundPlan:
     candidates: Candidates
     network: Network
     allocation: Allocation
-    assignments: dict[int, Assignment]  # partition → its assignment, scheduled devices only
+    assignments: dict[
+        int, Assignment
+    ]  # partition → its assignment, scheduled devices only
 
     def record(self) -> dict[str, Any]:
         """`edge.round_record` with each device's partition id, class, distance, gain in dB and D_n."""
-        record = round_record(self.devices, self.candidates, self.network, self.allocation)
-        for n, (partition, state) in enumerate(zip(self.partitions, self.states, strict=True)):
-            extra = {"device": n, "partition_id": partition, "class": state.device_class.name,
-                     "distance_m": state.distance_m, "gain_db": 10.0 * math.log10(state.gain),
-                     "samples": state.num_examples}  # fmt: skip
+        record = round_record(
+            self.devices, self.candidates, self.network, self.allocation
+        )
+        for n, (partition, state) in enumerate(
+            zip(self.partitions, self.states, strict=True)
+        ):
+            extra = {
+                "device": n,
+                "partition_id": partition,
+                "class": state.device_class.name,
+                "distance_m": state.distance_m,
+                "gain_db": 10.0 * math.log10(state.gain),
+                "samples": state.num_examples,
+            }
             record["devices"][n] = {**extra, **record["devices"][n]}
         return record
 
 
 def sample_partitions(
-    partitions: list[int], *, connected: int, fraction: float, min_train: int, seed: int, server_round: int
+    partitions: list[int],
+    *,
+    connected: int,
+    fraction: float,
+    min_train: int,
+    seed: int,
+    server_round: int,
 ) -> list[int]:
     """The partitions trained in `server_round`: max(⌊connected · fraction⌋, min_train) of the
     known `partitions` (at most all), drawn by a generator seeded with (seed, round); sorted."""
@@ -155,10 +182,15 @@ def sample_partitions(
 
 
 def plan_round(
-    strategy: Strategy, physics: RoundPhysics, states: Mapping[int, DeviceState], history: History
+    strategy: Strategy,
+    physics: RoundPhysics,
+    states: Mapping[int, DeviceState],
+    history: History,
 ) -> RoundPlan:
     """Plan the round of the devices in `states` (partition → its state) as `strategy` rules."""
-    partitions, rows, devices, candidates, network = round_inputs(strategy, physics, states, history)
+    partitions, rows, devices, candidates, network = round_inputs(
+        strategy, physics, states, history
+    )
     if strategy.resource_policy == "race-to-idle":
         network = replace(network, bandwidth_policy="equal")
         allocation = race_to_idle(devices, candidates, network)
@@ -169,25 +201,41 @@ def plan_round(
         if allocation.scheduled[n]:
             bits = int(allocation.bits[n])
             assignments[partition] = Assignment(
-                partition_id=partition, device_class=state.device_class.name, codec=strategy.codec_for(bits),
-                bits=bits, bits_min=state.device_class.bits_min, bits_max=state.device_class.bits_max,
-                cpu_hz=float(allocation.cpu_hz[n]), power_w=float(allocation.power_w[n]),
-                bandwidth_hz=float(allocation.bandwidth_hz[n]), gain=state.gain,
-                compute_s=float(allocation.compute_s[n]), energy_compute_j=float(allocation.energy_compute_j[n]),
-            )  # fmt: skip
-    return RoundPlan(partitions, rows, devices, candidates, network, allocation, assignments)
+                partition_id=partition,
+                device_class=state.device_class.name,
+                codec=strategy.codec_for(bits),
+                bits=bits,
+                bits_min=state.device_class.bits_min,
+                bits_max=state.device_class.bits_max,
+                cpu_hz=float(allocation.cpu_hz[n]),
+                power_w=float(allocation.power_w[n]),
+                bandwidth_hz=float(allocation.bandwidth_hz[n]),
+                gain=state.gain,
+                compute_s=float(allocation.compute_s[n]),
+                energy_compute_j=float(allocation.energy_compute_j[n]),
+            )
+    return RoundPlan(
+        partitions, rows, devices, candidates, network, allocation, assignments
+    )
 
 
 def round_inputs(
-    strategy: Strategy, physics: RoundPhysics, states: Mapping[int, DeviceState], history: History
+    strategy: Strategy,
+    physics: RoundPhysics,
+    states: Mapping[int, DeviceState],
+    history: History,
 ) -> tuple[list[int], list[DeviceState], Devices, Candidates, Network]:
     """The solver's inputs for `plan_round`: the partitions in order, their states with the
     history filled in, `Devices`, `Candidates` and the round's `Network` (ε off unless enforced)."""
     partitions = sorted(states)
-    rows = _with_history([states[p] for p in partitions], [history.range_sq.get(p) for p in partitions])
+    rows = _with_history(
+        [states[p] for p in partitions], [history.range_sq.get(p) for p in partitions]
+    )
     network = physics.network
     budget_on = (
-        strategy.enforces_error_budget and math.isfinite(history.update_sq_norm) and all(s.range_sq for s in rows)
+        strategy.enforces_error_budget
+        and math.isfinite(history.update_sq_norm)
+        and all(s.range_sq for s in rows)
     )
     if budget_on:
         network = replace(network, update_sq_norm=max(history.update_sq_norm, 1e-300))
@@ -195,11 +243,18 @@ def round_inputs(
         network = replace(network, error_budget=math.inf)
 
     def error(n: int, bits: int) -> float:
-        return 0.0 if not budget_on or bits == FULL_PRECISION else rows[n].error(bits, default_block_size(bits))
+        return (
+            0.0
+            if not budget_on or bits == FULL_PRECISION
+            else rows[n].error(bits, default_block_size(bits))
+        )
 
     devices, candidates = solver_inputs(
         rows,
-        bits=strategy.candidate_bits([s.device_class.bits_min for s in rows], [s.device_class.bits_max for s in rows]),
+        bits=strategy.candidate_bits(
+            [s.device_class.bits_min for s in rows],
+            [s.device_class.bits_max for s in rows],
+        ),
         epochs=physics.epochs,
         flops_per_sample=physics.flops_per_sample,
         gamma=physics.gamma,
@@ -209,10 +264,15 @@ def round_inputs(
     return partitions, rows, devices, candidates, network
 
 
-def _with_history(states: list[DeviceState], known: list[dict[int, float] | None]) -> list[DeviceState]:
+def _with_history(
+    states: list[DeviceState], known: list[dict[int, float] | None]
+) -> list[DeviceState]:
     """A device that reports no range sums (it never trained, or it restarted) gets those of its
     last update the server received, if any; one still without gets the mean of the others'."""
-    states = [replace(s, range_sq=k) if not s.range_sq and k else s for s, k in zip(states, known, strict=True)]
+    states = [
+        replace(s, range_sq=k) if not s.range_sq and k else s
+        for s, k in zip(states, known, strict=True)
+    ]
     reported = [s.range_sq for s in states if s.range_sq]
     if not reported or len(reported) == len(states):
         return states
@@ -243,7 +303,10 @@ def gaussian_range(m: int) -> float:
 
 
 def stand_in_history(
-    partitions: list[int], shapes: tuple[tuple[int, ...], ...], update_rms: float, update_coherence: float
+    partitions: list[int],
+    shapes: tuple[tuple[int, ...], ...],
+    update_rms: float,
+    update_coherence: float,
 ) -> History:
     """A history for planning before any training (docs/model.md, "error budget"): every
     device's update is Gaussian with per-value RMS `update_rms`, so each block's range is the
@@ -257,4 +320,6 @@ def stand_in_history(
             total += rest * (gaussian_range(rest) * update_rms) ** 2 if rest else 0.0
         sums[m] = total
     d = sum(math.prod(s) for s in shapes)
-    return History(update_coherence * d * update_rms**2, {p: dict(sums) for p in partitions})
+    return History(
+        update_coherence * d * update_rms**2, {p: dict(sums) for p in partitions}
+    )

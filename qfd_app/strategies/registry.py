@@ -52,13 +52,21 @@ class Strategy:
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    option_help: ClassVar[str] = ""  # what `name:<option>` takes in `qfd compare`, for the docs and errors
+    option_help: ClassVar[str] = (
+        ""  # what `name:<option>` takes in `qfd compare`, for the docs and errors
+    )
     resource_policies: ClassVar[tuple[str, ...]] = ("optimal",)
     enforces_error_budget: ClassVar[bool] = False
     follows_demand: ClassVar[bool] = False
     codecs: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, *, codec: str = "uniform", bits: int = 8, resource_policy: str | None = None):
+    def __init__(
+        self,
+        *,
+        codec: str = "uniform",
+        bits: int = 8,
+        resource_policy: str | None = None,
+    ):
         self.codec, self.bits = codec, bits
         self.resource_policy = resource_policy or self.resource_policies[0]
 
@@ -70,15 +78,22 @@ class Strategy:
         """The codec that sends an update at `bits`."""
         raise NotImplementedError
 
-    def candidate_bits(self, bits_min: Sequence[int], bits_max: Sequence[int]) -> NDArray[np.int64]:
+    def candidate_bits(
+        self, bits_min: Sequence[int], bits_max: Sequence[int]
+    ) -> NDArray[np.int64]:
         """(N, C) candidate bit-widths of devices with demands [bits_min, bits_max], 0-padded."""
         widths = self.widths()
         if not self.follows_demand:
-            bits_min, bits_max = np.full(len(bits_min), min(widths)), np.full(len(bits_max), max(widths))
+            bits_min, bits_max = (
+                np.full(len(bits_min), min(widths)),
+                np.full(len(bits_max), max(widths)),
+            )
         return candidate_bits(bits_min, bits_max, widths)
 
     @classmethod
-    def parse_option(cls, option: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    def parse_option(
+        cls, option: str, base: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str]:
         """The run-config overrides of `name:<option>` in `qfd compare`, and the option as its label shows it.
 
         `base` is the comparison's run config (defaults and overrides). The default takes a
@@ -88,7 +103,9 @@ class Strategy:
             return {}, ""
         if len(cls.resource_policies) > 1 and option in cls.resource_policies:
             return {"resource-policy": option}, option
-        raise ValueError(f"{cls.name} takes {cls.option_help or 'no option'}; got {option!r}")
+        raise ValueError(
+            f"{cls.name} takes {cls.option_help or 'no option'}; got {option!r}"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(codec={self.codec!r}, bits={self.bits}, resource_policy={self.resource_policy!r})"
@@ -99,14 +116,23 @@ def strategies() -> dict[str, type[Strategy]]:
     """Every strategy of this package by name, in the order of their modules' names."""
     package = __name__.rpartition(".")[0]
     found: dict[str, type[Strategy]] = {}
-    for info in sorted(pkgutil.iter_modules(importlib.import_module(package).__path__), key=lambda i: i.name):
+    for info in sorted(
+        pkgutil.iter_modules(importlib.import_module(package).__path__),
+        key=lambda i: i.name,
+    ):
         if info.name in MACHINERY or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{package}.{info.name}")
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Strategy) and value.__module__ == module.__name__:
+            if (
+                isinstance(value, type)
+                and issubclass(value, Strategy)
+                and value.__module__ == module.__name__
+            ):
                 if value.name in found:
-                    raise RuntimeError(f"Two strategies are named {value.name!r}: {found[value.name]} and {value}")
+                    raise RuntimeError(
+                        f"Two strategies are named {value.name!r}: {found[value.name]} and {value}"
+                    )
                 found[value.name] = value
     return found
 
@@ -120,7 +146,9 @@ def get_strategy(name: str) -> type[Strategy]:
     """The strategy class named `name`; ValueError naming the known ones if there is none."""
     known = strategies()
     if name not in known:
-        raise ValueError(f"Unknown strategy {name!r}; choose one of {', '.join(known)}.")
+        raise ValueError(
+            f"Unknown strategy {name!r}; choose one of {', '.join(known)}."
+        )
     return known[name]
 
 

@@ -22,8 +22,14 @@ ONDEMAND_WIDTHS = codec_bits("uniform", "fp32")  # what `ondemand` may assign
 N0 = 10 ** (-174 / 10) / 1000  # −174 dBm/Hz in W/Hz
 
 
-def random_population(rng: np.random.Generator, *, max_devices: int = 6, max_width: int = 4,
-                      gamma: float | None = None, policy: str = "equal") -> tuple[Devices, Candidates, Network]:
+def random_population(
+    rng: np.random.Generator,
+    *,
+    max_devices: int = 6,
+    max_width: int = 4,
+    gamma: float | None = None,
+    policy: str = "equal",
+) -> tuple[Devices, Candidates, Network]:
     """A population of 1…max_devices devices with random gains, demands, deadline and budget."""
     n = int(rng.integers(1, max_devices + 1))
     bits_min = rng.integers(1, 15, n)
@@ -35,10 +41,15 @@ def random_population(rng: np.random.Generator, *, max_devices: int = 6, max_wid
     flops = rng.uniform(1e6, 1e8)
     cycles_per_flop = rng.uniform(0.1, 1.0, n)
     params = rng.uniform(1e4, 1e6)
-    work = samples[:, None] * flops * cycles_per_flop[:, None] * (np.where(valid, bits, 32) / 32) ** gamma
+    work = (
+        samples[:, None]
+        * flops
+        * cycles_per_flop[:, None]
+        * (np.where(valid, bits, 32) / 32) ** gamma
+    )
     payload = bits * params + 64 * math.ceil(params / 256)
     with np.errstate(divide="ignore"):
-        error = np.where(valid, params / (4 * (2.0 ** bits - 1) ** 2), 0.0)
+        error = np.where(valid, params / (4 * (2.0**bits - 1) ** 2), 0.0)
     cpu_min = rng.uniform(1e8, 1e9, n)
     devices = Devices(
         cpu_hz_min=cpu_min,
@@ -48,11 +59,17 @@ def random_population(rng: np.random.Generator, *, max_devices: int = 6, max_wid
         gain=10 ** rng.uniform(-13, -8, n),
         weight=samples / samples.sum(),
     )
-    candidates = Candidates(bits, np.where(valid, work, 0.0), np.where(valid, payload, 0.0), error)
+    candidates = Candidates(
+        bits, np.where(valid, work, 0.0), np.where(valid, payload, 0.0), error
+    )
     budget = math.inf if rng.random() < 0.2 else float(rng.uniform(0.0005, 0.05))
     network = Network(
-        bandwidth_hz=10 ** rng.uniform(5, 7), noise_w_per_hz=N0, deadline_s=float(rng.uniform(0.5, 20.0)),
-        error_budget=budget, update_sq_norm=params, bandwidth_policy=policy,
+        bandwidth_hz=10 ** rng.uniform(5, 7),
+        noise_w_per_hz=N0,
+        deadline_s=float(rng.uniform(0.5, 20.0)),
+        error_budget=budget,
+        update_sq_norm=params,
+        bandwidth_policy=policy,
     )
     return devices, candidates, network
 
@@ -72,11 +89,20 @@ class One:
     noise_w_per_hz: float
 
     @classmethod
-    def of(cls, devices: Devices, candidates: Candidates, network: Network, n: int, k: int) -> One:
-        return cls(float(candidates.payload_bits[n, k]), float(candidates.work_cycles[n, k]),
-                   float(devices.gain[n]), float(devices.cpu_hz_min[n]), float(devices.cpu_hz_max[n]),
-                   float(devices.power_w_max[n]), float(devices.kappa[n]), network.deadline_s,
-                   network.noise_w_per_hz)
+    def of(
+        cls, devices: Devices, candidates: Candidates, network: Network, n: int, k: int
+    ) -> One:
+        return cls(
+            float(candidates.payload_bits[n, k]),
+            float(candidates.work_cycles[n, k]),
+            float(devices.gain[n]),
+            float(devices.cpu_hz_min[n]),
+            float(devices.cpu_hz_max[n]),
+            float(devices.power_w_max[n]),
+            float(devices.kappa[n]),
+            network.deadline_s,
+            network.noise_w_per_hz,
+        )
 
     def window(self, bandwidth_hz: float) -> tuple[float, float] | None:
         """[τ_lo, τ_hi] from p ≤ p_max and f ≤ f_max, or None when it is empty."""
@@ -87,7 +113,12 @@ class One:
 
     def energy_at(self, tau: float, bandwidth_hz: float) -> float:
         """τ p(τ) + κ W f(τ)², straight from the definitions."""
-        power = self.noise_w_per_hz * bandwidth_hz / self.gain * (2 ** (self.payload_bits / (bandwidth_hz * tau)) - 1)
+        power = (
+            self.noise_w_per_hz
+            * bandwidth_hz
+            / self.gain
+            * (2 ** (self.payload_bits / (bandwidth_hz * tau)) - 1)
+        )
         cpu = max(self.cpu_hz_min, self.work_cycles / (self.deadline_s - tau))
         return tau * power + self.kappa * self.work_cycles * cpu**2
 
@@ -99,9 +130,15 @@ class One:
         lo, hi = window
         if hi - lo <= 1e-12 * hi:
             return self.energy_at(hi, bandwidth_hz)
-        res = minimize_scalar(lambda t: self.energy_at(t, bandwidth_hz), bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-12 * hi, "maxiter": 500})
-        return min(res.fun, self.energy_at(lo, bandwidth_hz), self.energy_at(hi, bandwidth_hz))
+        res = minimize_scalar(
+            lambda t: self.energy_at(t, bandwidth_hz),
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-12 * hi, "maxiter": 500},
+        )
+        return min(
+            res.fun, self.energy_at(lo, bandwidth_hz), self.energy_at(hi, bandwidth_hz)
+        )
 
     def least_bandwidth(self, top_hz: float) -> float:
         """Smallest bandwidth with a non-empty window, by bisection on log B (inf if even top_hz fails)."""
@@ -128,7 +165,10 @@ def best_bits(devices, candidates, network, rows, energy_of) -> tuple[float, boo
     limit = network.error_budget_abs * (1 + 1e-12)
     best = math.inf
     for combo in itertools.product(*(options(candidates, n) for n in rows)):
-        error = sum(w * w * candidates.error[n, k] for w, n, k in zip(weight, rows, combo, strict=True))
+        error = sum(
+            w * w * candidates.error[n, k]
+            for w, n, k in zip(weight, rows, combo, strict=True)
+        )
         if error <= limit:
             best = min(best, energy_of(combo))
     return best, math.isfinite(best)
@@ -137,14 +177,26 @@ def best_bits(devices, candidates, network, rows, energy_of) -> tuple[float, boo
 def equal_split_oracle(devices, candidates, network, rows) -> tuple[float, bool]:
     """Least energy of `rows` sharing the band equally: brute force over bits × scipy over τ."""
     share = network.bandwidth_hz / len(rows)
-    table = {(n, k): One.of(devices, candidates, network, n, k).least_energy(share)
-             for n in rows for k in options(candidates, n)}
-    return best_bits(devices, candidates, network, rows, lambda combo: sum(table[n, k] for n, k in zip(rows, combo)))
+    table = {
+        (n, k): One.of(devices, candidates, network, n, k).least_energy(share)
+        for n in rows
+        for k in options(candidates, n)
+    }
+    return best_bits(
+        devices,
+        candidates,
+        network,
+        rows,
+        lambda combo: sum(table[n, k] for n, k in zip(rows, combo)),
+    )
 
 
 def optimal_split_energy(devices, candidates, network, rows, combo) -> float:
     """Least energy of `rows` at bits `combo` with the band split optimally (SLSQP over the shares)."""
-    ones = [One.of(devices, candidates, network, n, k) for n, k in zip(rows, combo, strict=True)]
+    ones = [
+        One.of(devices, candidates, network, n, k)
+        for n, k in zip(rows, combo, strict=True)
+    ]
     total = network.bandwidth_hz
     need = np.array([o.least_bandwidth(total) for o in ones])
     if not np.all(np.isfinite(need)) or need.sum() > total:
@@ -153,13 +205,20 @@ def optimal_split_energy(devices, candidates, network, rows, combo) -> float:
         return ones[0].least_energy(total)
 
     def energy(x):
-        return sum(o.least_energy(max(xi, ni * (1 + 1e-9)) * 1.0) for o, xi, ni in zip(ones, x * total, need))
+        return sum(
+            o.least_energy(max(xi, ni * (1 + 1e-9)) * 1.0)
+            for o, xi, ni in zip(ones, x * total, need)
+        )
 
     start = need / total + (1 - need.sum() / total) / len(ones)
     scale = energy(start)
-    res = minimize(lambda x: energy(x) / scale, start, method="SLSQP",
-                   bounds=[(ni / total * (1 + 1e-9), 1.0) for ni in need],
-                   constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1.0}],
-                   options={"ftol": 1e-14, "maxiter": 300})
+    res = minimize(
+        lambda x: energy(x) / scale,
+        start,
+        method="SLSQP",
+        bounds=[(ni / total * (1 + 1e-9), 1.0) for ni in need],
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1.0}],
+        options={"ftol": 1e-14, "maxiter": 300},
+    )
     found = energy(res.x) if abs(res.x.sum() - 1) < 1e-9 else math.inf
     return min(found, scale)

@@ -17,10 +17,8 @@ from qfd_app.edge.allocate import (
     solve_round,
 )
 from qfd_app.edge.energy import uplink_rate_bps
-from qfd_app.quant.registry import codec_bits
-
-ONDEMAND_WIDTHS = codec_bits("uniform", "fp32")  # what `ondemand` may assign
 from tests.edge.oracle import (
+    ONDEMAND_WIDTHS,
     One,
     best_bits,
     equal_split_oracle,
@@ -32,7 +30,9 @@ from tests.edge.oracle import (
 RTOL = 1e-9
 
 
-def assert_constraints(plan, devices: Devices, candidates: Candidates, network: Network) -> None:
+def assert_constraints(
+    plan, devices: Devices, candidates: Candidates, network: Network
+) -> None:
     """Every scheduled device's plan is physically consistent and within every limit."""
     on = plan.scheduled
     n = np.flatnonzero(on)
@@ -40,21 +40,33 @@ def assert_constraints(plan, devices: Devices, candidates: Candidates, network: 
     assert plan.bandwidth_hz.sum() <= network.bandwidth_hz * (1 + RTOL)
     if not n.size:
         return
-    col = np.array([int(np.flatnonzero(candidates.bits[i] == plan.bits[i])[0]) for i in n])
+    col = np.array(
+        [int(np.flatnonzero(candidates.bits[i] == plan.bits[i])[0]) for i in n]
+    )
     work, payload = candidates.work_cycles[n, col], candidates.payload_bits[n, col]
     # deadline, clock and power limits
-    assert np.all(plan.compute_s[n] + plan.upload_s[n] <= network.deadline_s * (1 + RTOL))
+    assert np.all(
+        plan.compute_s[n] + plan.upload_s[n] <= network.deadline_s * (1 + RTOL)
+    )
     assert np.all(plan.cpu_hz[n] <= devices.cpu_hz_max[n] * (1 + RTOL))
     assert np.all(plan.cpu_hz[n] >= devices.cpu_hz_min[n] * (1 - RTOL))
     assert np.all(plan.power_w[n] <= devices.power_w_max[n] * (1 + RTOL))
     assert np.all(plan.bandwidth_hz[n] > 0)
     # the payload fits through the link and the work through the CPU in the times given
-    rate = uplink_rate_bps(plan.bandwidth_hz[n], devices.gain[n], plan.power_w[n], network.noise_w_per_hz)
+    rate = uplink_rate_bps(
+        plan.bandwidth_hz[n], devices.gain[n], plan.power_w[n], network.noise_w_per_hz
+    )
     np.testing.assert_allclose(rate * plan.upload_s[n], payload, rtol=1e-7)
     np.testing.assert_allclose(plan.cpu_hz[n] * plan.compute_s[n], work, rtol=1e-9)
     # energies are the model's
-    np.testing.assert_allclose(plan.energy_compute_j[n], devices.kappa[n] * work * plan.cpu_hz[n] ** 2, rtol=1e-9)
-    np.testing.assert_allclose(plan.energy_upload_j[n], plan.power_w[n] * plan.upload_s[n], rtol=1e-9)
+    np.testing.assert_allclose(
+        plan.energy_compute_j[n],
+        devices.kappa[n] * work * plan.cpu_hz[n] ** 2,
+        rtol=1e-9,
+    )
+    np.testing.assert_allclose(
+        plan.energy_upload_j[n], plan.power_w[n] * plan.upload_s[n], rtol=1e-9
+    )
     # the error budget, with weights renormalised over the scheduled devices
     weight = devices.weight[n] / devices.weight[n].sum()
     np.testing.assert_allclose(plan.weight_used[n], weight)
@@ -74,9 +86,15 @@ def assert_exclusions(plan, devices, candidates, network) -> None:
         if network.bandwidth_policy == "equal":
             assert one.window(network.bandwidth_hz / (k + 1)) is None
         else:
-            used = sum(One.of(devices, candidates, network, j, options(candidates, j)[0]).least_bandwidth(network.bandwidth_hz)
-                       for j in np.flatnonzero(plan.scheduled))
-            assert one.least_bandwidth(network.bandwidth_hz) > network.bandwidth_hz - used
+            used = sum(
+                One.of(
+                    devices, candidates, network, j, options(candidates, j)[0]
+                ).least_bandwidth(network.bandwidth_hz)
+                for j in np.flatnonzero(plan.scheduled)
+            )
+            assert (
+                one.least_bandwidth(network.bandwidth_hz) > network.bandwidth_hz - used
+            )
 
 
 def test_equal_split_matches_brute_force_over_bits_and_scipy_over_upload_time():
@@ -93,13 +111,19 @@ def test_equal_split_matches_brute_force_over_bits_and_scipy_over_upload_time():
         best, met = equal_split_oracle(devices, candidates, network, rows)
         assert plan.budget_met == met, f"case {case}"
         if met:
-            assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}: {plan.energy_j.sum()} > {best}"
+            assert plan.energy_j.sum() <= best * (1 + 1e-4), (
+                f"case {case}: {plan.energy_j.sum()} > {best}"
+            )
             compared += 1
         else:  # every device at its most precise bit-width that meets the deadline
             share = network.bandwidth_hz / len(rows)
             for i in rows:
-                feasible = [candidates.bits[i, k] for k in options(candidates, i)
-                            if One.of(devices, candidates, network, i, k).window(share) is not None]
+                feasible = [
+                    candidates.bits[i, k]
+                    for k in options(candidates, i)
+                    if One.of(devices, candidates, network, i, k).window(share)
+                    is not None
+                ]
                 assert plan.bits[i] == max(feasible), f"case {case}"
             unmet += 1
     assert compared >= 200 and unmet >= 1
@@ -109,15 +133,24 @@ def test_optimal_split_matches_brute_force_over_bits_and_scipy_over_the_shares()
     rng = np.random.default_rng(7)
     compared = 0
     for case in range(12):
-        devices, candidates, network = random_population(rng, max_devices=3, max_width=2, policy="optimal")
+        devices, candidates, network = random_population(
+            rng, max_devices=3, max_width=2, policy="optimal"
+        )
         plan = solve_round(devices, candidates, network)
         assert_constraints(plan, devices, candidates, network)
         assert_exclusions(plan, devices, candidates, network)
         rows = [int(i) for i in np.flatnonzero(plan.scheduled)]
         if not rows:
             continue
-        best, met = best_bits(devices, candidates, network, rows,
-                              lambda combo: optimal_split_energy(devices, candidates, network, rows, combo))
+        best, met = best_bits(
+            devices,
+            candidates,
+            network,
+            rows,
+            lambda combo: optimal_split_energy(
+                devices, candidates, network, rows, combo
+            ),
+        )
         if met:
             assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
             compared += 1
@@ -129,17 +162,28 @@ def test_optimal_split_matches_the_oracle_on_more_populations():
     rng = np.random.default_rng(11)
     compared = 0
     for case in range(60):
-        devices, candidates, network = random_population(rng, max_devices=4, max_width=3, policy="optimal")
+        devices, candidates, network = random_population(
+            rng, max_devices=4, max_width=3, policy="optimal"
+        )
         plan = solve_round(devices, candidates, network)
         assert_constraints(plan, devices, candidates, network)
         rows = [int(i) for i in np.flatnonzero(plan.scheduled)]
         if rows:
-            best, met = best_bits(devices, candidates, network, rows,
-                                  lambda combo: optimal_split_energy(devices, candidates, network, rows, combo))
+            best, met = best_bits(
+                devices,
+                candidates,
+                network,
+                rows,
+                lambda combo: optimal_split_energy(
+                    devices, candidates, network, rows, combo
+                ),
+            )
             if met:
                 assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
                 compared += 1
-    assert compared >= 45  # 50 of the 60 populations of this seed schedule a device and meet the budget
+    assert (
+        compared >= 45
+    )  # 50 of the 60 populations of this seed schedule a device and meet the budget
 
 
 @pytest.mark.parametrize("policy", ["equal", "optimal"])
@@ -147,15 +191,29 @@ def test_energy_never_increases_when_the_deadline_or_the_budget_is_relaxed(polic
     rng = np.random.default_rng(3)
     checked = 0
     for _ in range(80):
-        devices, candidates, network = random_population(rng, max_devices=8, policy=policy)
+        devices, candidates, network = random_population(
+            rng, max_devices=8, policy=policy
+        )
         base = solve_round(devices, candidates, network)
         if not base.scheduled.any() or not base.budget_met:
             continue
-        later = solve_round(devices, candidates, dataclasses.replace(network, deadline_s=network.deadline_s * 1.5))
-        looser = solve_round(devices, candidates, dataclasses.replace(network, error_budget=network.error_budget * 2))
-        assert np.array_equal(looser.scheduled, base.scheduled)       # admission ignores the budget
+        later = solve_round(
+            devices,
+            candidates,
+            dataclasses.replace(network, deadline_s=network.deadline_s * 1.5),
+        )
+        looser = solve_round(
+            devices,
+            candidates,
+            dataclasses.replace(network, error_budget=network.error_budget * 2),
+        )
+        assert np.array_equal(
+            looser.scheduled, base.scheduled
+        )  # admission ignores the budget
         assert looser.energy_j.sum() <= base.energy_j.sum() * (1 + 1e-9)
-        if np.array_equal(later.scheduled, base.scheduled):          # same devices: compare like for like
+        if np.array_equal(
+            later.scheduled, base.scheduled
+        ):  # same devices: compare like for like
             assert later.energy_j.sum() <= base.energy_j.sum() * (1 + 1e-9)
             checked += 1
     assert checked >= 30
@@ -167,8 +225,16 @@ def test_the_optimised_split_never_costs_more_than_the_equal_split():
     for _ in range(80):
         devices, candidates, network = random_population(rng, max_devices=8)
         equal = solve_round(devices, candidates, network)
-        best = solve_round(devices, candidates, dataclasses.replace(network, bandwidth_policy="optimal"))
-        if equal.budget_met and equal.scheduled.any() and np.array_equal(equal.scheduled, best.scheduled):
+        best = solve_round(
+            devices,
+            candidates,
+            dataclasses.replace(network, bandwidth_policy="optimal"),
+        )
+        if (
+            equal.budget_met
+            and equal.scheduled.any()
+            and np.array_equal(equal.scheduled, best.scheduled)
+        ):
             assert best.energy_j.sum() <= equal.energy_j.sum() * (1 + 1e-9)
             assert best.price_bandwidth > 0
             checked += 1
@@ -179,18 +245,34 @@ def test_the_optimised_split_never_costs_more_than_the_equal_split():
 def test_a_single_bit_width_demand_gets_exactly_that_bit_width(policy):
     rng = np.random.default_rng(9)
     for _ in range(30):
-        devices, candidates, network = random_population(rng, max_devices=6, max_width=1, policy=policy)
+        devices, candidates, network = random_population(
+            rng, max_devices=6, max_width=1, policy=policy
+        )
         plan = solve_round(devices, candidates, network)
         on = plan.scheduled
         assert np.array_equal(plan.bits[on], candidates.bits[on, 0])
 
 
-def _identical_devices(n: int, gamma: float, bits: int, deadline_s: float = 30.0) -> tuple:
-    work = 100 * 9e7 * 0.5 * (bits / 32) ** gamma   # at the 0.3 GHz floor: 15 s of the 30 s
-    devices = Devices(np.full(n, 3e8), np.full(n, 1e9), np.full(n, 1e-28), np.full(n, 0.1),
-                      np.geomspace(1e-12, 1e-10, n), np.full(n, 1.0 / n))
-    candidates = Candidates(np.full((n, 1), bits), np.full((n, 1), work), np.full((n, 1), bits * 2.6e5 + 8e3),
-                            np.full((n, 1), 1e-3 / (2.0**bits - 1) ** 2))
+def _identical_devices(
+    n: int, gamma: float, bits: int, deadline_s: float = 30.0
+) -> tuple:
+    work = (
+        100 * 9e7 * 0.5 * (bits / 32) ** gamma
+    )  # at the 0.3 GHz floor: 15 s of the 30 s
+    devices = Devices(
+        np.full(n, 3e8),
+        np.full(n, 1e9),
+        np.full(n, 1e-28),
+        np.full(n, 0.1),
+        np.geomspace(1e-12, 1e-10, n),
+        np.full(n, 1.0 / n),
+    )
+    candidates = Candidates(
+        np.full((n, 1), bits),
+        np.full((n, 1), work),
+        np.full((n, 1), bits * 2.6e5 + 8e3),
+        np.full((n, 1), 1e-3 / (2.0**bits - 1) ** 2),
+    )
     return devices, candidates, Network(1e7, 10 ** (-20.4), deadline_s)
 
 
@@ -212,7 +294,11 @@ def test_with_gamma_zero_compute_energy_at_the_clock_floor_or_at_f_max_does_not_
 
 def test_a_device_that_cannot_train_in_time_is_excluded_with_the_reason():
     devices, candidates, network = _identical_devices(3, gamma=1.0, bits=8)
-    slow = dataclasses.replace(devices, cpu_hz_max=np.array([1e9, 1e9, 1e5]), cpu_hz_min=np.array([3e8, 3e8, 1e5]))
+    slow = dataclasses.replace(
+        devices,
+        cpu_hz_max=np.array([1e9, 1e9, 1e5]),
+        cpu_hz_min=np.array([3e8, 3e8, 1e5]),
+    )
     plan = solve_round(slow, candidates, network)
     assert list(plan.status) == ["scheduled", "scheduled", "excluded"]
     assert "training alone takes" in plan.reason[2] and "deadline" in plan.reason[2]
@@ -221,9 +307,13 @@ def test_a_device_that_cannot_train_in_time_is_excluded_with_the_reason():
 
 
 def test_a_round_nobody_can_make_excludes_everyone_without_raising():
-    devices, candidates, network = _identical_devices(3, gamma=1.0, bits=8, deadline_s=1e-3)
+    devices, candidates, network = _identical_devices(
+        3, gamma=1.0, bits=8, deadline_s=1e-3
+    )
     for policy in ("equal", "optimal"):
-        plan = solve_round(devices, candidates, dataclasses.replace(network, bandwidth_policy=policy))
+        plan = solve_round(
+            devices, candidates, dataclasses.replace(network, bandwidth_policy=policy)
+        )
         assert not plan.scheduled.any() and plan.energy_j.sum() == 0
         assert all(plan.reason)
 
@@ -231,7 +321,9 @@ def test_a_round_nobody_can_make_excludes_everyone_without_raising():
 def test_an_unmeetable_budget_gives_every_device_its_most_precise_bits_and_a_warning():
     rng = np.random.default_rng(1)
     devices, candidates, network = random_population(rng, max_devices=5)
-    network = dataclasses.replace(network, deadline_s=1e4, bandwidth_hz=1e8, error_budget=1e-30)
+    network = dataclasses.replace(
+        network, deadline_s=1e4, bandwidth_hz=1e8, error_budget=1e-30
+    )
     plan = solve_round(devices, candidates, network)
     on = plan.scheduled
     assert on.all() and not plan.budget_met
@@ -254,8 +346,13 @@ def test_race_to_idle_runs_at_full_clock_and_power_on_equal_shares():
 
 def test_the_solver_is_deterministic():
     rng = np.random.default_rng(12)
-    devices, candidates, network = random_population(rng, max_devices=6, policy="optimal")
-    first, second = solve_round(devices, candidates, network), solve_round(devices, candidates, network)
+    devices, candidates, network = random_population(
+        rng, max_devices=6, policy="optimal"
+    )
+    first, second = (
+        solve_round(devices, candidates, network),
+        solve_round(devices, candidates, network),
+    )
     for field in ("bits", "cpu_hz", "power_w", "bandwidth_hz", "energy_j"):
         np.testing.assert_array_equal(getattr(first, field), getattr(second, field))
 
@@ -268,22 +365,38 @@ def test_thousands_of_devices_solve_within_every_constraint(policy):
     bits = candidate_bits(bits_min, bits_min * 2, ONDEMAND_WIDTHS)
     valid = bits > 0
     work = np.where(valid, 4e10 * rng.uniform(0.1, 0.5, n)[:, None] * bits / 32, 0.0)
-    devices = Devices(np.full(n, 3e8), np.full(n, 2e9), np.full(n, 1e-28), np.full(n, 0.2),
-                      10 ** rng.uniform(-14, -9, n), np.full(n, 1.0 / n))
+    devices = Devices(
+        np.full(n, 3e8),
+        np.full(n, 2e9),
+        np.full(n, 1e-28),
+        np.full(n, 0.2),
+        10 ** rng.uniform(-14, -9, n),
+        np.full(n, 1.0 / n),
+    )
     levels = np.exp2(np.maximum(bits, 1)) - 1
-    candidates = Candidates(bits, work, np.where(valid, bits * 2.7e5 + 1e4, 0.0),
-                            np.where(valid, 1.0 / (4 * levels**2), 0.0))
-    network = Network(1e9, 10 ** (-20.4), 10.0, error_budget=2e-6, bandwidth_policy=policy)
+    candidates = Candidates(
+        bits,
+        work,
+        np.where(valid, bits * 2.7e5 + 1e4, 0.0),
+        np.where(valid, 1.0 / (4 * levels**2), 0.0),
+    )
+    network = Network(
+        1e9, 10 ** (-20.4), 10.0, error_budget=2e-6, bandwidth_policy=policy
+    )
     plan = solve_round(devices, candidates, network)
     assert plan.budget_met and plan.scheduled.sum() > 0.9 * n
     assert_constraints(plan, devices, candidates, network)
-    assert plan.total_error > 0.5 * network.error_budget_abs          # the budget binds
+    assert plan.total_error > 0.5 * network.error_budget_abs  # the budget binds
 
 
 def test_candidate_bits_lists_codec_bit_widths_only():
     bits = candidate_bits([1, 14, 32], [3, 32, 32], ONDEMAND_WIDTHS)
-    assert bits.shape == (3, 4)                                    # padded to the longest demand
-    assert [row[row > 0].tolist() for row in bits] == [[1, 2, 3], [14, 15, 16, 32], [32]]
+    assert bits.shape == (3, 4)  # padded to the longest demand
+    assert [row[row > 0].tolist() for row in bits] == [
+        [1, 2, 3],
+        [14, 15, 16, 32],
+        [32],
+    ]
 
 
 def test_inputs_of_the_wrong_shape_are_rejected_with_the_field_named():
@@ -291,7 +404,9 @@ def test_inputs_of_the_wrong_shape_are_rejected_with_the_field_named():
     with pytest.raises(ValueError, match="devices.gain"):
         solve_round(dataclasses.replace(devices, gain=np.ones(2)), candidates, network)
     with pytest.raises(ValueError, match="candidates.error"):
-        solve_round(devices, dataclasses.replace(candidates, error=np.ones((3, 2))), network)
+        solve_round(
+            devices, dataclasses.replace(candidates, error=np.ones((3, 2))), network
+        )
     with pytest.raises(ValueError, match="bandwidth_policy"):
         Network(1e6, 1e-20, 1.0, bandwidth_policy="fair")
     with pytest.raises(ValueError, match="deadline_s"):

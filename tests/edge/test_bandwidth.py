@@ -25,9 +25,14 @@ def test_optimal_admission_keeps_the_cheapest_devices_whose_needs_fit_the_band()
 def population(n, seed=0):
     rng = np.random.default_rng(seed)
     return {
-        "payload_bits": 10 ** rng.uniform(5, 7, n), "work_cycles": 10 ** rng.uniform(8, 10, n),
-        "gain": 10 ** rng.uniform(-13, -9, n), "noise_w_per_hz": N0, "deadline_s": 10.0,
-        "cpu_hz_min": np.full(n, 3e8), "cpu_hz_max": np.full(n, 2e9), "power_w_max": np.full(n, 0.2),
+        "payload_bits": 10 ** rng.uniform(5, 7, n),
+        "work_cycles": 10 ** rng.uniform(8, 10, n),
+        "gain": 10 ** rng.uniform(-13, -9, n),
+        "noise_w_per_hz": N0,
+        "deadline_s": 10.0,
+        "cpu_hz_min": np.full(n, 3e8),
+        "cpu_hz_max": np.full(n, 2e9),
+        "power_w_max": np.full(n, 0.2),
         "kappa": np.full(n, 1e-28),
     }
 
@@ -35,8 +40,18 @@ def population(n, seed=0):
 @pytest.mark.parametrize("n", [2, 7, 500])
 def test_water_filling_equalises_the_marginal_value_of_bandwidth(n):
     params = population(n, seed=n)
-    radio = {k: params[k] for k in ("payload_bits", "work_cycles", "gain", "noise_w_per_hz", "deadline_s",
-                                     "cpu_hz_max", "power_w_max")}
+    radio = {
+        k: params[k]
+        for k in (
+            "payload_bits",
+            "work_cycles",
+            "gain",
+            "noise_w_per_hz",
+            "deadline_s",
+            "cpu_hz_max",
+            "power_w_max",
+        )
+    }
     need = min_bandwidth_hz(**radio)
     keep = np.isfinite(need)
     params = {k: v[keep] if isinstance(v, np.ndarray) else v for k, v in params.items()}
@@ -46,11 +61,15 @@ def test_water_filling_equalises_the_marginal_value_of_bandwidth(n):
     bw, up, mu = water_fill(params, total_hz=total, need_hz=need, start_hz=start)
     assert bw.sum() <= total * (1 + 1e-12) and bw.sum() >= total * (1 - 1e-9)
     assert np.all(bw >= need) and up.feasible.all()
-    assert up.energy_j.sum() <= optimal_upload(bandwidth_hz=start, **params).energy_j.sum()
+    assert (
+        up.energy_j.sum() <= optimal_upload(bandwidth_hz=start, **params).energy_j.sum()
+    )
     d1, _ = slopes(up, {**params, "bandwidth_hz": bw})
     free = bw > need * (1 + 1e-6)
-    np.testing.assert_allclose(-d1[free], mu, rtol=1e-4)            # KKT: −e'(B) = μ off the floor
-    assert np.all(-d1[~free] <= mu * (1 + 1e-4))                     # at the floor: worth less than μ
+    np.testing.assert_allclose(
+        -d1[free], mu, rtol=1e-4
+    )  # KKT: −e'(B) = μ off the floor
+    assert np.all(-d1[~free] <= mu * (1 + 1e-4))  # at the floor: worth less than μ
 
 
 def test_slopes_are_the_derivatives_of_the_least_energy():
@@ -60,9 +79,13 @@ def test_slopes_are_the_derivatives_of_the_least_energy():
     d1, d2 = slopes(up, {**params, "bandwidth_hz": bw})
     step = 1e-4 * bw
     plus, minus = (optimal_upload(bandwidth_hz=bw + s, **params) for s in (step, -step))
-    same = up.feasible & minus.feasible & (plus.case == up.case) & (minus.case == up.case)
+    same = (
+        up.feasible & minus.feasible & (plus.case == up.case) & (minus.case == up.case)
+    )
     fd1 = (plus.energy_j - minus.energy_j) / (2 * step)
     fd2 = (plus.energy_j - 2 * up.energy_j + minus.energy_j) / step**2
     np.testing.assert_allclose(d1[same], fd1[same], rtol=1e-4)
-    big = same & (np.abs(fd2) > 1e-6 * np.abs(fd1) / bw)               # where the difference quotient resolves it
+    big = same & (
+        np.abs(fd2) > 1e-6 * np.abs(fd1) / bw
+    )  # where the difference quotient resolves it
     assert np.median(np.abs(d2[big] / fd2[big] - 1)) < 1e-3

@@ -9,9 +9,13 @@ from qfd_app.edge.bitwidths import choose_bits
 
 
 def random_table(rng, n, c):
-    energy = np.cumsum(rng.uniform(0.01, 1, (n, c)), axis=1) * rng.uniform(0.5, 2, (n, 1))
-    error = np.cumsum(rng.uniform(0.01, 1, (n, c))[:, ::-1], axis=1)[:, ::-1] * rng.uniform(0.1, 3, (n, 1))
-    energy[:, 1:][rng.random((n, c - 1)) < 0.2] = np.inf          # padding or missed deadlines
+    energy = np.cumsum(rng.uniform(0.01, 1, (n, c)), axis=1) * rng.uniform(
+        0.5, 2, (n, 1)
+    )
+    error = np.cumsum(rng.uniform(0.01, 1, (n, c))[:, ::-1], axis=1)[
+        :, ::-1
+    ] * rng.uniform(0.1, 3, (n, 1))
+    energy[:, 1:][rng.random((n, c - 1)) < 0.2] = np.inf  # padding or missed deadlines
     return energy, error
 
 
@@ -30,7 +34,9 @@ def test_small_rounds_are_solved_exactly():
         n, c = int(rng.integers(1, 6)), int(rng.integers(1, 5))
         energy, error = random_table(rng, n, c)
         usable_error = np.where(np.isfinite(energy), error, np.inf)
-        budget = rng.uniform(usable_error.min(axis=1).sum() * 0.9, error[:, 0].sum() * 1.1)
+        budget = rng.uniform(
+            usable_error.min(axis=1).sum() * 0.9, error[:, 0].sum() * 1.1
+        )
         best = brute_force(energy, usable_error, budget)
         choice = choose_bits(energy, error, budget)
         rows = np.arange(n)
@@ -49,8 +55,13 @@ def test_without_the_exact_core_the_choice_still_meets_the_budget_and_is_near_th
         budget = rng.uniform(usable_error.min(axis=1).sum(), error[:, 0].sum())
         choice = choose_bits(energy, error, budget, exact_limit=0)
         rows = np.arange(len(energy))
-        assert choice.budget_met and error[rows, choice.index].sum() <= budget * (1 + 1e-12)
-        gaps.append(energy[rows, choice.index].sum() / brute_force(energy, usable_error, budget) - 1)
+        assert choice.budget_met and error[rows, choice.index].sum() <= budget * (
+            1 + 1e-12
+        )
+        gaps.append(
+            energy[rows, choice.index].sum() / brute_force(energy, usable_error, budget)
+            - 1
+        )
     assert np.median(gaps) == 0.0 and np.mean(gaps) < 0.05
 
 
@@ -58,14 +69,19 @@ def test_a_slack_budget_picks_the_cheapest_and_no_budget_means_infinity():
     energy, error = random_table(np.random.default_rng(2), 5, 4)
     for budget in (np.inf, 1e9):
         choice = choose_bits(energy, error, budget)
-        assert np.array_equal(choice.index, np.argmin(energy, axis=1)) and choice.price == 0.0
+        assert (
+            np.array_equal(choice.index, np.argmin(energy, axis=1))
+            and choice.price == 0.0
+        )
 
 
 def test_an_unmeetable_budget_picks_the_least_error_usable_candidate():
     energy, error = random_table(np.random.default_rng(3), 5, 4)
     choice = choose_bits(energy, error, 1e-9)
     assert not choice.budget_met
-    assert np.array_equal(choice.index, np.argmin(np.where(np.isfinite(energy), error, np.inf), axis=1))
+    assert np.array_equal(
+        choice.index, np.argmin(np.where(np.isfinite(energy), error, np.inf), axis=1)
+    )
 
 
 def test_large_rounds_meet_the_budget_close_to_the_lagrangian_bound():

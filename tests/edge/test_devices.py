@@ -10,8 +10,14 @@ NEAR = DeviceClass("near", 8, 16, 8e8, 3e9, 0.125, 1e-28, 0.2, distance_m=50.0)
 
 
 def fleet(seed=0, n=2000, sigma=8.0):
-    return Fleet.build((IOT, NEAR), [0] * (n - 2) + [1, 1], cell_radius_m=500.0, min_distance_m=10.0,
-                       shadowing_db=sigma, seed=seed)
+    return Fleet.build(
+        (IOT, NEAR),
+        [0] * (n - 2) + [1, 1],
+        cell_radius_m=500.0,
+        min_distance_m=10.0,
+        shadowing_db=sigma,
+        seed=seed,
+    )
 
 
 def test_path_loss_is_128_1_at_one_km_and_grows_37_6_db_per_decade():
@@ -23,7 +29,9 @@ def test_placement_is_uniform_in_area_within_the_annulus():
     d = place_uniform_disc(np.random.default_rng(0), 100_000, 500.0, 10.0)
     assert d.min() >= 10.0 and d.max() <= 500.0
     # uniform in area: P(d ≤ r) = (r² − d_min²)/(R² − d_min²)
-    assert np.mean(d <= 250.0) == pytest.approx((250**2 - 100) / (500**2 - 100), abs=0.01)
+    assert np.mean(d <= 250.0) == pytest.approx(
+        (250**2 - 100) / (500**2 - 100), abs=0.01
+    )
 
 
 def test_same_seed_and_round_give_the_same_gains():
@@ -42,7 +50,9 @@ def test_fading_is_exponential_with_mean_one_and_shadowing_has_the_given_sigma()
     f = fleet(0, n=50_000)
     fading = np.concatenate([f.fading(r) for r in range(4)])
     assert fading.mean() == pytest.approx(1.0, abs=0.01)
-    assert np.median(fading) == pytest.approx(np.log(2), abs=0.01)   # exponential's median
+    assert np.median(fading) == pytest.approx(
+        np.log(2), abs=0.01
+    )  # exponential's median
     assert f.shadowing_db.std() == pytest.approx(8.0, rel=0.02)
 
 

@@ -13,7 +13,11 @@ from qfd_app.edge.scenario import SCENARIO_DIR, ScenarioError, available, load_s
 def test_the_default_scenario_is_the_one_fixed_in_the_design():
     s = load_scenario("default")
     classes = {c.name: c for c in s.classes}
-    assert dict(zip([c.name for c in s.classes], s.counts)) == {"iot": 4, "phone": 4, "edge": 2}
+    assert dict(zip([c.name for c in s.classes], s.counts)) == {
+        "iot": 4,
+        "phone": 4,
+        "edge": 2,
+    }
     table = {  # DESIGN §2: demand, f_min … f_max, cycles per FLOP, p_max, κ
         "iot": ((2, 4), (0.3e9, 1.0e9), 0.5, 0.1, 1e-28),
         "phone": ((4, 8), (0.5e9, 2.0e9), 0.25, 0.2, 1e-28),
@@ -24,7 +28,7 @@ def test_the_default_scenario_is_the_one_fixed_in_the_design():
         assert (c.bits_min, c.bits_max) == bits
         assert (c.cpu_hz_min, c.cpu_hz_max) == cpu
         assert (c.cycles_per_flop, c.power_w_max, c.kappa) == (cycles, power, kappa)
-        assert c.distance_m is None                                   # placed uniformly in the cell
+        assert c.distance_m is None  # placed uniformly in the cell
     assert s.cell_radius_m == 500.0 and s.bandwidth_hz == 10e6
     assert s.noise_dbm_per_hz == -174.0 and s.shadowing_db == 8.0
     # DESIGN's 1 epoch in 30 s, scaled to the 10 epochs the default run trains (docs/model.md)
@@ -32,7 +36,9 @@ def test_the_default_scenario_is_the_one_fixed_in_the_design():
     assert s.noise_w_per_hz == pytest.approx(3.981e-21, rel=1e-3)
 
 
-@pytest.mark.parametrize("name", ["default", "paper", "heterogeneous", "many-devices", "smoke"])
+@pytest.mark.parametrize(
+    "name", ["default", "paper", "heterogeneous", "many-devices", "smoke"]
+)
 def test_every_shipped_scenario_loads(name):
     assert name in available()
     s = load_scenario(name)
@@ -42,8 +48,14 @@ def test_every_shipped_scenario_loads(name):
 def test_extends_changes_only_what_the_file_lists():
     paper, default = load_scenario("paper"), load_scenario("default")
     assert paper.deadline_s == 600.0 and paper.bandwidth_hz == 20e6
-    assert paper.shadowing_db == default.shadowing_db and paper.classes[0] == default.classes[1]
-    assert [c.name for c in paper.classes] == ["phone", "edge"]       # iot = 0 drops the class
+    assert (
+        paper.shadowing_db == default.shadowing_db
+        and paper.classes[0] == default.classes[1]
+    )
+    assert [c.name for c in paper.classes] == [
+        "phone",
+        "edge",
+    ]  # iot = 0 drops the class
 
 
 def test_replicating_devices_keeps_the_class_mix():
@@ -61,31 +73,103 @@ POSITIVE = "must be a float in the range (0, inf)"
 BITS = "must be an int in the range [1, 32]"
 
 BAD = [  # (TOML after `extends = "default"`, words the message must hold)
-    ("[classes.iot]\npower_w_max = -0.1", ["Scenario key 'classes.iot.power_w_max'", POSITIVE, "; got -0.1."]),
-    ("[classes.phone]\nbits_min = 9", ["classes.phone.bits_min", "≤ classes.phone.bits_max", "9 > 8"]),
-    ("[classes.edge]\nbits_max = 33", ["Scenario key 'classes.edge.bits_max'", BITS, "; got 33."]),
-    ("[classes.edge]\nbits_min = 0", ["Scenario key 'classes.edge.bits_min'", BITS, "; got 0."]),
-    ("[devices]\ntablet = 3", ["devices.tablet", "unknown device class", "iot, phone, edge"]),
-    ("[classes.tablet]\nbits_min = 4\n[devices]\ntablet = 1",
-     ["Scenario key 'classes.tablet.bits_max' is missing", "; it must be an int in the range [1, 32]."]),
-    ("[network]\ndeadline_s = \"30\"", ["Scenario key 'network.deadline_s'", POSITIVE, "; got '30'."]),
-    ("[devices]\niot = 2.5", ["Scenario key 'devices.iot'", "must be an int in the range [0, inf)", "; got 2.5."]),
+    (
+        "[classes.iot]\npower_w_max = -0.1",
+        ["Scenario key 'classes.iot.power_w_max'", POSITIVE, "; got -0.1."],
+    ),
+    (
+        "[classes.phone]\nbits_min = 9",
+        ["classes.phone.bits_min", "≤ classes.phone.bits_max", "9 > 8"],
+    ),
+    (
+        "[classes.edge]\nbits_max = 33",
+        ["Scenario key 'classes.edge.bits_max'", BITS, "; got 33."],
+    ),
+    (
+        "[classes.edge]\nbits_min = 0",
+        ["Scenario key 'classes.edge.bits_min'", BITS, "; got 0."],
+    ),
+    (
+        "[devices]\ntablet = 3",
+        ["devices.tablet", "unknown device class", "iot, phone, edge"],
+    ),
+    (
+        "[classes.tablet]\nbits_min = 4\n[devices]\ntablet = 1",
+        [
+            "Scenario key 'classes.tablet.bits_max' is missing",
+            "; it must be an int in the range [1, 32].",
+        ],
+    ),
+    (
+        '[network]\ndeadline_s = "30"',
+        ["Scenario key 'network.deadline_s'", POSITIVE, "; got '30'."],
+    ),
+    (
+        "[devices]\niot = 2.5",
+        [
+            "Scenario key 'devices.iot'",
+            "must be an int in the range [0, inf)",
+            "; got 2.5.",
+        ],
+    ),
     ("[classes.iot]\ncount = true", ["classes.iot.count", "unknown key", "bits_max"]),
-    ("[network]\nbandwith_hz = 1e6", ["network.bandwith_hz", "unknown key", "bandwidth_hz"]),
-    ("[network]\nbandwidth_policy = \"fair\"",
-     ["Scenario key 'network.bandwidth_policy'", "must be one of 'equal', 'optimal'", "; got 'fair'."]),
-    ("[classes.phone]\ncpu_hz_min = 3e9", ["classes.phone.cpu_hz_min", "≤ classes.phone.cpu_hz_max"]),
-    ("[network]\nmin_distance_m = 600.0", ["network.min_distance_m", "< network.cell_radius_m"]),
+    (
+        "[network]\nbandwith_hz = 1e6",
+        ["network.bandwith_hz", "unknown key", "bandwidth_hz"],
+    ),
+    (
+        '[network]\nbandwidth_policy = "fair"',
+        [
+            "Scenario key 'network.bandwidth_policy'",
+            "must be one of 'equal', 'optimal'",
+            "; got 'fair'.",
+        ],
+    ),
+    (
+        "[classes.phone]\ncpu_hz_min = 3e9",
+        ["classes.phone.cpu_hz_min", "≤ classes.phone.cpu_hz_max"],
+    ),
+    (
+        "[network]\nmin_distance_m = 600.0",
+        ["network.min_distance_m", "< network.cell_radius_m"],
+    ),
     ("[devices]\niot = 0\nphone = 0\nedge = 0", ["devices", "at least one device"]),
-    ("[network]\ndeadline_s = nan", ["Scenario key 'network.deadline_s'", POSITIVE, "; got nan."]),
-    ("[network]\ndeadline_s = inf", ["Scenario key 'network.deadline_s'", POSITIVE, "; got inf."]),
-    ("[budget]\nepsilon = -1.0",
-     ["Scenario key 'budget.epsilon'", "must be a float in the range [0, inf]", "; got -1.0."]),
-    ("seed = -3", ["Scenario key 'seed'", "must be an int in the range [0, inf)", "; got -3."]),
-    ("[training]\ngamma = -1.0",
-     ["Scenario key 'training.gamma'", "must be a float in the range [0, inf)", "; got -1.0."]),
-    ("[model]\npreset = \"tiny\"", ["'model.preset' is no longer a scenario key", "the run's `model` setting"]),
-    ("[data]\ntrain_samples = 300", ["'data.train_samples' is no longer a scenario key", "partition"]),
+    (
+        "[network]\ndeadline_s = nan",
+        ["Scenario key 'network.deadline_s'", POSITIVE, "; got nan."],
+    ),
+    (
+        "[network]\ndeadline_s = inf",
+        ["Scenario key 'network.deadline_s'", POSITIVE, "; got inf."],
+    ),
+    (
+        "[budget]\nepsilon = -1.0",
+        [
+            "Scenario key 'budget.epsilon'",
+            "must be a float in the range [0, inf]",
+            "; got -1.0.",
+        ],
+    ),
+    (
+        "seed = -3",
+        ["Scenario key 'seed'", "must be an int in the range [0, inf)", "; got -3."],
+    ),
+    (
+        "[training]\ngamma = -1.0",
+        [
+            "Scenario key 'training.gamma'",
+            "must be a float in the range [0, inf)",
+            "; got -1.0.",
+        ],
+    ),
+    (
+        '[model]\npreset = "tiny"',
+        ["'model.preset' is no longer a scenario key", "the run's `model` setting"],
+    ),
+    (
+        "[data]\ntrain_samples = 300",
+        ["'data.train_samples' is no longer a scenario key", "partition"],
+    ),
 ]
 
 
@@ -135,34 +219,54 @@ def test_an_infinite_budget_switches_it_off(tmp_path):
 def test_a_scenario_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
     parsed = []
     loads = tomllib.loads
-    monkeypatch.setattr(tomllib, "loads", lambda text: parsed.append(text) or loads(text))
+    monkeypatch.setattr(
+        tomllib, "loads", lambda text: parsed.append(text) or loads(text)
+    )
     base = write(tmp_path, (SCENARIO_DIR / "default.toml").read_text(), "base.toml")
-    path = write(tmp_path, 'extends = "base.toml"\n[network]\ndeadline_s = 100.0\n', "child.toml")
+    path = write(
+        tmp_path, 'extends = "base.toml"\n[network]\ndeadline_s = 100.0\n', "child.toml"
+    )
     first = load_scenario(path)
-    assert len(parsed) == 2 and first.deadline_s == 100.0                  # the file and the one it extends
+    assert (
+        len(parsed) == 2 and first.deadline_s == 100.0
+    )  # the file and the one it extends
     monkeypatch.chdir(tmp_path)
     assert load_scenario(path) is first and load_scenario("child.toml") is first
     assert len(parsed) == 2
 
     stat = path.stat()
     path.write_text('extends = "base.toml"\n[network]\ndeadline_s = 200.0\n')
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))       # a new mtime, whatever the clock
+    os.utime(
+        path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9)
+    )  # a new mtime, whatever the clock
     second = load_scenario(path)
-    assert second is not first and second.deadline_s == 200.0 and len(parsed) == 3  # only the changed file
+    assert (
+        second is not first and second.deadline_s == 200.0 and len(parsed) == 3
+    )  # only the changed file
 
     stat = base.stat()
     base.write_text(base.read_text().replace("seed = 0", "seed = 7"))
     os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     third = load_scenario(path)
-    assert third is not second and third.seed == 7 and third.deadline_s == 200.0  # a changed base reloads too
+    assert (
+        third is not second and third.seed == 7 and third.deadline_s == 200.0
+    )  # a changed base reloads too
 
 
 def test_a_demand_that_no_codec_sends_is_refused_by_the_run_settings(tmp_path):
     from qfd_app.quant.registry import codec_bits
     from qfd_app.settings import Settings, SettingsError, default_run_config
 
-    path = write(tmp_path, 'extends = "default"\n[classes.edge]\nbits_min = 17\nbits_max = 20')
-    with pytest.raises(ScenarioError, match=r"classes.edge: the demand \[17, 20\] holds no bit-width with a codec"):
+    path = write(
+        tmp_path, 'extends = "default"\n[classes.edge]\nbits_min = 17\nbits_max = 20'
+    )
+    with pytest.raises(
+        ScenarioError,
+        match=r"classes.edge: the demand \[17, 20\] holds no bit-width with a codec",
+    ):
         load_scenario(path).check_widths(codec_bits())
-    with pytest.raises(SettingsError, match=r"The 'scenario' setting must be a scenario that loads .*\[17, 20\]"):
+    with pytest.raises(
+        SettingsError,
+        match=r"The 'scenario' setting must be a scenario that loads .*\[17, 20\]",
+    ):
         Settings.from_run_config({**default_run_config(), "scenario": str(path)})

@@ -20,10 +20,16 @@ pytestmark = pytest.mark.slow
 
 DEPLOY = APP_DIR / "deploy"
 CONNECTION = "qfd-deploy"
-PROFILES = {0: ("iot", 2, 4), 1: ("phone", 4, 8), 2: ("edge", 8, 16)}  # partition: class, bits-min, bits-max
+PROFILES = {
+    0: ("iot", 2, 4),
+    1: ("phone", 4, 8),
+    2: ("edge", 8, 16),
+}  # partition: class, bits-min, bits-max
 # min-available-nodes: round 1 waits for the three registered nodes (the rogue never gets in)
-RUN_CONFIG = ("num-server-rounds=2 local-epochs=1 fraction-train=1.0 min-available-nodes=3 eval-interval=0 "
-              "eval-samples=64 sample-steps=5 output-dir='{out}'")  # fmt: skip
+RUN_CONFIG = (
+    "num-server-rounds=2 local-epochs=1 fraction-train=1.0 min-available-nodes=3 eval-interval=0 "
+    "eval-samples=64 sample-steps=5 output-dir='{out}'"
+)
 
 
 class Processes:
@@ -36,9 +42,12 @@ class Processes:
         log = open(self.root / f"{name}.log", "w")
         self.logs.append(log)
         self.procs[name] = subprocess.Popen(
-            [str(a) for a in args], env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT,
+            [str(a) for a in args],
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         return self.procs[name]
 
     def log(self, name):
@@ -53,8 +62,14 @@ class Processes:
 
 
 def run_script(name, *args, env):
-    return subprocess.run(["bash", str(DEPLOY / name), *map(str, args)], env=env, check=True, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(DEPLOY / name), *map(str, args)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def wait_until_listening(port, proc, timeout_s=60):
@@ -64,7 +79,9 @@ def wait_until_listening(port, proc, timeout_s=60):
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.3)
-    raise RuntimeError(f"the SuperLink is not listening on {port} (exit code {proc.poll()})")
+    raise RuntimeError(
+        f"the SuperLink is not listening on {port} (exit code {proc.poll()})"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +94,88 @@ def deployment(tmp_path_factory):
     port = free_port()
     procs = Processes(root, env)
     try:
-        superlink = procs.start("superlink", [DEPLOY / "start-superlink.sh", certs, root / "state.db"],
-                                SUPERLINK_HOST="127.0.0.1", SUPERLINK_PORT=str(port))  # fmt: skip
+        superlink = procs.start(
+            "superlink",
+            [DEPLOY / "start-superlink.sh", certs, root / "state.db"],
+            SUPERLINK_HOST="127.0.0.1",
+            SUPERLINK_PORT=str(port),
+        )
         wait_until_listening(port, superlink)
-        run_script("add-connection.sh", CONNECTION, f"127.0.0.1:{port}", certs / "ca.crt", env=env)
-        run_script("register.sh", CONNECTION, *(keys / f"node{p}.pub" for p in PROFILES), env=env)
-        node = [DEPLOY / "start-supernode.sh", "--superlink", f"127.0.0.1:{port}", "--ca", certs / "ca.crt"]
+        run_script(
+            "add-connection.sh",
+            CONNECTION,
+            f"127.0.0.1:{port}",
+            certs / "ca.crt",
+            env=env,
+        )
+        run_script(
+            "register.sh",
+            CONNECTION,
+            *(keys / f"node{p}.pub" for p in PROFILES),
+            env=env,
+        )
+        node = [
+            DEPLOY / "start-supernode.sh",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--ca",
+            certs / "ca.crt",
+        ]
         for partition, (device_class, bits_min, bits_max) in PROFILES.items():
-            procs.start(f"node{partition}", [*node, "--key", keys / f"node{partition}", "--port", free_port(),
-                                             "--partition-id", partition, "--num-partitions", len(PROFILES),
-                                             "--device-class", device_class, "--bits-min", bits_min,
-                                             "--bits-max", bits_max])  # fmt: skip
-        rogue = procs.start("rogue", [*node, "--key", keys / "rogue", "--port", free_port(),
-                                      "--partition-id", 0, "--num-partitions", len(PROFILES)])  # fmt: skip
+            procs.start(
+                f"node{partition}",
+                [
+                    *node,
+                    "--key",
+                    keys / f"node{partition}",
+                    "--port",
+                    free_port(),
+                    "--partition-id",
+                    partition,
+                    "--num-partitions",
+                    len(PROFILES),
+                    "--device-class",
+                    device_class,
+                    "--bits-min",
+                    bits_min,
+                    "--bits-max",
+                    bits_max,
+                ],
+            )
+        rogue = procs.start(
+            "rogue",
+            [
+                *node,
+                "--key",
+                keys / "rogue",
+                "--port",
+                free_port(),
+                "--partition-id",
+                0,
+                "--num-partitions",
+                len(PROFILES),
+            ],
+        )
         rogue.wait(timeout=120)
         with open(root / "flwr-run.log", "w") as out:
-            subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
-                            "--run-config", RUN_CONFIG.format(out=root / "out")],
-                           env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)  # fmt: skip
-        runs = list((root / "out").glob("*/summary.json"))  # `flwr run` exits 0 even when the ServerApp fails
+            subprocess.run(
+                [
+                    str(BIN / "flwr"),
+                    "run",
+                    str(APP_DIR),
+                    CONNECTION,
+                    "--stream",
+                    "--run-config",
+                    RUN_CONFIG.format(out=root / "out"),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+            )
+        runs = list(
+            (root / "out").glob("*/summary.json")
+        )  # `flwr run` exits 0 even when the ServerApp fails
         assert len(runs) == 1, (root / "flwr-run.log").read_text()[-5000:]
         yield runs[0].parent, procs
     finally:
@@ -111,7 +191,9 @@ def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
     assert procs.procs["rogue"].returncode != 0
     assert "2004" in procs.log("rogue") and "SuperNode ID" not in procs.log("rogue")
     booked = {int(r["node_id"]) for r in read_csv(run_dir / "devices.csv")}
-    assert booked == {node_id_of(procs, f"node{p}") for p in PROFILES}  # the registered ones, and only those
+    assert booked == {
+        node_id_of(procs, f"node{p}") for p in PROFILES
+    }  # the registered ones, and only those
 
 
 def test_each_device_trains_every_round_within_its_own_profile(deployment):

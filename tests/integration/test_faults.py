@@ -19,13 +19,21 @@ HERE = __import__("pathlib").Path(__file__).parent
 def faulty_app(root):
     """This app with the ClientApp swapped for `faulty/faulty_client.py` (same server, same library)."""
     app = root / "app"
-    shutil.copytree(APP_DIR / "qfd_app", app / "qfd_app", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        APP_DIR / "qfd_app",
+        app / "qfd_app",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     shutil.copytree(APP_DIR / "scenarios", app / "scenarios")
     shutil.copy(HERE / "faulty" / "faulty_client.py", app / "faulty_client.py")
     shutil.copy(APP_DIR / "README.md", app / "README.md")
     pyproject = (APP_DIR / "pyproject.toml").read_text()
-    pyproject = pyproject.replace('clientapp = "qfd_app.client_app:app"', 'clientapp = "faulty_client:app"')
-    pyproject = re.sub(r"fab-include = \[", 'fab-include = ["faulty_client.py", ', pyproject)
+    pyproject = pyproject.replace(
+        'clientapp = "qfd_app.client_app:app"', 'clientapp = "faulty_client:app"'
+    )
+    pyproject = re.sub(
+        r"fab-include = \[", 'fab-include = ["faulty_client.py", ', pyproject
+    )
     (app / "pyproject.toml").write_text(pyproject)
     return app
 
@@ -33,10 +41,17 @@ def faulty_app(root):
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    config = ("num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 eval-samples=64 "
-              f"sample-steps=5 output-dir='{root / 'out'}'")  # fmt: skip
+    config = (
+        "num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 eval-samples=64 "
+        f"sample-steps=5 output-dir='{root / 'out'}'"
+    )
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
-        done = flwr_run(env, config, "num-supernodes=6 client-resources-num-cpus=1", app=faulty_app(root))
+        done = flwr_run(
+            env,
+            config,
+            "num-supernodes=6 client-resources-num-cpus=1",
+            app=faulty_app(root),
+        )
     runs = list((root / "out").glob("*/summary.json"))
     assert len(runs) == 1, done.stdout[-5000:]
     return runs[0].parent
@@ -63,27 +78,43 @@ def test_a_hard_crash_is_booked_and_the_run_finishes(faulty_run):
 
 def test_a_corrupted_payload_is_rejected_with_its_reason(faulty_run):
     rows = rows_of(faulty_run, 2)
-    sent = [r for r in rows.values() if r["status"] == "rejected"]  # round 3 may have hit the dead worker
+    sent = [
+        r for r in rows.values() if r["status"] == "rejected"
+    ]  # round 3 may have hit the dead worker
     assert len(sent) >= 2 and all(re.search(r"truncat", r["reason"]) for r in sent)
-    assert all(int(r["bytes_up"]) > 0 and float(r["energy_upload_j"]) > 0 for r in sent)  # it did send
+    assert all(
+        int(r["bytes_up"]) > 0 and float(r["energy_upload_j"]) > 0 for r in sent
+    )  # it did send
 
 
 def test_a_nan_channel_gain_is_rejected_before_training(faulty_run):
     rows = read_csv(faulty_run / "devices.csv")
     mine = [r for r in rows if r["partition_id"] == "3"]
-    assert len(mine) == len({r["round"] for r in mine})  # one row a round, even in the discovery round
-    assert sorted(int(r["round"]) for r in mine) == [1, 2, 3], mine  # queried, and refused, in every round
-    assert all(r["status"] == "rejected" and "gain" in r["reason"] and int(r["bits"]) == 0 for r in mine)
+    assert len(mine) == len(
+        {r["round"] for r in mine}
+    )  # one row a round, even in the discovery round
+    assert sorted(int(r["round"]) for r in mine) == [1, 2, 3], (
+        mine
+    )  # queried, and refused, in every round
+    assert all(
+        r["status"] == "rejected" and "gain" in r["reason"] and int(r["bits"]) == 0
+        for r in mine
+    )
 
 
 def test_a_metric_of_the_wrong_type_is_rejected_naming_it(faulty_run):
     rows = rows_of(faulty_run, 5)
-    assert rows[1]["status"] == "rejected" and "'train-loss' must be float" in rows[1]["reason"]
+    assert (
+        rows[1]["status"] == "rejected"
+        and "'train-loss' must be float" in rows[1]["reason"]
+    )
     assert rows[2]["status"] == "ok"
 
 
 def test_healthy_devices_train_every_round_and_the_model_stays_finite(faulty_run):
-    rows = rows_of(faulty_run, 4)  # round 3 may have gone to the worker partition 1 killed
+    rows = rows_of(
+        faulty_run, 4
+    )  # round 3 may have gone to the worker partition 1 killed
     assert rows[1]["status"] == rows[2]["status"] == "ok"
     state = load_file(faulty_run / "checkpoints" / "round_003" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in state.values())

@@ -46,7 +46,9 @@ SETTINGS = "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs
 def app_copy(tmp_path_factory):
     """A copy of the app with one new file, `qfd_app/strategies/halfway.py`."""
     copy = tmp_path_factory.mktemp("app") / "qfd"
-    shutil.copytree(ROOT / "qfd_app", copy / "qfd_app", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "qfd_app", copy / "qfd_app", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copytree(ROOT / "scenarios", copy / "scenarios")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, copy / name)
@@ -57,8 +59,19 @@ def app_copy(tmp_path_factory):
 def test_the_new_strategy_is_planned_by_qfd_plan(app_copy):
     env = {**os.environ, "PYTHONPATH": str(app_copy)}
     command = "import sys; from qfd_app.runs.cli import app; app(prog_name='qfd')"
-    args = [sys.executable, "-c", command, "plan", "smoke", "--json", "--run-config", f"{SETTINGS} strategy='halfway'"]
-    done = subprocess.run(args, env=env, cwd=app_copy, capture_output=True, text=True, timeout=300)
+    args = [
+        sys.executable,
+        "-c",
+        command,
+        "plan",
+        "smoke",
+        "--json",
+        "--run-config",
+        f"{SETTINGS} strategy='halfway'",
+    ]
+    done = subprocess.run(
+        args, env=env, cwd=app_copy, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads(done.stdout)
     assert record["strategy"] == "halfway" and len(record["devices"]) == 3
@@ -68,15 +81,26 @@ def test_the_new_strategy_is_planned_by_qfd_plan(app_copy):
 
 def test_the_new_strategy_runs_a_round_in_a_flower_simulation(app_copy, tmp_path):
     out = tmp_path / "runs"
-    with superlink(tmp_path / "flwr-home", PYTHONPATH=str(app_copy), QFD_CACHE_DIR=str(tmp_path / "cache")) as env:
-        done = flwr_run(env, f"{SETTINGS} strategy='halfway' output-dir='{out}'", "num-supernodes=3 "
-                        "client-resources-num-cpus=1", app=app_copy)  # fmt: skip
+    with superlink(
+        tmp_path / "flwr-home",
+        PYTHONPATH=str(app_copy),
+        QFD_CACHE_DIR=str(tmp_path / "cache"),
+    ) as env:
+        done = flwr_run(
+            env,
+            f"{SETTINGS} strategy='halfway' output-dir='{out}'",
+            "num-supernodes=3 client-resources-num-cpus=1",
+            app=app_copy,
+        )
     assert done.returncode == 0, done.stdout[-3000:]
     (run_dir,) = out.iterdir()
     rows = read_csv(run_dir / "devices.csv")
     assert len(rows) == 3
     for row in rows:
         assert row["status"] == "ok", row
-        assert int(row["bits"]) == (int(row["bits_min"]) + min(int(row["bits_max"]), 16)) // 2
+        assert (
+            int(row["bits"])
+            == (int(row["bits_min"]) + min(int(row["bits_max"]), 16)) // 2
+        )
         assert int(row["bytes_up"]) > 0
     assert json.loads((run_dir / "summary.json").read_text())["strategy"] == "halfway"

@@ -7,21 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
-from qfd_app.runs import cli
 from qfd_app.diffusion import ddpm
-from qfd_app.runs.compare import parse_variants, run_comparison
-from qfd_app.edge import load_scenario
-from qfd_app.runs.ledger import read_csv
-from qfd_app.runs.launch import flwr_run, superlink
 from qfd_app.diffusion.profile import model_profile
+from qfd_app.edge import load_scenario
+from qfd_app.runs import cli
+from qfd_app.runs.compare import parse_variants, run_comparison
+from qfd_app.runs.launch import flwr_run, superlink
+from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
 
-RUN = ("scenario='smoke' num-server-rounds=2 local-epochs=1 fraction-train=1.0 eval-interval=0 "
-       "eval-samples=64 sample-steps=10")  # fmt: skip
+RUN = (
+    "scenario='smoke' num-server-rounds=2 local-epochs=1 fraction-train=1.0 eval-interval=0 "
+    "eval-samples=64 sample-steps=10"
+)
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 
 
@@ -29,7 +30,11 @@ FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 def ondemand_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ondemand")
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
-        done = flwr_run(env, run_config=f"{RUN} output-dir='{root / 'out'}'", federation_config=FEDERATION)
+        done = flwr_run(
+            env,
+            run_config=f"{RUN} output-dir='{root / 'out'}'",
+            federation_config=FEDERATION,
+        )
     assert done.returncode == 0, done.stdout[-5000:]
     (run_dir,) = (root / "out").iterdir()
     return run_dir
@@ -45,7 +50,9 @@ def expected_payload_bytes(bits: int) -> int:
     return sum(math.ceil(n * bits / 8) + 8 * math.ceil(n / block) for n in sizes)
 
 
-def test_every_device_trained_within_its_demand_and_sent_exactly_its_bit_width(ondemand_run):
+def test_every_device_trained_within_its_demand_and_sent_exactly_its_bit_width(
+    ondemand_run,
+):
     scenario = load_scenario("smoke")
     demand = {c.name: (c.bits_min, c.bits_max) for c in scenario.classes}
     devices = read_csv(ondemand_run / "devices.csv")
@@ -66,21 +73,39 @@ def test_the_ledger_energy_is_recomputable_from_devices_csv(ondemand_run):
     noise = scenario.noise_w_per_hz
     for d in devices:
         cls, bits, f = classes[d["device_class"]], int(d["bits"]), float(d["cpu_hz"])
-        work = 1 * int(d["num_examples"]) * flops * cls.cycles_per_flop * (bits / 32) ** scenario.gamma
+        work = (
+            1
+            * int(d["num_examples"])
+            * flops
+            * cls.cycles_per_flop
+            * (bits / 32) ** scenario.gamma
+        )
         assert float(d["compute_s"]) == pytest.approx(work / f, rel=1e-6)
-        assert float(d["energy_compute_j"]) == pytest.approx(cls.kappa * work * f**2, rel=1e-6)
+        assert float(d["energy_compute_j"]) == pytest.approx(
+            cls.kappa * work * f**2, rel=1e-6
+        )
         b, g, p = float(d["bandwidth_hz"]), float(d["gain"]), float(d["power_w"])
         rate = b * math.log2(1 + g * p / (noise * b))
-        assert float(d["upload_s"]) == pytest.approx(8 * int(d["bytes_up"]) / rate, rel=1e-6)
-        assert float(d["energy_upload_j"]) == pytest.approx(p * float(d["upload_s"]), rel=1e-6)
-        assert float(d["compute_s"]) + float(d["upload_s"]) <= scenario.deadline_s * (1 + 1e-6)
+        assert float(d["upload_s"]) == pytest.approx(
+            8 * int(d["bytes_up"]) / rate, rel=1e-6
+        )
+        assert float(d["energy_upload_j"]) == pytest.approx(
+            p * float(d["upload_s"]), rel=1e-6
+        )
+        assert float(d["compute_s"]) + float(d["upload_s"]) <= scenario.deadline_s * (
+            1 + 1e-6
+        )
         assert d["deadline_missed"] == "False" and p <= cls.power_w_max * (1 + 1e-9)
         assert cls.cpu_hz_min * (1 - 1e-9) <= f <= cls.cpu_hz_max * (1 + 1e-9)
     for r in read_csv(ondemand_run / "rounds.csv"):
         mine = [d for d in devices if d["round"] == r["round"]]
-        total = sum(float(d["energy_compute_j"]) + float(d["energy_upload_j"]) for d in mine)
+        total = sum(
+            float(d["energy_compute_j"]) + float(d["energy_upload_j"]) for d in mine
+        )
         assert float(r["energy_j"]) == pytest.approx(total, rel=1e-9)
-        assert sum(float(d["bandwidth_hz"]) for d in mine) <= scenario.bandwidth_hz * (1 + 1e-9)
+        assert sum(float(d["bandwidth_hz"]) for d in mine) <= scenario.bandwidth_hz * (
+            1 + 1e-9
+        )
 
 
 def test_the_run_summary_totals_the_ledger(ondemand_run):
@@ -91,39 +116,89 @@ def test_the_run_summary_totals_the_ledger(ondemand_run):
     assert summary["energy_j"] == pytest.approx(
         sum(float(d["energy_compute_j"]) + float(d["energy_upload_j"]) for d in devices)
     )
-    assert (ondemand_run / "plots" / "bits.png").exists() and math.isfinite(summary["final_fid"])
+    assert (ondemand_run / "plots" / "bits.png").exists() and math.isfinite(
+        summary["final_fid"]
+    )
 
 
 def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
     variants = parse_variants("fedavg,ondemand", {"bits": 8})
-    base = {"num-server-rounds": 1, "local-epochs": 1, "fraction-train": 0.67, "eval-interval": 0,
-            "eval-samples": 64, "sample-steps": 5}  # fmt: skip
-    out = run_comparison("smoke", variants, tmp_path / "cmp", base=base, num_devices=3, echo=lambda _: None)
+    base = {
+        "num-server-rounds": 1,
+        "local-epochs": 1,
+        "fraction-train": 0.67,
+        "eval-interval": 0,
+        "eval-samples": 64,
+        "sample-steps": 5,
+    }
+    out = run_comparison(
+        "smoke",
+        variants,
+        tmp_path / "cmp",
+        base=base,
+        num_devices=3,
+        echo=lambda _: None,
+    )
     table = read_csv(out / "comparison.csv")
     assert [r["strategy"] for r in table] == ["fedavg", "ondemand"]
     fedavg, ondemand = table
     assert float(ondemand["bytes_up"]) < 0.5 * float(fedavg["bytes_up"])
     assert float(ondemand["energy_j"]) < float(fedavg["energy_j"])
     assert int(ondemand["demand_violations"]) == 0
-    for name in ("comparison.md", "plots/energy_bytes.png", "plots/fid.png", "plots/bits.png"):
+    for name in (
+        "comparison.md",
+        "plots/energy_bytes.png",
+        "plots/fid.png",
+        "plots/bits.png",
+    ):
         assert (out / name).exists(), name
     sampled = [
-        {(d["partition_id"], d["gain"]) for d in read_csv(next((out / "runs" / label).iterdir()) / "devices.csv")}
+        {
+            (d["partition_id"], d["gain"])
+            for d in read_csv(next((out / "runs" / label).iterdir()) / "devices.csv")
+        }
         for label in ("fedavg", "ondemand")
     ]
-    assert sampled[0] == sampled[1] and len(sampled[0]) == 2  # same 2 of 3 devices, same fading
+    assert (
+        sampled[0] == sampled[1] and len(sampled[0]) == 2
+    )  # same 2 of 3 devices, same fading
     assert np.isfinite([float(r["fid"]) for r in table]).all()
     # `qfd report` redraws a comparison from its runs
     for png in (out / "plots").glob("*.png"):
         png.unlink()
     result = CliRunner().invoke(cli.app, ["report", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in (out / "plots").glob("*.png")} == {"energy_bytes.png", "fid.png", "bits.png"}
+    assert {p.name for p in (out / "plots").glob("*.png")} == {
+        "energy_bytes.png",
+        "fid.png",
+        "bits.png",
+    }
 
 
 def test_each_round_is_timed_by_phase_and_the_phases_fit_in_the_round(ondemand_run):
     for r in read_csv(ondemand_run / "rounds.csv"):
-        phases = {k: float(r[k] or 0) for k in ("query_s", "solve_s", "train_s", "encode_s", "decode_s",
-                                                "aggregate_s", "checkpoint_s", "evaluate_s")}  # fmt: skip
-        assert all(phases[k] > 0 for k in ("query_s", "solve_s", "train_s", "encode_s", "decode_s", "aggregate_s"))
+        phases = {
+            k: float(r[k] or 0)
+            for k in (
+                "query_s",
+                "solve_s",
+                "train_s",
+                "encode_s",
+                "decode_s",
+                "aggregate_s",
+                "checkpoint_s",
+                "evaluate_s",
+            )
+        }
+        assert all(
+            phases[k] > 0
+            for k in (
+                "query_s",
+                "solve_s",
+                "train_s",
+                "encode_s",
+                "decode_s",
+                "aggregate_s",
+            )
+        )
         assert sum(phases.values()) <= float(r["round_s"])

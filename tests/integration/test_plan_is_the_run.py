@@ -35,7 +35,9 @@ def runs(tmp_path_factory):
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
         for name, strategy in STRATEGIES.items():
             folder = root / name
-            done = flwr_run(env, f"{SETTINGS} {strategy} output-dir='{folder}'", FEDERATION)
+            done = flwr_run(
+                env, f"{SETTINGS} {strategy} output-dir='{folder}'", FEDERATION
+            )
             assert done.returncode == 0, done.stdout[-3000:]
             (run_dir,) = folder.iterdir()
             out[name] = read_csv(run_dir / "devices.csv")
@@ -44,7 +46,10 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, name):
-    result = CliRunner().invoke(app, ["plan", "smoke", "--json", "--run-config", f"{SETTINGS} {STRATEGIES[name]}"])
+    result = CliRunner().invoke(
+        app,
+        ["plan", "smoke", "--json", "--run-config", f"{SETTINGS} {STRATEGIES[name]}"],
+    )
     assert result.exit_code == 0, result.output
     planned = {d["partition_id"]: d for d in json.loads(result.output)["devices"]}
     booked = {int(row["partition_id"]): row for row in runs[name]}

@@ -9,7 +9,9 @@ from qfd_app.runs.launch import APP_DIR, BIN, CONNECTION, superlink
 
 pytestmark = pytest.mark.slow
 
-SMALL = "num-server-rounds=1 local-epochs=1 eval-samples=32 sample-steps=2 scenario='smoke'"
+SMALL = (
+    "num-server-rounds=1 local-epochs=1 eval-samples=32 sample-steps=2 scenario='smoke'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +20,19 @@ def qfd_run(tmp_path_factory):
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
 
         def run(run_config):
-            args = [str(BIN / "qfd"), "run", str(APP_DIR), CONNECTION, "-c", f"{run_config} output-dir='{root}/out'",
-                    "--federation-config", "num-supernodes=3 client-resources-num-cpus=1"]  # fmt: skip
-            return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+            args = [
+                str(BIN / "qfd"),
+                "run",
+                str(APP_DIR),
+                CONNECTION,
+                "-c",
+                f"{run_config} output-dir='{root}/out'",
+                "--federation-config",
+                "num-supernodes=3 client-resources-num-cpus=1",
+            ]
+            return subprocess.run(
+                args, env=env, capture_output=True, text=True, timeout=600
+            )
 
         yield run
 

@@ -23,24 +23,38 @@ from qfd_app.runs.ledger import PHASES, read_csv
 
 pytestmark = pytest.mark.slow
 
-CONFIG = ("num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 eval-samples=64 "
-          "sample-steps=5 strategy='ondemand'")  # fmt: skip
+CONFIG = (
+    "num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 eval-samples=64 "
+    "sample-steps=5 strategy='ondemand'"
+)
 FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
-HOST_COLUMNS = {"node_id", "host_train_s", "host_encode_s", *PHASES, "wall_s"}  # the host's, not the run's
+HOST_COLUMNS = {
+    "node_id",
+    "host_train_s",
+    "host_encode_s",
+    *PHASES,
+    "wall_s",
+}  # the host's, not the run's
 
 
 def run(root, name, extra="", kill_after_round=None):
     """One `flwr run` on its own SuperLink; returns (log, run dir, checkpoints present at the kill)."""
     out = root / name
-    proc, env = start_superlink(root / f"home-{name}", QFD_CACHE_DIR=str(root / "cache"))
+    proc, env = start_superlink(
+        root / f"home-{name}", QFD_CACHE_DIR=str(root / "cache")
+    )
     seen_at_kill = []
     stop = threading.Event()
 
     def kill_when_checkpointed():
         while not stop.is_set():
-            done = sorted(p.name for p in out.glob(f"*/checkpoints/round_{kill_after_round:03d}"))
+            done = sorted(
+                p.name for p in out.glob(f"*/checkpoints/round_{kill_after_round:03d}")
+            )
             if done:
-                kill_tree(proc)  # the server side (SuperLink, ServerApp, Ray) dies mid-run, no cleanup
+                kill_tree(
+                    proc
+                )  # the server side (SuperLink, ServerApp, Ray) dies mid-run, no cleanup
                 seen_at_kill.extend(p.name for p in out.glob("*/checkpoints/*"))
                 return
             time.sleep(0.02)
@@ -49,7 +63,9 @@ def run(root, name, extra="", kill_after_round=None):
     if kill_after_round:
         watcher.start()
     try:
-        done = flwr_run(env, f"{CONFIG} {extra} output-dir='{out}'", FEDERATION, timeout_s=600)
+        done = flwr_run(
+            env, f"{CONFIG} {extra} output-dir='{out}'", FEDERATION, timeout_s=600
+        )
     finally:
         stop.set()
         stop_group(proc)
@@ -64,9 +80,17 @@ def runs(tmp_path_factory):
     _, full, _ = run(root, "full")
     _, killed, seen_at_kill = run(root, "killed", kill_after_round=2)
     killed_rounds = [r["round"] for r in read_csv(killed / "rounds.csv")]
-    log, resumed, _ = run(root, "killed", extra="resume=true")  # the last unfinished run in output-dir
-    return {"full": full, "killed": killed, "resumed": resumed, "log": log, "seen_at_kill": seen_at_kill,
-            "killed_rounds": killed_rounds}  # fmt: skip
+    log, resumed, _ = run(
+        root, "killed", extra="resume=true"
+    )  # the last unfinished run in output-dir
+    return {
+        "full": full,
+        "killed": killed,
+        "resumed": resumed,
+        "log": log,
+        "seen_at_kill": seen_at_kill,
+        "killed_rounds": killed_rounds,
+    }
 
 
 def deterministic(rows):
@@ -83,20 +107,31 @@ def test_the_kill_came_after_round_2_and_before_the_run_ended(runs):
 def test_the_resumed_run_continues_in_the_same_directory_from_round_3(runs):
     assert runs["resumed"] == runs["killed"]
     assert "resuming after round 2 of 4" in runs["log"]
-    assert (runs["resumed"] / "summary.json").exists() and (runs["resumed"] / "final" / "model_index.json").exists()
+    assert (runs["resumed"] / "summary.json").exists() and (
+        runs["resumed"] / "final" / "model_index.json"
+    ).exists()
 
 
 def test_the_ledger_equals_the_uninterrupted_runs(runs):
     full = read_csv(runs["full"] / "devices.csv")
     resumed = read_csv(runs["resumed"] / "devices.csv")
     assert {r["round"] for r in full} == {"1", "2", "3", "4"}
-    assert deterministic(resumed) == deterministic(full)  # bits, plan, energy, bytes, losses: every value
-    rounds = [deterministic(read_csv(runs[name] / "rounds.csv")) for name in ("resumed", "full")]
+    assert deterministic(resumed) == deterministic(
+        full
+    )  # bits, plan, energy, bytes, losses: every value
+    rounds = [
+        deterministic(read_csv(runs[name] / "rounds.csv"))
+        for name in ("resumed", "full")
+    ]
     assert rounds[0] == rounds[1]  # FID and the other scores too
 
 
 def test_the_final_model_equals_the_uninterrupted_runs(runs):
     full = load_file(runs["full"] / "checkpoints" / "round_004" / "model.safetensors")
-    resumed = load_file(runs["resumed"] / "checkpoints" / "round_004" / "model.safetensors")
+    resumed = load_file(
+        runs["resumed"] / "checkpoints" / "round_004" / "model.safetensors"
+    )
     assert full.keys() == resumed.keys()
-    assert all(torch.equal(full[k], resumed[k]) for k in full)  # bitwise: see the module docstring
+    assert all(
+        torch.equal(full[k], resumed[k]) for k in full
+    )  # bitwise: see the module docstring

@@ -9,8 +9,8 @@ from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 
 from qfd_app.diffusion import ddpm
-from qfd_app.runs.ledger import read_csv
 from qfd_app.runs.launch import flwr_run, superlink
+from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,11 @@ def flower(tmp_path_factory):
 
         def run(name, extra=""):
             out = root / name
-            done = flwr_run(env, run_config=f"{COMMON} {extra} output-dir='{out}'", federation_config=FEDERATION)
+            done = flwr_run(
+                env,
+                run_config=f"{COMMON} {extra} output-dir='{out}'",
+                federation_config=FEDERATION,
+            )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             runs = list(out.iterdir())
             assert len(runs) == 1, runs
@@ -48,9 +52,17 @@ def fixed4_run(flower):
 
 def test_run_directory_holds_every_output(fedavg_run):
     run_dir, log = fedavg_run
-    for name in ("config.json", "rounds.csv", "devices.csv", "summary.json", "final/model_index.json",
-                 "samples/round_001.png", "samples/round_002.png", "checkpoints/round_002/model.safetensors",
-                 "plots/rounds.png"):  # fmt: skip
+    for name in (
+        "config.json",
+        "rounds.csv",
+        "devices.csv",
+        "summary.json",
+        "final/model_index.json",
+        "samples/round_001.png",
+        "samples/round_002.png",
+        "checkpoints/round_002/model.safetensors",
+        "plots/rounds.png",
+    ):
         assert (run_dir / name).exists(), name
     assert str(run_dir) in log  # the run directory is printed
     assert json.loads((run_dir / "config.json").read_text())["num-server-rounds"] == 2
@@ -67,7 +79,9 @@ def test_every_device_trained_and_its_upload_was_booked(fedavg_run):
     rounds = read_csv(run_dir / "rounds.csv")
     assert [r["round"] for r in rounds] == ["1", "2"]
     assert all(float(r["fid"]) > 0 and float(r["train_loss"]) > 0 for r in rounds)
-    assert sum(int(r["bytes_up"]) for r in rounds) == sum(int(d["bytes_up"]) for d in devices)
+    assert sum(int(r["bytes_up"]) for r in rounds) == sum(
+        int(d["bytes_up"]) for d in devices
+    )
 
 
 def test_global_model_changed_from_its_seeded_initialisation(fedavg_run):
@@ -90,7 +104,9 @@ def test_final_model_loads_as_a_diffusers_pipeline_and_samples(fedavg_run):
     averaged = load_file(run_dir / "checkpoints" / "round_002" / "average.safetensors")
     last = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
     exported = pipeline.unet.state_dict()
-    assert averaged.keys() and all(torch.equal(exported[k], v) for k, v in averaged.items())
+    assert averaged.keys() and all(
+        torch.equal(exported[k], v) for k, v in averaged.items()
+    )
     assert any(not torch.equal(exported[k], last[k]) for k in averaged)
 
 

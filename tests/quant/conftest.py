@@ -7,29 +7,27 @@ import torch
 
 from qfd_app.quant import get_codec
 
-
 # Every codec the contract covers: uniform at every bit-width, bf16 scales and a custom
 # block size, the casts and the bitsandbytes codecs.
-CODEC_SPECS = (
-    [("uniform", bits, {}) for bits in range(1, 17)]
-    + [
-        ("uniform", 2, {"scale_dtype": "bfloat16"}),
-        ("uniform", 5, {"scale_dtype": "bfloat16"}),
-        ("uniform", 3, {"block_size": 8}),
-        ("fp32", None, {}),
-        ("fp16", None, {}),
-        ("bf16", None, {}),
-        ("bnb-blockwise8", None, {}),
-        ("bnb-nf4", None, {}),
-        ("bnb-fp4", None, {}),
-        ("bnb-nf4", None, {"block_size": 32}),
-    ]
-)
+CODEC_SPECS = [("uniform", bits, {}) for bits in range(1, 17)] + [
+    ("uniform", 2, {"scale_dtype": "bfloat16"}),
+    ("uniform", 5, {"scale_dtype": "bfloat16"}),
+    ("uniform", 3, {"block_size": 8}),
+    ("fp32", None, {}),
+    ("fp16", None, {}),
+    ("bf16", None, {}),
+    ("bnb-blockwise8", None, {}),
+    ("bnb-nf4", None, {}),
+    ("bnb-fp4", None, {}),
+    ("bnb-nf4", None, {"block_size": 32}),
+]
 
 
 def spec_id(spec):
     name, bits, options = spec
-    return "-".join([name] + ([str(bits)] if bits else []) + [f"{v}" for v in options.values()])
+    return "-".join(
+        [name] + ([str(bits)] if bits else []) + [f"{v}" for v in options.values()]
+    )
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -139,7 +137,9 @@ def check_unbiased(codec, generator, copies=1500):
     mean = decoded.double().mean(0)
     blocks = x.view(-1, codec.block_size)
     step = (blocks.amax(1) - blocks.amin(1)) / ((1 << codec.bits) - 1)
-    step = (step * 1.05).repeat_interleave(codec.block_size).double()  # bf16 scales: wider
+    step = (
+        (step * 1.05).repeat_interleave(codec.block_size).double()
+    )  # bf16 scales: wider
     deviation = (mean - x.double()) / step  # in steps
     assert deviation.abs().max() <= 5.5 / (2 * math.sqrt(copies))
     assert abs(deviation.mean()) <= 5 / (2 * math.sqrt(copies * n))

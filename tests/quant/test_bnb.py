@@ -37,7 +37,9 @@ def test_restored_quant_state_equals_bitsandbytes_packed_state(name, n, generato
     codec = get_codec(name)
     x = torch.randn(n, generator=generator)
     even = torch.cat([x, x.new_zeros(n % 2)])
-    _, expected = bnbf.quantize_4bit(even, blocksize=codec.block_size, quant_type=name[-3:])
+    _, expected = bnbf.quantize_4bit(
+        even, blocksize=codec.block_size, quant_type=name[-3:]
+    )
     # Execute
     restored = codec.quant_state(codec.encode(x))
     # Assert: identical serialised form, tensor by tensor
@@ -85,21 +87,27 @@ def test_every_value_rounds_to_a_nearby_code(name, generator, code_table):
     codec = get_codec(name)
     x = torch.randn(4096, generator=generator)
     table = torch.sort(code_table(name).double()).values
-    h = max(float(torch.diff(table).max()) / 2, float(table[0]) + 1, 1 - float(table[-1]))
+    h = max(
+        float(torch.diff(table).max()) / 2, float(table[0]) + 1, 1 - float(table[-1])
+    )
     absmax = x.view(-1, codec.block_size).abs().amax(1, keepdim=True)
     error = (codec.decode(codec.encode(x)) - x).view(-1, codec.block_size).abs()
     assert torch.all(error <= h * absmax * 1.01)
 
 
 @pytest.mark.parametrize("name", ["bnb-blockwise8", "bnb-nf4"])
-@pytest.mark.parametrize("value, message", [(float("nan"), "NaN or Inf"), (-1.0, "negative")])
+@pytest.mark.parametrize(
+    "value, message", [(float("nan"), "NaN or Inf"), (-1.0, "negative")]
+)
 def test_decode_rejects_invalid_absmax(name, value, message, generator):
     codec = get_codec(name)
     encoded = codec.encode(torch.randn(300, generator=generator))
     buffer = encoded.buffer.clone()
     buffer[:4].view(torch.float32)[0] = value
     with pytest.raises(PayloadError, match=message):
-        codec.decode(Encoded(encoded.codec, encoded.bits, encoded.shape, encoded.dtype, buffer))
+        codec.decode(
+            Encoded(encoded.codec, encoded.bits, encoded.shape, encoded.dtype, buffer)
+        )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +115,11 @@ def test_decode_rejects_invalid_absmax(name, value, message, generator):
     [
         ("bnb-nf4", {"bits": 8}, "'bits' parameter of codec 'bnb-nf4' must be 4"),
         ("bnb-blockwise8", {"bits": 4}, "must be 8"),
-        ("bnb-nf4", {"block_size": 2048}, "'block_size' parameter .* 32, 64, 128, 256, 512, 1024"),
+        (
+            "bnb-nf4",
+            {"block_size": 2048},
+            "'block_size' parameter .* 32, 64, 128, 256, 512, 1024",
+        ),
         ("bnb-blockwise8", {"block_size": 100}, "'block_size' parameter"),
     ],
 )
@@ -124,6 +136,8 @@ def test_chunked_encoding_equals_one_bitsandbytes_call(name, monkeypatch, genera
     codec = get_codec(name)
     x = torch.randn(5001, generator=generator)
     even = torch.cat([x, x.new_zeros(1)])
-    codes, state = bnbf.quantize_4bit(even, blocksize=codec.block_size, quant_type=name[-3:])
+    codes, state = bnbf.quantize_4bit(
+        even, blocksize=codec.block_size, quant_type=name[-3:]
+    )
     expected = torch.cat([state.absmax.view(torch.uint8), codes.view(-1)])
     assert torch.equal(codec.encode(x).buffer, expected)

@@ -6,7 +6,9 @@ import torch
 from qfd_app.quant import get_codec
 
 
-@pytest.mark.parametrize("name, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "name, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)]
+)
 def test_decoded_values_equal_torch_cast(name, dtype, generator):
     x = torch.randn(1000, generator=generator) * torch.logspace(-8, 4, 1000)
     decoded = get_codec(name).decode(get_codec(name).encode(x))
@@ -29,7 +31,9 @@ def test_fp16_refuses_values_it_cannot_hold():
 
 def test_bf16_holds_float32_range():
     x = torch.tensor([1e30, -1e-30])
-    assert torch.allclose(get_codec("bf16").decode(get_codec("bf16").encode(x)), x, rtol=1e-2)
+    assert torch.allclose(
+        get_codec("bf16").decode(get_codec("bf16").encode(x)), x, rtol=1e-2
+    )
 
 
 def test_decoded_tensor_does_not_alias_the_buffer():

@@ -9,13 +9,25 @@ import torch
 from qfd_app.quant import PayloadError, get_codec
 from qfd_app.quant.codec import Encoded
 
-FIXED_SHAPES = [(), (1,), (0,), (2, 0), (3, 3), (16, 8, 3, 3), (7,), (255,), (257,), (1023, 1)]
+FIXED_SHAPES = [
+    (),
+    (1,),
+    (0,),
+    (2, 0),
+    (3, 3),
+    (16, 8, 3, 3),
+    (7,),
+    (255,),
+    (257,),
+    (1023, 1),
+]
 
 
 def random_shapes(count, seed):
     rng = random.Random(seed)
     return [
-        tuple(rng.randint(1, 40) for _ in range(rng.randint(1, 4))) for _ in range(count)
+        tuple(rng.randint(1, 40) for _ in range(rng.randint(1, 4)))
+        for _ in range(count)
     ]
 
 
@@ -24,7 +36,9 @@ def reference_size(codec, shape):
     n = math.prod(shape)
     if codec.name == "uniform":
         scale_bytes = {"float32": 4, "bfloat16": 2}[codec.scale_dtype]
-        return 2 * math.ceil(n / codec.block_size) * scale_bytes + math.ceil(n * codec.bits / 8)
+        return 2 * math.ceil(n / codec.block_size) * scale_bytes + math.ceil(
+            n * codec.bits / 8
+        )
     if codec.name in ("fp32", "fp16", "bf16"):
         return n * codec.bits // 8
     absmax_bytes = 4 * math.ceil(n / codec.block_size)
@@ -116,12 +130,15 @@ class TestCodecContract:
             codec.encode(torch.arange(10), generator)
 
     @pytest.mark.parametrize("delta", [-1, 1])
-    def test_decode_rejects_truncated_or_oversized_buffers(self, codec, generator, delta):
+    def test_decode_rejects_truncated_or_oversized_buffers(
+        self, codec, generator, delta
+    ):
         encoded = codec.encode(torch.randn(100, generator=generator), generator)
         buffer = torch.cat([encoded.buffer, torch.zeros(1, dtype=torch.uint8)])[
             : encoded.nbytes + delta
         ]
         bad = Encoded(encoded.codec, encoded.bits, encoded.shape, encoded.dtype, buffer)
-        with pytest.raises(PayloadError, match="truncated" if delta < 0 else "oversized"):
+        with pytest.raises(
+            PayloadError, match="truncated" if delta < 0 else "oversized"
+        ):
             codec.decode(bad)
-

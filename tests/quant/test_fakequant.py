@@ -6,7 +6,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qfd_app.diffusion.ddpm import build_unet, train_scheduler
-from qfd_app.quant import apply_fake_quant, fake_quantized, is_fake_quantized, remove_fake_quant
+from qfd_app.quant import (
+    apply_fake_quant,
+    fake_quantized,
+    is_fake_quantized,
+    remove_fake_quant,
+)
 from qfd_app.quant.fakequant import CLIP_FACTORS, CLIP_SEARCH_EVERY, GROUP_SIZE
 
 CONV_AND_LINEAR = (nn.Conv2d, nn.Linear)
@@ -36,14 +41,18 @@ def affine_grid(groups, bits, alpha):
     low, high = alpha * groups.amin(1).clamp(max=0), alpha * groups.amax(1).clamp(min=0)
     scale = ((high - low) / levels).clamp_min(torch.finfo(torch.float32).eps)
     zero_point = (-low / scale).round().clamp(0, levels).to(torch.int32)
-    return torch.fake_quantize_per_channel_affine(groups, scale, zero_point, 0, 0, levels)
+    return torch.fake_quantize_per_channel_affine(
+        groups, scale, zero_point, 0, 0, levels
+    )
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_group(unet, bits):
     with fake_quantized(unet, bits):
         for module in quantizable(unet):
-            groups = groups_of(module.weight.detach())  # the parametrized (quantized) view
+            groups = groups_of(
+                module.weight.detach()
+            )  # the parametrized (quantized) view
             assert max(len(torch.unique(group)) for group in groups) <= 2**bits
             assert module.parametrizations.weight.original.dtype == torch.float32
 
@@ -56,38 +65,73 @@ def test_each_group_gets_the_clipped_grid_of_least_squared_error(unet, bits):
         for module in quantizable(unet):
             master = groups_of(module.parametrizations.weight.original.detach())
             error = (groups_of(module.weight.detach()) - master).square().sum(1)
-            candidates = torch.stack([(affine_grid(master, bits, a) - master).square().sum(1)
-                                      for a in CLIP_FACTORS.tolist()])  # fmt: skip
-            torch.testing.assert_close(error, candidates.min(0).values, rtol=1e-5, atol=1e-12)
-            assert torch.all(error <= candidates[0] * (1 + 1e-5) + 1e-12)  # α = 1 is min/max
+            candidates = torch.stack(
+                [
+                    (affine_grid(master, bits, a) - master).square().sum(1)
+                    for a in CLIP_FACTORS.tolist()
+                ]
+            )
+            torch.testing.assert_close(
+                error, candidates.min(0).values, rtol=1e-5, atol=1e-12
+            )
+            assert torch.all(
+                error <= candidates[0] * (1 + 1e-5) + 1e-12
+            )  # α = 1 is min/max
             gained += int((error < candidates[0] * (1 - 1e-3)).sum())
     assert gained > 0 or bits == 8  # at 2–4 bits clipping beats min/max somewhere
 
 
 def least_error(groups, bits):
     """Per group, the least squared error of any clipped grid (brute force over CLIP_FACTORS)."""
-    return torch.stack([(affine_grid(groups, bits, a) - groups).square().sum(1) for a in CLIP_FACTORS.tolist()]).min(0).values
+    return (
+        torch.stack(
+            [
+                (affine_grid(groups, bits, a) - groups).square().sum(1)
+                for a in CLIP_FACTORS.tolist()
+            ]
+        )
+        .min(0)
+        .values
+    )
 
 
 def test_clipping_factors_are_searched_again_every_few_passes_and_kept_in_between(unet):
     bits = 3
     with fake_quantized(unet, bits):
         module = quantizable(unet)[2]
-        quantizer, master = module.parametrizations.weight[0], module.parametrizations.weight.original
+        quantizer, master = (
+            module.parametrizations.weight[0],
+            module.parametrizations.weight.original,
+        )
         module.weight  # pass 1 searches
         kept = quantizer.alpha.clone()
-        with torch.no_grad():  # reshape every group's spread, as training might over many steps
-            master.mul_(torch.linspace(0.1, 3.0, master.numel()).reshape(master.shape) ** 3)
+        with (
+            torch.no_grad()
+        ):  # reshape every group's spread, as training might over many steps
+            master.mul_(
+                torch.linspace(0.1, 3.0, master.numel()).reshape(master.shape) ** 3
+            )
         groups = groups_of(master.detach())
         kept_passes = 0
-        while quantizer.forwards % CLIP_SEARCH_EVERY:  # until the next search: the kept α, current weights
-            torch.testing.assert_close(groups_of(module.weight.detach()), affine_grid(groups, bits, kept), rtol=0, atol=0)
+        while (
+            quantizer.forwards % CLIP_SEARCH_EVERY
+        ):  # until the next search: the kept α, current weights
+            torch.testing.assert_close(
+                groups_of(module.weight.detach()),
+                affine_grid(groups, bits, kept),
+                rtol=0,
+                atol=0,
+            )
             kept_passes += 1
-        assert kept_passes >= CLIP_SEARCH_EVERY - 2  # (registering the parametrization runs one pass)
+        assert (
+            kept_passes >= CLIP_SEARCH_EVERY - 2
+        )  # (registering the parametrization runs one pass)
         assert torch.equal(quantizer.alpha, kept)
         searched = groups_of(module.weight.detach())  # this pass searches again
         error = (searched - groups).square().sum(1)
-        torch.testing.assert_close(error, least_error(groups, bits), rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            error, least_error(groups, bits), rtol=1e-5, atol=1e-12
+        )
         assert not torch.equal(quantizer.alpha, kept)
 
 
@@ -100,7 +144,10 @@ def test_groups_quantize_more_finely_than_whole_channels(unet):
                 master = module.parametrizations.weight.original.detach()
                 grouped += float((module.weight.detach() - master).square().sum())
                 rows = master.reshape(master.shape[0], -1)
-                per_channel += min(float((affine_grid(rows, bits, a) - rows).square().sum()) for a in CLIP_FACTORS)
+                per_channel += min(
+                    float((affine_grid(rows, bits, a) - rows).square().sum())
+                    for a in CLIP_FACTORS
+                )
         assert grouped < 0.9 * per_channel
 
 
@@ -108,7 +155,9 @@ def test_every_conv_and_linear_weight_but_the_image_facing_ends_is_quantized(une
     count = apply_fake_quant(unet, 4)
     assert count == len(quantizable(unet)) > 0
     assert is_fake_quantized(unet)
-    assert not parametrize.is_parametrized(unet.conv_in) and not parametrize.is_parametrized(unet.conv_out)
+    assert not parametrize.is_parametrized(
+        unet.conv_in
+    ) and not parametrize.is_parametrized(unet.conv_out)
     assert all(parametrize.is_parametrized(m, "weight") for m in quantizable(unet))
     remove_fake_quant(unet)
     assert not is_fake_quantized(unet)
@@ -127,18 +176,26 @@ def test_model_output_uses_the_quantized_weights(unet):
 
 def test_gradients_flow_straight_through_to_the_master_weights(unet):
     with fake_quantized(unet, 4):
-        loss = unet(torch.randn(2, 1, 16, 16), torch.tensor([3, 900])).sample.square().mean()
+        loss = (
+            unet(torch.randn(2, 1, 16, 16), torch.tensor([3, 900]))
+            .sample.square()
+            .mean()
+        )
         loss.backward()
         for module in quantizable(unet):
             grad = module.parametrizations.weight.original.grad
-            assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+            assert (
+                grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+            )
 
 
 def test_restores_a_plain_state_dict_with_the_trained_master_weights(unet):
     # Prepare
     keys = list(unet.state_dict())
     parameters = list(unet.parameters())
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)  # built before: same Parameters
+    optimizer = torch.optim.SGD(
+        unet.parameters(), lr=0.1
+    )  # built before: same Parameters
     # Execute
     with fake_quantized(unet, 2):
         unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2])).sample.mean().backward()
@@ -181,7 +238,10 @@ def test_sixteen_bits_and_more_train_in_full_precision(unet, bits):
 
 
 def test_applying_twice_is_refused(unet):
-    with fake_quantized(unet, 4), pytest.raises(ValueError, match="already fake-quantized"):
+    with (
+        fake_quantized(unet, 4),
+        pytest.raises(ValueError, match="already fake-quantized"),
+    ):
         apply_fake_quant(unet, 4)
 
 

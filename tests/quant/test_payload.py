@@ -33,7 +33,10 @@ def unet_update():
     torch.manual_seed(0)
     state = build_unet("tiny", 16).state_dict()
     generator = torch.Generator().manual_seed(1)
-    return {name: 1e-3 * torch.randn(t.shape, generator=generator) for name, t in state.items()}
+    return {
+        name: 1e-3 * torch.randn(t.shape, generator=generator)
+        for name, t in state.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,9 @@ def through_object_store(arrays, meta):
     chunks) and inflate them again, as the SuperLink transport does."""
 
     def round_trip(record):
-        contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(record).items()}
+        contents = {
+            oid: obj.deflate() for oid, obj in get_all_nested_objects(record).items()
+        }
         return inflate_object_from_contents(record.object_id, contents)
 
     return round_trip(arrays), round_trip(meta)
@@ -61,7 +66,11 @@ def through_object_store(arrays, meta):
 
 def decode(arrays, meta, codec, shapes):
     return decode_update(
-        arrays, meta, expected_codec=codec.name, expected_bits=codec.bits, expected_shapes=shapes
+        arrays,
+        meta,
+        expected_codec=codec.name,
+        expected_bits=codec.bits,
+        expected_shapes=shapes,
     )
 
 
@@ -79,13 +88,17 @@ def test_update_round_trips_through_flower_transport(
     assert list(decoded) == list(shapes)
     for key, tensor in unet_update.items():
         assert decoded[key].shape == tensor.shape and decoded[key].dtype == tensor.dtype
-    error = sum(float((decoded[k] - t).double().square().sum()) for k, t in unet_update.items())
+    error = sum(
+        float((decoded[k] - t).double().square().sum()) for k, t in unet_update.items()
+    )
     bound = sum(codec.error_bound(t) for t in unet_update.values())
     assert error <= 1.05 * bound + 1e-30
 
 
 @pytest.mark.parametrize("name, bits, options", CODECS)
-def test_payload_bytes_equal_the_size_formula(name, bits, options, unet_update, shapes, generator):
+def test_payload_bytes_equal_the_size_formula(
+    name, bits, options, unet_update, shapes, generator
+):
     codec = get_codec(name, bits, **options)
     arrays, meta = encode_update(unet_update, codec, generator)
     assert payload_bytes(arrays) == expected_payload_bytes(codec, shapes)
@@ -94,7 +107,9 @@ def test_payload_bytes_equal_the_size_formula(name, bits, options, unet_update, 
     assert 0 < metadata_bytes(arrays, meta) < 20_000
 
 
-def test_four_bit_update_is_half_a_byte_per_parameter_plus_scales(unet_update, generator):
+def test_four_bit_update_is_half_a_byte_per_parameter_plus_scales(
+    unet_update, generator
+):
     # 267,313 values in 152 tensors: codes ⌈n/2⌉ bytes and 8 bytes per block of 256
     codec = get_codec("uniform", 4)
     arrays, _ = encode_update(unet_update, codec, generator)
@@ -141,7 +156,9 @@ def small():
 def replaced(array, **fields):
     """A copy of `array` with some fields changed (set after construction, since Flower's
     constructor refuses some of the malformed values a hostile peer could still send)."""
-    copy = Array(dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data)
+    copy = Array(
+        dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
+    )
     for key, value in fields.items():
         setattr(copy, key, value)
     return copy
@@ -172,24 +189,38 @@ def test_malformed_or_mismatched_metadata_is_rejected(small, change, message):
     arrays, meta, shapes = small
     with pytest.raises(PayloadError, match=message):
         decode_update(
-            arrays, with_meta(meta, **change), expected_codec="uniform", expected_bits=4,
+            arrays,
+            with_meta(meta, **change),
+            expected_codec="uniform",
+            expected_bits=4,
             expected_shapes=shapes,
         )
 
 
 def test_missing_and_extra_tensors_are_listed(small):
     arrays, meta, shapes = small
-    tampered = ArrayRecord({"conv.weight": arrays["conv.weight"], "other": arrays["conv.bias"]})
-    with pytest.raises(PayloadError, match="missing 1 tensor.*'conv.bias'.*unexpected.*'other'"):
+    tampered = ArrayRecord(
+        {"conv.weight": arrays["conv.weight"], "other": arrays["conv.bias"]}
+    )
+    with pytest.raises(
+        PayloadError, match="missing 1 tensor.*'conv.bias'.*unexpected.*'other'"
+    ):
         decode_update(
-            tampered, meta, expected_codec="uniform", expected_bits=4, expected_shapes=shapes
+            tampered,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=shapes,
         )
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
-        (dict(shape=(4, 2, 9)), r"shape \(4, 2, 9\) differs from the model's \(4, 2, 3, 3\)"),
+        (
+            dict(shape=(4, 2, 9)),
+            r"shape \(4, 2, 9\) differs from the model's \(4, 2, 3, 3\)",
+        ),
         (dict(shape=(4, 2, 3, 3.0)), "malformed shape"),
         (dict(dtype="int64"), "dtype 'int64'"),
         (dict(stype="numpy.ndarray"), "stype 'numpy.ndarray'"),
@@ -200,11 +231,17 @@ def test_inconsistent_array_fields_are_rejected(small, fields, message):
     arrays["conv.weight"] = replaced(arrays["conv.weight"], **fields)
     with pytest.raises(PayloadError, match="Tensor 'conv.weight': " + message):
         decode_update(
-            arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes=shapes
+            arrays,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=shapes,
         )
 
 
-@pytest.mark.parametrize("cut, word", [(-1, "truncated"), (-20, "truncated"), (5, "oversized")])
+@pytest.mark.parametrize(
+    "cut, word", [(-1, "truncated"), (-20, "truncated"), (5, "oversized")]
+)
 def test_truncated_or_oversized_buffers_are_rejected(small, cut, word):
     arrays, meta, shapes = small
     data = arrays["conv.weight"].data
@@ -213,7 +250,11 @@ def test_truncated_or_oversized_buffers_are_rejected(small, cut, word):
     )
     with pytest.raises(PayloadError, match=f"buffer is {word}"):
         decode_update(
-            arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes=shapes
+            arrays,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=shapes,
         )
 
 
@@ -224,7 +265,11 @@ def test_nan_scales_are_rejected(small):
     arrays["conv.bias"] = replaced(arrays["conv.bias"], data=bytes(data))
     with pytest.raises(PayloadError, match="Tensor 'conv.bias': .*NaN or Inf"):
         decode_update(
-            arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes=shapes
+            arrays,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=shapes,
         )
 
 
@@ -232,11 +277,21 @@ def test_a_huge_declared_shape_is_rejected_before_allocating(small):
     arrays, meta, shapes = small
     huge = {**shapes, "conv.bias": (10**12,)}
     arrays["conv.bias"] = replaced(arrays["conv.bias"], shape=(10**12,))
-    with pytest.raises(PayloadError, match="truncated: 10 bytes.* exactly 531250000000"):
-        decode_update(arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes=huge)
+    with pytest.raises(
+        PayloadError, match="truncated: 10 bytes.* exactly 531250000000"
+    ):
+        decode_update(
+            arrays,
+            meta,
+            expected_codec="uniform",
+            expected_bits=4,
+            expected_shapes=huge,
+        )
 
 
 @pytest.mark.parametrize("arrays, meta", [(None, {}), ({"a": 1}, "meta")])
 def test_records_of_the_wrong_type_are_rejected(arrays, meta):
     with pytest.raises(PayloadError):
-        decode_update(arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes={})
+        decode_update(
+            arrays, meta, expected_codec="uniform", expected_bits=4, expected_shapes={}
+        )

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from qfd_app.quant import PayloadError, decode_update, encode_update, get_codec
 
 FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 SHAPES = {"conv.weight": (4, 3, 3, 3), "conv.bias": (4,), "norm.weight": (300,)}
 CODECS = {
@@ -30,7 +32,9 @@ CODECS = {
 
 def valid_payload(codec):
     generator = torch.Generator().manual_seed(0)
-    update = {name: torch.randn(shape, generator=generator) for name, shape in SHAPES.items()}
+    update = {
+        name: torch.randn(shape, generator=generator) for name, shape in SHAPES.items()
+    }
     return encode_update(update, codec, generator)
 
 
@@ -127,7 +131,9 @@ def test_non_finite_scales_are_rejected(key, name, value, data):
     codec = CODECS[key]
     arrays, meta = PAYLOADS[key]
     blocks = math.ceil(math.prod(SHAPES[name]) / codec.block_size)
-    scales = 2 * blocks if codec.name == "uniform" else blocks  # min and step, or absmax
+    scales = (
+        2 * blocks if codec.name == "uniform" else blocks
+    )  # min and step, or absmax
     slot = data.draw(st.integers(min_value=0, max_value=scales - 1))
     raw = bytearray(arrays[name].data)
     raw[4 * slot : 4 * slot + 4] = struct.pack("<f", value)
@@ -142,11 +148,14 @@ config_values = st.one_of(
     st.text(max_size=20),
     st.binary(max_size=20),
     st.lists(st.integers(min_value=-5, max_value=300), max_size=3),
-    st.sampled_from(["uniform", "fp16", "bnb-nf4", "qfd-update/1", "float32", "bfloat16"]),
+    st.sampled_from(
+        ["uniform", "fp16", "bnb-nf4", "qfd-update/1", "float32", "bfloat16"]
+    ),
     st.sampled_from([1, 2, 3, 4, 8, 16, 32, 64, 256]),
 )
 meta_keys = st.one_of(
-    st.sampled_from(["format", "codec", "bits", "block-size", "scale-dtype"]), st.text(max_size=12)
+    st.sampled_from(["format", "codec", "bits", "block-size", "scale-dtype"]),
+    st.text(max_size=12),
 )
 
 
@@ -173,7 +182,8 @@ def test_wrong_metadata_is_rejected_or_sound(key, changes, drop):
     key=codec_keys,
     name=tensor_names,
     dtype=st.one_of(
-        st.sampled_from(["float32", "float16", "bfloat16", "float64"]), st.text(max_size=8)
+        st.sampled_from(["float32", "float16", "bfloat16", "float64"]),
+        st.text(max_size=8),
     ),
     stype=st.one_of(
         st.sampled_from(["qfd:uniform", "qfd:fp16", "qfd:bnb-nf4"]), st.text(max_size=8)
@@ -184,7 +194,11 @@ def test_wrong_array_fields_are_rejected_or_sound(key, name, dtype, stype, shape
     codec = CODECS[key]
     arrays, meta = PAYLOADS[key]
     arrays = copy_arrays(arrays)
-    arrays[name].dtype, arrays[name].stype, arrays[name].shape = dtype, stype, tuple(shape)
+    arrays[name].dtype, arrays[name].stype, arrays[name].shape = (
+        dtype,
+        stype,
+        tuple(shape),
+    )
     assert_rejected_or_sound(arrays, meta, codec)
 
 
@@ -206,7 +220,9 @@ def test_huge_declared_sizes_are_rejected_without_allocating(key, dims):
 
 @FUZZ
 @given(
-    names=st.lists(st.one_of(tensor_names, st.text(max_size=10)), max_size=5, unique=True),
+    names=st.lists(
+        st.one_of(tensor_names, st.text(max_size=10)), max_size=5, unique=True
+    ),
 )
 def test_missing_or_extra_tensors_are_rejected(names):
     codec = CODECS["uniform-4"]

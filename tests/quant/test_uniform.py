@@ -27,7 +27,9 @@ def read_wire(encoded, codec):
     mins = np.frombuffer(raw[: blocks * width].tobytes(), scale)
     steps = np.frombuffer(raw[blocks * width : 2 * blocks * width].tobytes(), scale)
     if codec.scale_dtype == "bfloat16":  # bfloat16 = the top half of a float32
-        mins, steps = [(a.astype(np.uint32) << 16).view(np.float32) for a in (mins, steps)]
+        mins, steps = [
+            (a.astype(np.uint32) << 16).view(np.float32) for a in (mins, steps)
+        ]
     stream = np.unpackbits(raw[2 * blocks * width :], bitorder="little")[: n * bits]
     codes = stream.reshape(n, bits).astype(np.int64) @ (1 << np.arange(bits))
     return mins, steps, codes
@@ -45,14 +47,20 @@ def test_wire_layout_matches_the_documented_format(bits, scale_dtype, generator)
     decoded = codec.decode(encoded).numpy()
     # Assert: the decoded values are ℓ_j + q·δ_j read by the independent reader ...
     block = np.arange(1000) // codec.block_size
-    np.testing.assert_array_equal(decoded, codes.astype(np.float32) * steps[block] + mins[block])
+    np.testing.assert_array_equal(
+        decoded, codes.astype(np.float32) * steps[block] + mins[block]
+    )
     assert codes.min() >= 0 and codes.max() <= 2**bits - 1
     # ... and each code is one of the two grid points around its value
     scaled = (x.numpy().astype(np.float64) - mins[block]) / steps[block]
-    assert np.all((codes >= np.floor(scaled) - 1e-3) & (codes <= np.ceil(scaled) + 1e-3))
+    assert np.all(
+        (codes >= np.floor(scaled) - 1e-3) & (codes <= np.ceil(scaled) + 1e-3)
+    )
 
 
-@pytest.mark.parametrize("bits, block_size", [(1, 64), (2, 64), (3, 64), (4, 256), (16, 256)])
+@pytest.mark.parametrize(
+    "bits, block_size", [(1, 64), (2, 64), (3, 64), (4, 256), (16, 256)]
+)
 def test_block_size_is_64_up_to_3_bits_and_256_above(bits, block_size):
     assert default_block_size(bits) == block_size
     assert get_codec("uniform", bits).block_size == block_size
@@ -60,7 +68,12 @@ def test_block_size_is_64_up_to_3_bits_and_256_above(bits, block_size):
 
 @pytest.mark.parametrize(
     "bits, scale_dtype, overhead",
-    [(4, "float32", 0.25), (8, "float32", 0.25), (4, "bfloat16", 0.125), (2, "float32", 1.0)],
+    [
+        (4, "float32", 0.25),
+        (8, "float32", 0.25),
+        (4, "bfloat16", 0.125),
+        (2, "float32", 1.0),
+    ],
 )
 def test_scale_overhead_in_bits_per_value(bits, scale_dtype, overhead):
     codec = get_codec("uniform", bits, scale_dtype=scale_dtype)
@@ -83,10 +96,14 @@ def test_rounds_up_with_probability_equal_to_the_fraction(fraction, generator):
     )
 
 
-def test_unbiasedness_check_detects_round_to_nearest(monkeypatch, generator, assert_unbiased):
+def test_unbiasedness_check_detects_round_to_nearest(
+    monkeypatch, generator, assert_unbiased
+):
     # Draws fixed at 0 turn stochastic rounding into rounding to nearest, which is biased:
     # the statistical check of the contract must catch it (power of the test)
-    monkeypatch.setattr(uniform_module, "_int16_draws", lambda count, gen: torch.zeros(count))
+    monkeypatch.setattr(
+        uniform_module, "_int16_draws", lambda count, gen: torch.zeros(count)
+    )
     with pytest.raises(AssertionError):
         assert_unbiased(get_codec("uniform", 4), generator)
 
@@ -101,7 +118,9 @@ def test_error_bound_is_attained_between_grid_points(bits):
     block = torch.cat([torch.tensor([0.0, levels * step]), halfway]) - 1.0
     x = block.repeat(8)
     # Execute
-    error = (codec.decode(codec.encode(x, torch.Generator())) - x).double().square().sum()
+    error = (
+        (codec.decode(codec.encode(x, torch.Generator())) - x).double().square().sum()
+    )
     # Assert: the m − 2 interior values each contribute δ²/4; the bound counts all m
     assert codec.error_bound(x) == pytest.approx(8 * m * step**2 / 4)
     assert float(error) == pytest.approx(8 * (m - 2) * step**2 / 4)
@@ -112,8 +131,12 @@ def test_codec_bound_equals_the_design_formula_from_block_ranges(bits, generator
     codec = get_codec("uniform", bits)
     x = torch.randn(8 * 256, generator=generator) * torch.linspace(0.01, 2, 8 * 256)
     ranges = block_ranges(x, codec.block_size)
-    expected = sum(codec.block_size * r**2 / (4 * (2**bits - 1) ** 2) for r in ranges.tolist())
-    assert uniform_error_bound(ranges, bits, codec.block_size) == pytest.approx(expected)
+    expected = sum(
+        codec.block_size * r**2 / (4 * (2**bits - 1) ** 2) for r in ranges.tolist()
+    )
+    assert uniform_error_bound(ranges, bits, codec.block_size) == pytest.approx(
+        expected
+    )
     assert codec.error_bound(x) == pytest.approx(expected, rel=1e-5)
 
 
@@ -132,7 +155,9 @@ def test_bfloat16_scales_are_rounded_outward(generator):
     blocks = x.view(-1, 256).double().numpy()
     # Assert: the sent grid [ℓ, ℓ + Lδ] covers every block, and the bound holds
     assert np.all(mins <= blocks.min(1))
-    assert np.all(mins.astype(np.float64) + 15 * steps.astype(np.float64) >= blocks.max(1))
+    assert np.all(
+        mins.astype(np.float64) + 15 * steps.astype(np.float64) >= blocks.max(1)
+    )
     error = (codec.decode(encoded) - x).double().square().sum()
     assert float(error) <= codec.error_bound(x)
 
@@ -165,7 +190,10 @@ def test_a_range_beyond_float32_is_rejected(generator):
         ({"bits": None}, "needs 'bits'"),
         ({"bits": 4, "block_size": 100}, "'block_size' parameter .* multiple of 8"),
         ({"bits": 4, "block_size": 2**21}, "'block_size' parameter"),
-        ({"bits": 4, "scale_dtype": "float16"}, "'scale_dtype' parameter .* float32, bfloat16"),
+        (
+            {"bits": 4, "scale_dtype": "float16"},
+            "'scale_dtype' parameter .* float32, bfloat16",
+        ),
         ({"bits": 4, "scales": "x"}, "Unknown option"),
     ],
 )
@@ -210,6 +238,7 @@ def test_large_tensors_span_several_chunks(monkeypatch, generator):
     mins, steps, codes = read_wire(encoded, codec)
     block = np.arange(1000) // 64
     np.testing.assert_array_equal(
-        codec.decode(encoded).numpy(), codes.astype(np.float32) * steps[block] + mins[block]
+        codec.decode(encoded).numpy(),
+        codes.astype(np.float32) * steps[block] + mins[block],
     )
     assert float((codec.decode(encoded) - x).square().sum()) <= codec.error_bound(x)

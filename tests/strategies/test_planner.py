@@ -20,7 +20,12 @@ torch.set_num_threads(1)
 
 
 def settings(**overrides):
-    return Settings.from_run_config({**default_run_config(), **{k.replace("_", "-"): v for k, v in overrides.items()}})
+    return Settings.from_run_config(
+        {
+            **default_run_config(),
+            **{k.replace("_", "-"): v for k, v in overrides.items()},
+        }
+    )
 
 
 def inputs(**overrides):
@@ -42,7 +47,9 @@ def test_the_model_is_measured_not_guessed(tiny):
 
     real = build_unet("tiny", 16, 1)
     assert tiny.parameters == sum(p.numel() for p in real.parameters())
-    assert tiny.flops_per_sample == pytest.approx(9.1e7, rel=0.1)     # notes/cpu-ml.md: 9.1e7 fwd + bwd
+    assert tiny.flops_per_sample == pytest.approx(
+        9.1e7, rel=0.1
+    )  # notes/cpu-ml.md: 9.1e7 fwd + bwd
     small = model_profile("small", 16, 1)
     assert small.flops_per_sample == pytest.approx(3.6e8, rel=0.1)
 
@@ -63,21 +70,25 @@ def test_payloads_are_the_codecs_exact_sizes(tiny):
     for bits in widths:
         codec = "fp32" if bits == 32 else "uniform"
         for shapes in (tiny.shapes[:12], ((1,),), ((65,),), ((257,),)):
-            assert payload_bits(codec, bits, shapes) == 8 * sum(uniform_size_bytes(s, bits) for s in shapes)
+            assert payload_bits(codec, bits, shapes) == 8 * sum(
+                uniform_size_bytes(s, bits) for s in shapes
+            )
 
 
 def test_payload_is_about_d_times_b_plus_the_scales(tiny):
     d = tiny.parameters
     for bits in (2, 4, 8, 16):
         scales = 64 / (64 if bits <= 3 else 256)
-        assert payload_bits("uniform", bits, tiny.shapes) == pytest.approx(d * (bits + scales), rel=0.01)
+        assert payload_bits("uniform", bits, tiny.shapes) == pytest.approx(
+            d * (bits + scales), rel=0.01
+        )
     assert payload_bits("fp32", 32, tiny.shapes) == 32 * d
 
 
 def test_the_expected_gaussian_range_is_right():
     assert gaussian_range(1) == pytest.approx(0.0, abs=1e-9)
     assert gaussian_range(2) == pytest.approx(2 / math.sqrt(math.pi), rel=1e-6)
-    assert 5.4 < gaussian_range(256) < 5.8                               # tables: ≈ 5.6 for n = 256
+    assert 5.4 < gaussian_range(256) < 5.8  # tables: ≈ 5.6 for n = 256
     assert gaussian_range(64) < gaussian_range(256)
 
 
@@ -86,26 +97,42 @@ def test_the_stand_in_error_falls_with_bits_and_scales_with_the_update(tiny):
     from qfd_app.quant.registry import default_block_size
 
     state = fleet_state(load_scenario("smoke").fleet(), 0, 1, 100)
+
     def v(bits, rms):  # noqa: E306
         history = stand_in_history([0], tiny.shapes, rms, 1.0)
-        return replace(state, range_sq=history.range_sq[0]).error(bits, default_block_size(bits))
+        return replace(state, range_sq=history.range_sq[0]).error(
+            bits, default_block_size(bits)
+        )
 
     errors = [v(b, 1e-3) for b in range(1, 17)]
     assert all(a > b for a, b in zip(errors, errors[1:]))
     assert v(4, 2e-3) == pytest.approx(4 * v(4, 1e-3))
-    assert stand_in_history([0], tiny.shapes, 1e-3, 0.5).update_sq_norm == pytest.approx(0.5 * tiny.parameters * 1e-6)
+    assert stand_in_history(
+        [0], tiny.shapes, 1e-3, 0.5
+    ).update_sq_norm == pytest.approx(0.5 * tiny.parameters * 1e-6)
 
 
 def test_an_unknown_model_preset_names_the_setting():
-    with pytest.raises(SettingsError, match="The 'model' setting must be one of .*; got 'huge'"):
+    with pytest.raises(
+        SettingsError, match="The 'model' setting must be one of .*; got 'huge'"
+    ):
         settings(model="huge")
 
 
 def test_the_plan_follows_the_scenario_the_strategy_and_the_run_settings():
     record, bits, work = inputs()
-    assert [bits[n] for n in (0, 4, 8)] == [[2, 3, 4], [4, 5, 6, 7, 8], list(range(8, 17))]
-    np.testing.assert_allclose([d["weight"] for d in record["devices"]], 0.1)   # 4500 images, 450 each
-    assert record["network"]["bandwidth_hz"] == 10e6 and record["network"]["deadline_s"] == 300.0
+    assert [bits[n] for n in (0, 4, 8)] == [
+        [2, 3, 4],
+        [4, 5, 6, 7, 8],
+        list(range(8, 17)),
+    ]
+    np.testing.assert_allclose(
+        [d["weight"] for d in record["devices"]], 0.1
+    )  # 4500 images, 450 each
+    assert (
+        record["network"]["bandwidth_hz"] == 10e6
+        and record["network"]["deadline_s"] == 300.0
+    )
     # W = E · D_n · φ · c_n · (b/32)^γ, E and D_n from the run's settings and data
     phi = record["model"]["flops_per_sample"]
     assert work[0][0] == pytest.approx(10 * 450 * phi * 0.5 * 2 / 32)
@@ -116,14 +143,19 @@ def test_the_plan_follows_the_scenario_the_strategy_and_the_run_settings():
     _, fixed, _ = inputs(strategy="fixed", bits=6)
     assert all(row == [6] for row in fixed)
     scaled = plan_first_round(settings(fraction_train=1.0), num_devices=30)
-    assert len(scaled["devices"]) == 30 and scaled["network"]["bandwidth_hz"] == 10e6  # as in a run: the band stays
+    assert (
+        len(scaled["devices"]) == 30 and scaled["network"]["bandwidth_hz"] == 10e6
+    )  # as in a run: the band stays
 
 
 def test_the_run_samples_a_fraction_of_the_devices_and_the_plan_the_same_ones():
     record = plan_first_round(settings(fraction_train=0.2))
-    expected = planner.sample_partitions(list(range(10)), connected=10, fraction=0.2, min_train=1, seed=0,
-                                         server_round=1)  # fmt: skip
-    assert [d["partition_id"] for d in record["devices"]] == expected and len(expected) == 2
+    expected = planner.sample_partitions(
+        list(range(10)), connected=10, fraction=0.2, min_train=1, seed=0, server_round=1
+    )
+    assert [d["partition_id"] for d in record["devices"]] == expected and len(
+        expected
+    ) == 2
 
 
 def test_with_gamma_zero_the_work_does_not_depend_on_bits(tmp_path):
@@ -135,15 +167,27 @@ def test_with_gamma_zero_the_work_does_not_depend_on_bits(tmp_path):
 
 
 def test_the_record_holds_inputs_outputs_and_totals_and_the_stand_in_budget_binds():
-    record = plan_first_round(settings(scenario="smoke", fraction_train=1.0), stand_in=True)
-    assert record["scenario"] == "smoke" and record["strategy"] == "ondemand" and record["history"] == "stand-in"
+    record = plan_first_round(
+        settings(scenario="smoke", fraction_train=1.0), stand_in=True
+    )
+    assert (
+        record["scenario"] == "smoke"
+        and record["strategy"] == "ondemand"
+        and record["history"] == "stand-in"
+    )
     assert len(record["devices"]) == 3
     energy = sum(d["energy_j"] for d in record["devices"])
     assert record["totals"]["energy_j"] == pytest.approx(energy)
-    used = sum(d["weight_used"] ** 2 * next(c["error"] for c in d["candidates"] if c["bits"] == d["bits"])
-               for d in record["devices"])  # fmt: skip
+    used = sum(
+        d["weight_used"] ** 2
+        * next(c["error"] for c in d["candidates"] if c["bits"] == d["bits"])
+        for d in record["devices"]
+    )
     assert record["totals"]["error"] == pytest.approx(used)
-    assert record["totals"]["budget_met"] and 0 < used <= record["totals"]["error_budget_abs"]
+    assert (
+        record["totals"]["budget_met"]
+        and 0 < used <= record["totals"]["error_budget_abs"]
+    )
     for d in record["devices"]:
         assert d["bits_min"] <= d["bits"] <= d["bits_max"]
 
@@ -151,7 +195,9 @@ def test_the_record_holds_inputs_outputs_and_totals_and_the_stand_in_budget_bind
 def test_round_one_of_a_run_has_no_history_so_the_budget_is_off():
     record = plan_first_round(settings(scenario="smoke", fraction_train=1.0))
     assert record["network"]["error_budget"] is None and record["history"] == "none"
-    assert [d["bits"] for d in record["devices"]] == [d["bits_min"] for d in record["devices"]]
+    assert [d["bits"] for d in record["devices"]] == [
+        d["bits_min"] for d in record["devices"]
+    ]
 
 
 def test_plans_repeat_for_the_same_seed_and_round_and_differ_for_another_round():
@@ -160,40 +206,92 @@ def test_plans_repeat_for_the_same_seed_and_round_and_differ_for_another_round()
     c = plan_first_round(s, round_=4)
     gains = lambda r: [d["gain"] for d in r["devices"]]  # noqa: E731
     assert gains(a) == gains(b) and gains(a) != gains(c)
-    assert [d["energy_j"] for d in a["devices"]] == [d["energy_j"] for d in b["devices"]]
+    assert [d["energy_j"] for d in a["devices"]] == [
+        d["energy_j"] for d in b["devices"]
+    ]
 
 
 def test_ondemand_uses_less_energy_than_fedavg_on_the_paper_model():
-    paper = {"scenario": "paper", "model": "ddpm-cifar10", "image_size": 32, "local_epochs": 1, "fraction_train": 1.0}
+    paper = {
+        "scenario": "paper",
+        "model": "ddpm-cifar10",
+        "image_size": 32,
+        "local_epochs": 1,
+        "fraction_train": 1.0,
+    }
     ondemand = plan_first_round(settings(**paper))
-    fedavg = plan_first_round(settings(**paper, strategy="fedavg", resource_policy="optimal"))
+    fedavg = plan_first_round(
+        settings(**paper, strategy="fedavg", resource_policy="optimal")
+    )
     race = plan_first_round(settings(**paper, strategy="fedavg"))
     assert race["resource_policy"] == "race-to-idle"
     assert ondemand["model"]["parameters"] > 35e6
-    assert ondemand["totals"]["energy_j"] < fedavg["totals"]["energy_j"] < race["totals"]["energy_j"]
+    assert (
+        ondemand["totals"]["energy_j"]
+        < fedavg["totals"]["energy_j"]
+        < race["totals"]["energy_j"]
+    )
     assert ondemand["totals"]["payload_bits"] < fedavg["totals"]["payload_bits"]
     for d in race["devices"]:
         if d["status"] == "scheduled":
-            assert d["cpu_hz"] == d["cpu_hz_max"] and d["power_w"] == d["power_w_max"] and d["bits"] == 32
+            assert (
+                d["cpu_hz"] == d["cpu_hz_max"]
+                and d["power_w"] == d["power_w_max"]
+                and d["bits"] == 32
+            )
 
 
-@pytest.mark.parametrize(("overrides", "words"), [
-    ({"strategy": "greedy"}, "The 'strategy' setting must be one of 'fedavg', 'fixed', 'ondemand'; got 'greedy'"),
-    ({"strategy": "fixed", "bits": 20}, "The 'bits' setting with codec 'uniform' must be one of 1, .*16; got 20"),
-    ({"resource_policy": "race-to-idle"}, "with strategy 'ondemand' must be one of 'auto', 'optimal'; got 'race"),
-    ({"strategy": "fedavg", "resource_policy": "lazy"}, "The 'resource-policy' setting must be one of"),
-    ({"strategy": "ondemand", "codec": "fp16", "bits": 16}, "'codec' setting with strategy 'ondemand' must be"),
-])  # fmt: skip
-def test_settings_that_do_not_fit_the_strategy_are_refused_before_planning(overrides, words):
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            {"strategy": "greedy"},
+            "The 'strategy' setting must be one of 'fedavg', 'fixed', 'ondemand'; got 'greedy'",
+        ),
+        (
+            {"strategy": "fixed", "bits": 20},
+            "The 'bits' setting with codec 'uniform' must be one of 1, .*16; got 20",
+        ),
+        (
+            {"resource_policy": "race-to-idle"},
+            "with strategy 'ondemand' must be one of 'auto', 'optimal'; got 'race",
+        ),
+        (
+            {"strategy": "fedavg", "resource_policy": "lazy"},
+            "The 'resource-policy' setting must be one of",
+        ),
+        (
+            {"strategy": "ondemand", "codec": "fp16", "bits": 16},
+            "'codec' setting with strategy 'ondemand' must be",
+        ),
+    ],
+)
+def test_settings_that_do_not_fit_the_strategy_are_refused_before_planning(
+    overrides, words
+):
     with pytest.raises(SettingsError, match=words):
         settings(**overrides)
 
 
 def test_every_strategy_plans_with_its_own_codec_sizes():
-    for name, codec, bits in (("fixed", "bnb-nf4", 4), ("fixed", "fp16", 16), ("ondemand", "uniform", 8)):
-        record = plan_first_round(settings(scenario="smoke", fraction_train=1.0, strategy=name, codec=codec, bits=bits))
+    for name, codec, bits in (
+        ("fixed", "bnb-nf4", 4),
+        ("fixed", "fp16", 16),
+        ("ondemand", "uniform", 8),
+    ):
+        record = plan_first_round(
+            settings(
+                scenario="smoke",
+                fraction_train=1.0,
+                strategy=name,
+                codec=codec,
+                bits=bits,
+            )
+        )
         rules = get_strategy(name)(codec=codec, bits=bits)
         shapes = model_profile("tiny", 16, 1).shapes
         for d in record["devices"]:
             for c in d["candidates"]:
-                assert c["payload_bits"] == payload_bits(rules.codec_for(c["bits"]), c["bits"], shapes)
+                assert c["payload_bits"] == payload_bits(
+                    rules.codec_for(c["bits"]), c["bits"], shapes
+                )

@@ -22,14 +22,25 @@ def test_the_registry_holds_the_shipped_strategies_each_from_its_own_module():
 
 
 def test_an_unknown_strategy_names_the_known_ones():
-    with pytest.raises(ValueError, match="Unknown strategy 'greedy'; choose one of fedavg, fixed, ondemand"):
+    with pytest.raises(
+        ValueError,
+        match="Unknown strategy 'greedy'; choose one of fedavg, fixed, ondemand",
+    ):
         get_strategy("greedy")
 
 
 def test_the_docs_table_lists_every_strategy_as_the_registry_declares_it():
-    table = DOCS.read_text().split("<!-- strategies:start")[1].split("<!-- strategies:end -->")[0]
-    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| `")]
-    documented = {re.sub(r"`", "", cells[0]).strip(): [c.strip() for c in cells] for cells in rows}
+    table = (
+        DOCS.read_text()
+        .split("<!-- strategies:start")[1]
+        .split("<!-- strategies:end -->")[0]
+    )
+    rows = [
+        line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| `")
+    ]
+    documented = {
+        re.sub(r"`", "", cells[0]).strip(): [c.strip() for c in cells] for cells in rows
+    }
     assert sorted(documented) == sorted(strategy_names())
     for name, cls in strategies().items():
         _, summary, option, policies, budget = documented[name]
@@ -68,7 +79,10 @@ def test_options_of_qfd_compare_are_each_strategys_own():
     fixed, fedavg, ondemand = (get_strategy(n) for n in ("fixed", "fedavg", "ondemand"))
     assert fixed.parse_option("4", {"bits": 8}) == ({"bits": 4}, "4")
     assert fixed.parse_option("", {"bits": 8}) == ({"bits": 8}, "8")
-    assert fedavg.parse_option("optimal", {}) == ({"resource-policy": "optimal"}, "optimal")
+    assert fedavg.parse_option("optimal", {}) == (
+        {"resource-policy": "optimal"},
+        "optimal",
+    )
     assert ondemand.parse_option("", {}) == ({}, "")
     for cls, option in ((fixed, "four"), (fedavg, "lazy"), (ondemand, "optimal")):
         with pytest.raises(ValueError, match=f"{cls.name} takes .*; got {option!r}"):
@@ -79,7 +93,11 @@ def test_reading_the_registry_loads_neither_flower_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from qfd_app.strategies import strategies; strategies(); "
-            "bad = [m for m in ('torch', 'flwr', 'diffusers') if m in sys.modules]; assert not bad, bad")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from qfd_app.strategies import strategies; strategies(); "
+        "bad = [m for m in ('torch', 'flwr', 'diffusers') if m in sys.modules]; assert not bad, bad"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,9 @@ app = ClientApp()
 
 
 def _who(msg: Message, context: Context) -> tuple[int, int]:
-    return int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])
+    return int(context.node_config["partition-id"]), int(
+        msg.content["config"]["server-round"]
+    )
 
 
 @app.query()
@@ -43,7 +45,12 @@ def train(msg: Message, context: Context) -> Message:
         arrays = reply.content["update"]
         name = next(iter(arrays))
         array = arrays[name]
-        arrays[name] = Array(dtype=array.dtype, shape=array.shape, stype=array.stype, data=array.data[:-3])
+        arrays[name] = Array(
+            dtype=array.dtype,
+            shape=array.shape,
+            stype=array.stype,
+            data=array.data[:-3],
+        )
     if partition == 5 and server_round == 1:
         metrics = reply.content["metrics"]
         metrics["train-loss"] = [metrics["train-loss"]]
