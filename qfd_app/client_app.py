@@ -113,6 +113,17 @@ def train(msg: Message, context: Context) -> Message:
             protocol.UPDATE_KEY: arrays,
             protocol.UPDATE_META_KEY: meta,
             protocol.METRICS_KEY: MetricRecord(metrics),
+            protocol.HOST_KEY: ConfigRecord({"ray-node": _ray_node()}),
         }
     )
     return Message(content, reply_to=msg)
+
+
+def _ray_node() -> str:
+    """The id of the Ray node this ClientApp runs on; '' outside a Ray worker (deployment)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 — no Ray, or no node: the run goes on
+        return ""

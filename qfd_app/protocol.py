@@ -24,11 +24,19 @@ from typing import Any
 from qfd_app.edge.devices import DeviceClass
 from qfd_app.edge.state import DeviceState
 from qfd_app.quant.registry import UNIFORM_BLOCK_SIZES
-from qfd_app.validation import Interval, Text, check_mapping, refusal
+from qfd_app.validation import (
+    Interval,
+    Satisfies,
+    Text,
+    check_mapping,
+    check_value,
+    refusal,
+)
 
 ARRAYS_KEY, CONFIG_KEY = "arrays", "config"
 STATE_KEY = "device-state"
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
+HOST_KEY = "host"  # where the device's ClientApp ran: {"ray-node": Ray node id, "" outside Ray}
 
 
 class StateError(ValueError):
@@ -126,6 +134,13 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
     return values["partition-id"], state
 
 
+def reported_partition(record: Mapping[str, Any]) -> int | None:
+    """The partition id of a state record if that key alone is valid (so that a device whose
+    state is refused is still booked under its partition), else None."""
+    value = record.get("partition-id")
+    return value if STATE_FIELDS["partition-id"].problem(value) is None else None
+
+
 # ----------------------------------------------------------------------------- the train exchange
 
 
@@ -185,4 +200,27 @@ def reply_metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
         label=lambda k: f"Reply metric {k!r}",
         error=ReplyError,
         unknown="ignore",
+    )
+
+
+RAY_NODE = Satisfies(
+    lambda v: (
+        isinstance(v, str) and len(v) <= 64 and all(c in "0123456789abcdef" for c in v)
+    ),
+    "a Ray node id (hexadecimal, at most 64 characters) or ''",
+)
+
+
+def reply_host(record: Mapping[str, Any] | None) -> str:
+    """The Ray node a train reply says its ClientApp ran on ('' when it says none).
+
+    Raises
+    ------
+    ReplyError
+        When `ray-node` is not a Ray node id.
+    """
+    if record is None or "ray-node" not in record:
+        return ""
+    return check_value(
+        "Reply host 'ray-node'", record["ray-node"], RAY_NODE, ReplyError
     )

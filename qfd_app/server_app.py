@@ -17,6 +17,7 @@ from qfd_app.diffusion.evaluation import Evaluator
 from qfd_app.runs.ledger import Ledger
 from qfd_app.runs.report import plot_rounds
 from qfd_app.runs.rundir import AfterRound, open_run_dir
+from qfd_app.runs.tensorboard import TensorBoardLog
 from qfd_app.settings import load_settings
 from qfd_app.strategies.base import make_strategy
 from qfd_app.strategies.planner import round_physics
@@ -86,6 +87,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy_state=strategy.state,
         average=average,
         started=started,
+        tensorboard=TensorBoardLog(run_dir, settings.label),
     )
     done = 0
     if checkpoint is not None:
@@ -129,5 +131,6 @@ def main(grid: Grid, context: Context) -> None:
         **ledger.totals(),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    after_round.tensorboard.finish(settings.to_run_config(), after_round.last_scores)
     log(INFO, "[qfd] done in %.0f s: %s", summary["wall_s"], summary)
     log(INFO, "[qfd] run directory: %s", run_dir)

@@ -244,6 +244,13 @@ class Settings:
         """The resource policy in force: `auto` is the strategy's first (fedavg: race-to-idle)."""
         return resource_policy(get_strategy(self.strategy), self.resource_policy)
 
+    @property
+    def label(self) -> str:
+        """The run's name in TensorBoard: strategy, options and seed, e.g.
+        `fixed:4:fp32-training-seed1`."""
+        training = "" if self.quantized_training else ":fp32-training"
+        return f"{self.rules().label()}{training}-seed{self.seed}"
+
     def rules(self) -> Strategy:
         """The run's strategy (its rules, from the registry) with the run's codec, bits and resources."""
         return get_strategy(self.strategy)(

@@ -166,3 +166,23 @@ def test_an_unknown_aggregate_norm_is_saved_as_null(tmp_path):
     assert saved["update_sq_norm"] is None
     strategy.restore(saved, completed_rounds=1)
     assert math.isnan(strategy.history.update_sq_norm)
+
+
+def test_a_ledger_written_before_the_ray_node_column_is_read_back(tmp_path):
+    from qfd_app.runs.ledger import DeviceRecord
+
+    ledger = Ledger(tmp_path)
+    ledger.book(DeviceRecord(1, 5, 0, "iot", "ok", "", bits=4, ray_node="ab" * 28))
+    ledger.book(DeviceRecord(1, 6, 1, "phone", "ok", "", bits=8))
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = (tmp_path / "devices.csv").read_text().splitlines()
+    # an older run's devices.csv: the same rows without the last column
+    (old / "devices.csv").write_text(
+        "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"
+    )
+    resumed = Ledger(old)
+    assert [r.ray_node for r in resumed.records] == ["", ""]
+    assert [r.bits for r in resumed.records] == [4, 8]
+    assert [r.ray_node for r in Ledger(tmp_path).records] == ["ab" * 28, ""]
+    assert ledger.totals()["ray_nodes"] == ["ab" * 28]

@@ -12,7 +12,9 @@ from qfd_app.protocol import (
     StateError,
     TrainConfig,
     parse_state,
+    reply_host,
     reply_metrics,
+    reported_partition,
     state_record,
 )
 
@@ -121,3 +123,22 @@ def test_a_reply_without_metrics_or_with_one_missing_is_refused():
         reply_metrics(None)
     with pytest.raises(ReplyError, match="'encode-s' is missing"):
         reply_metrics({k: v for k, v in METRICS.items() if k != "encode-s"})
+
+
+def test_a_refused_state_still_names_its_partition_when_that_key_is_valid():
+    assert reported_partition({**state_record(7, STATE), "gain": math.nan}) == 7
+    for bad in (-1, "7", 7.0, True, None):
+        assert (
+            reported_partition({**state_record(7, STATE), "partition-id": bad}) is None
+        )
+
+
+def test_the_ray_node_of_a_reply_is_a_hex_id_or_nothing():
+    node = "a3" * 28
+    assert reply_host({"ray-node": node}) == node
+    assert reply_host(None) == reply_host({}) == reply_host({"ray-node": ""}) == ""
+    for bad in ("node-1", "A3" * 28, "a" * 65, 7):
+        with pytest.raises(
+            ReplyError, match="Reply host 'ray-node' must be a Ray node id"
+        ):
+            reply_host({"ray-node": bad})

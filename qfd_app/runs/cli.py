@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -157,19 +160,14 @@ def plan(
 ) -> None:
     """Plan a round exactly as a run with these settings would, without training, and print it."""
     from qfd_app.edge.problem import BANDWIDTH_POLICIES
-    from qfd_app.runs.launch import run_config_arg
     from qfd_app.runs.plan import format_plan, plan_first_round
     from qfd_app.validation import Options, check_value
 
-    shorthands = {
-        "strategy": strategy,
-        "bits": bits,
-        "resource-policy": resource_policy,
-    }
-    extra = run_config_arg(
-        {"scenario": scenario, **{k: v for k, v in shorthands.items() if v is not None}}
+    given = {"strategy": strategy, "bits": bits, "resource-policy": resource_policy}
+    shorthands = {k: v for k, v in given.items() if v is not None}
+    settings = _checked_settings(
+        app_dir, run_config, {"scenario": scenario, **shorthands}
     )
-    settings = _checked_settings(app_dir, f"{run_config} {extra}".strip())
     try:
         if bandwidth_policy is not None:
             check_value(
@@ -331,26 +329,52 @@ def run(
             help='Simulation settings, e.g. "num-supernodes=10 client-resources-num-cpus=1".'
         ),
     ] = "",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="RAY_ADDRESS",
+            help="Run the simulation on this Ray cluster (host:port of its head; default: "
+            "$RAY_ADDRESS), through a SuperLink of qfd's own started with it.",
+        ),
+    ] = None,
 ) -> None:
     """Check every setting, then `flwr run --stream`; the exit code says whether the run completed.
 
     A bad setting stops here with one line naming it (exit 2), before any device is
     contacted; a run that fails later exits 1 (`flwr run` itself exits 0 either way).
+    With a Ray address the run goes to a private SuperLink on loopback that was started
+    with RAY_ADDRESS, so its simulation joins that cluster (a SuperLink that is already
+    running keeps the Ray it was started with), and is stopped when the run ends.
     """
-    from qfd_app.runs.launch import flwr_run, run_status, user_env
+    from qfd_app.runs.launch import CONNECTION, flwr_run, run_status, user_env
+    from qfd_app.runs.launch import superlink as private_superlink
 
     settings = _checked_settings(app_dir, run_config)
-    env = user_env()
-    done = flwr_run(
-        env,
-        run_config,
-        federation_config,
-        timeout_s=30 * 24 * 3600,
-        app=app_dir.resolve(),
-        on_line=typer.echo,
-        connection=superlink,
-    )
-    status = run_status(env, done.stdout, connection=superlink)
+    if ray_address and superlink:
+        _fail(
+            f"--ray-address (or RAY_ADDRESS) runs the simulation on a SuperLink of qfd's own; "
+            f"the SuperLink {superlink!r} runs on the Ray it was started with. Give one of them."
+        )
+    with ExitStack() as stack:
+        env, connection = user_env(), superlink
+        if ray_address:
+            typer.echo(f"qfd: a private SuperLink on the Ray cluster at {ray_address}")
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qfd-")))
+            env = stack.enter_context(
+                private_superlink(home / "flwr-home", RAY_ADDRESS=ray_address)
+            )
+            connection = CONNECTION
+        done = flwr_run(
+            env,
+            run_config,
+            federation_config,
+            timeout_s=30 * 24 * 3600,
+            app=app_dir.resolve(),
+            on_line=typer.echo,
+            connection=connection,
+        )
+        status = run_status(env, done.stdout, connection=connection)
     if done.returncode != 0 or status != "finished:completed":
         typer.echo(
             f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr run exited "
@@ -358,6 +382,27 @@ def run(
             err=True,
         )
         raise typer.Exit(1)
+    if ray_address:
+        nodes = _ray_nodes(done.stdout)
+        if not nodes:
+            _fail_run(f"no device reported a Ray node of the cluster at {ray_address}")
+        typer.echo(
+            f"qfd: devices trained on {len(nodes)} Ray node(s): {', '.join(nodes)}"
+        )
+
+
+def _ray_nodes(output: str) -> list[str]:
+    """The Ray nodes the finished run's summary.json lists (its run directory is in `output`)."""
+    found = re.findall(r"\[qfd\] run directory: (\S+)", output)
+    summary = Path(found[-1]) / "summary.json" if found else None
+    if summary is None or not summary.is_file():
+        return []
+    return list(json.loads(summary.read_text()).get("ray_nodes", []))
+
+
+def _fail_run(message: str) -> None:
+    typer.echo(f"qfd: {message}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -390,8 +435,12 @@ def resume(
     run(app_dir, superlink, run_config_arg(config), federation_config)
 
 
-def _checked_settings(app_dir: Path | None, run_config: str):
-    """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key."""
+def _checked_settings(app_dir: Path | None, run_config: str, fixed: dict | None = None):
+    """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key.
+
+    `fixed` are settings given by the command's own arguments; `--run-config` may not
+    give them a different value.
+    """
     from flwr.common.config import parse_config_args
 
     from qfd_app.runs.rundir import resume_target
@@ -399,6 +448,12 @@ def _checked_settings(app_dir: Path | None, run_config: str):
 
     try:
         overrides = parse_config_args([run_config]) if run_config else {}
+        for key, value in (fixed or {}).items():
+            if overrides.setdefault(key, value) != value:
+                raise ValueError(
+                    f"--run-config sets {key}={overrides[key]!r}, but the command's "
+                    f"arguments say {value!r}: give it once."
+                )
         defaults = (
             default_run_config(app_dir / "pyproject.toml")
             if app_dir

@@ -95,17 +95,39 @@ def start_superlink(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.time() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, env
-        if proc.poll() is not None or time.time() > deadline:
-            stop_group(proc)
-            raise RuntimeError(
-                f"SuperLink did not start: {(flwr_home / 'superlink.log').read_text()[-2000:]}"
-            )
-        time.sleep(0.3)
+    try:
+        wait_for_control_api(env, CONNECTION, proc)
+    except RuntimeError as err:
+        stop_group(proc)
+        log = (flwr_home / "superlink.log").read_text()[-2000:]
+        raise RuntimeError(f"{err}; its log ends:\n{log}") from None
+    return proc, env
+
+
+def wait_for_control_api(
+    env: dict[str, str], connection: str, proc: subprocess.Popen, timeout_s: float = 180
+) -> None:
+    """Wait until the SuperLink behind `connection` answers `flwr ls` (its control API, what
+    `flwr run` talks to) — readiness asked of the server, not guessed from an open port.
+
+    Raises RuntimeError saying what was awaited when the process exits or the time is up.
+    """
+    deadline = time.time() + timeout_s
+    args = [str(BIN / "flwr"), "ls", connection, "--format", "json"]
+    answer = ""
+    while proc.poll() is None and time.time() < deadline:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            return
+        answer = (done.stdout + done.stderr).strip()[-300:]
+        time.sleep(0.5)
+    state = (
+        f"exited with {proc.returncode}" if proc.poll() is not None else "still runs"
+    )
+    raise RuntimeError(
+        f"the SuperLink of connection {connection!r} did not answer `flwr ls` (its control "
+        f"API) within {timeout_s:.0f} s; the process {state}; last answer: {answer!r}"
+    )
 
 
 @contextmanager

@@ -33,8 +33,8 @@ class DeviceRecord:
     computed from those bytes at the assigned rate, `energy_compute_j` from the assigned
     clock. `deadline_missed` flags compute_s + upload_s > the deadline. host_train_s and
     host_encode_s are the wall times the simulation host really took to train and encode
-    (not the modelled device's). A device whose reply
-    never came is charged nothing (nothing is known of it).
+    (not the modelled device's); `ray_node` the Ray node its ClientApp ran on (empty outside
+    Ray). A device whose reply never came is charged nothing (nothing is known of it).
     """
 
     round: int
@@ -60,6 +60,7 @@ class DeviceRecord:
     train_loss: float = float("nan")
     host_train_s: float = 0.0
     host_encode_s: float = 0.0
+    ray_node: str = ""
 
     @property
     def energy_j(self) -> float:
@@ -77,6 +78,7 @@ def planned_record(
     deadline_s: float,
     sent: int = 0,
     metrics: dict | None = None,
+    ray_node: str = "",
 ) -> DeviceRecord:
     """The row of a device that was planned (`strategies.planner.Assignment`): energy from its
     plan and the bytes the server received, upload time = bits / the assigned rate.
@@ -120,6 +122,7 @@ def planned_record(
         train_loss=metrics.get("train-loss", math.nan),
         host_train_s=metrics.get("train-s", 0.0),
         host_encode_s=metrics.get("encode-s", 0.0),
+        ray_node=ray_node,
     )
 
 
@@ -234,6 +237,7 @@ class Ledger:
             "bytes_up": sum(r.bytes_up for r in rows),
             "devices_excluded": sum(r.status == EXCLUDED for r in rows),
             "deadline_misses": sum(r.deadline_missed for r in rows),
+            "ray_nodes": sorted({r.ray_node for r in rows if r.ray_node}),
         }
 
     def write_round(self, row: dict) -> None:
@@ -273,11 +277,13 @@ _FROM_CSV = {
 
 
 def _parse_record(row: dict[str, str]) -> DeviceRecord:
-    """A devices.csv row back as the record that wrote it."""
+    """A devices.csv row back as the record that wrote it (a column that an older run did not
+    write takes its default)."""
     return DeviceRecord(
         **{
             f.name: _FROM_CSV[f.type](row[f.name])
             for f in dataclasses.fields(DeviceRecord)
+            if f.name in row
         }
     )
 

@@ -24,6 +24,7 @@ from qfd_app.runs.checkpoint import (
 )
 from qfd_app.runs.ledger import Ledger
 from qfd_app.runs.report import save_grid
+from qfd_app.runs.tensorboard import TensorBoardLog
 from qfd_app.settings import RESUMABLE, Settings, SettingsError
 
 
@@ -155,6 +156,7 @@ class AfterRound:
     num_rounds: int
     strategy_state: Callable[[], dict]
     average: RoundAverage
+    tensorboard: TensorBoardLog | None = None
     first_round: int = 1
     wall_before_s: float = 0.0  # what the run took before it was resumed
     last_scores: dict[str, float] = field(default_factory=dict)
@@ -179,6 +181,7 @@ class AfterRound:
         state = arrays.to_torch_state_dict()
         self.model.load_state_dict(state)
         averaged = self.average.update(self.model)
+        images = None
         if self.due(server_round):
             scores, images = self.evaluator(averaged)
             save_grid(
@@ -212,6 +215,9 @@ class AfterRound:
         row = {**self.ledger.summarise(server_round), **scores}
         row["wall_s"] = round(self.wall_s(), 2)
         self.ledger.write_round(row)
+        if self.tensorboard is not None:
+            assigned = [r.bits for r in self.ledger.of_round(server_round) if r.bits]
+            self.tensorboard.round(server_round, row, assigned, images)
         commit_checkpoint(self.run_dir, staged)
         shown = ", ".join(
             f"{k} {row[k]:.4g}" for k in LOGGED if isinstance(row.get(k), (int, float))

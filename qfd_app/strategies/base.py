@@ -249,6 +249,11 @@ class EdgeStrategy(FedAvg):
                     )
                 self._partition_of[node], states[node] = protocol.parse_state(record)
             except protocol.StateError as err:
+                partition = protocol.reported_partition(record or {})
+                if (
+                    partition is not None
+                ):  # known, so booked (and sampled) by its partition
+                    self._partition_of[node] = partition
                 log(
                     WARNING,
                     "Round %d: rejected the state of node %d: %s",
@@ -295,8 +300,11 @@ class EdgeStrategy(FedAvg):
                     self._record(server_round, node, plan, FAILED, reply.error.reason)
                 )
                 continue
-            sent = averaging.sent_bytes(reply)
+            sent, host = averaging.sent_bytes(reply), ""
             try:
+                host = protocol.reply_host(
+                    reply.content.config_records.get(protocol.HOST_KEY)
+                )
                 metrics = protocol.reply_metrics(
                     reply.content.metric_records.get(protocol.METRICS_KEY)
                 )
@@ -311,13 +319,26 @@ class EdgeStrategy(FedAvg):
                 )
                 self.ledger.book(
                     self._record(
-                        server_round, node, plan, REJECTED, str(err), sent=sent
+                        server_round,
+                        node,
+                        plan,
+                        REJECTED,
+                        str(err),
+                        sent=sent,
+                        ray_node=host,
                     )
                 )
                 continue
             self.ledger.book(
                 self._record(
-                    server_round, node, plan, OK, "", sent=sent, metrics=metrics
+                    server_round,
+                    node,
+                    plan,
+                    OK,
+                    "",
+                    sent=sent,
+                    metrics=metrics,
+                    ray_node=host,
                 )
             )
             self.history.range_sq[plan.partition_id] = {
@@ -372,17 +393,8 @@ class EdgeStrategy(FedAvg):
         self.ledger.book_phases(server_round, aggregate_s=time.perf_counter() - decoded)
         return ArrayRecord(torch_state_dict=new_global), metrics
 
-    def _record(
-        self,
-        server_round,
-        node,
-        plan: Assignment,
-        status,
-        reason,
-        *,
-        sent=0,
-        metrics=None,
-    ) -> DeviceRecord:
+    def _record(self, server_round, node, plan: Assignment, status, reason, **reply):
+        """The row of a planned device; `reply` holds what its reply said (`planned_record`)."""
         network = self.physics.network
         return planned_record(
             server_round,
@@ -390,10 +402,9 @@ class EdgeStrategy(FedAvg):
             plan,
             status,
             reason,
-            sent=sent,
-            metrics=metrics,
             noise_w_per_hz=network.noise_w_per_hz,
             deadline_s=network.deadline_s,
+            **reply,
         )
 
 

@@ -23,6 +23,9 @@ class FixedBits(Strategy):
     def codec_for(self, bits: int) -> str:
         return self.codec
 
+    def label(self) -> str:
+        return f"fixed:{self.bits}"
+
     @classmethod
     def parse_option(
         cls, option: str, base: Mapping[str, Any]

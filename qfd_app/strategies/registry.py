@@ -90,6 +90,12 @@ class Strategy:
             )
         return candidate_bits(bits_min, bits_max, widths)
 
+    def label(self) -> str:
+        """How runs and plots name this strategy with its options, e.g. `fedavg:optimal`."""
+        if len(self.resource_policies) > 1:
+            return f"{self.name}:{self.resource_policy}"
+        return self.name
+
     @classmethod
     def parse_option(
         cls, option: str, base: Mapping[str, Any]

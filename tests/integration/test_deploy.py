@@ -7,13 +7,18 @@ device profiles in `--node-config`, and one SuperNode whose key was never regist
 
 import json
 import re
-import socket
 import subprocess
-import time
 
 import pytest
 
-from qfd_app.runs.launch import APP_DIR, BIN, flower_env, free_port, stop_group
+from qfd_app.runs.launch import (
+    APP_DIR,
+    BIN,
+    flower_env,
+    free_port,
+    stop_group,
+    wait_for_control_api,
+)
 from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
@@ -72,18 +77,6 @@ def run_script(name, *args, env):
     )
 
 
-def wait_until_listening(port, proc, timeout_s=60):
-    deadline = time.time() + timeout_s
-    while proc.poll() is None and time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(
-        f"the SuperLink is not listening on {port} (exit code {proc.poll()})"
-    )
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
@@ -100,7 +93,6 @@ def deployment(tmp_path_factory):
             SUPERLINK_HOST="127.0.0.1",
             SUPERLINK_PORT=str(port),
         )
-        wait_until_listening(port, superlink)
         run_script(
             "add-connection.sh",
             CONNECTION,
@@ -108,6 +100,7 @@ def deployment(tmp_path_factory):
             certs / "ca.crt",
             env=env,
         )
+        wait_for_control_api(env, CONNECTION, superlink)  # asks the server, over TLS
         run_script(
             "register.sh",
             CONNECTION,
@@ -208,6 +201,7 @@ def test_each_device_trains_every_round_within_its_own_profile(deployment):
             assert r["device_class"] == device_class
             assert (int(r["bits_min"]), int(r["bits_max"])) == (bits_min, bits_max)
             assert bits_min <= int(r["bits"]) <= bits_max
+            assert r["ray_node"] == ""  # a SuperNode on its own box: no Ray
 
 
 def test_the_run_writes_its_summary_on_the_superlink_host(deployment):

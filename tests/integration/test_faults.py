@@ -106,7 +106,7 @@ def test_a_metric_of_the_wrong_type_is_rejected_naming_it(faulty_run):
     rows = rows_of(faulty_run, 5)
     assert (
         rows[1]["status"] == "rejected"
-        and "'train-loss' must be float" in rows[1]["reason"]
+        and "'train-loss' must be a float" in rows[1]["reason"]
     )
     assert rows[2]["status"] == "ok"
 

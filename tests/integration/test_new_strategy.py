@@ -79,8 +79,13 @@ def test_the_new_strategy_is_planned_by_qfd_plan(app_copy):
         assert device["bits"] == (device["bits_min"] + min(device["bits_max"], 16)) // 2
 
 
-def test_the_new_strategy_runs_a_round_in_a_flower_simulation(app_copy, tmp_path):
+def test_the_new_strategy_runs_a_round_in_a_flower_simulation(
+    app_copy, tmp_path, monkeypatch
+):
     out = tmp_path / "runs"
+    # Ray puts its driver's working directory first on its workers' path: from the checkout
+    # the ClientApps would import the checkout's qfd_app, not the copy's
+    monkeypatch.chdir(app_copy)
     with superlink(
         tmp_path / "flwr-home",
         PYTHONPATH=str(app_copy),

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -82,6 +83,44 @@ def test_every_device_trained_and_its_upload_was_booked(fedavg_run):
     assert sum(int(r["bytes_up"]) for r in rounds) == sum(
         int(d["bytes_up"]) for d in devices
     )
+
+
+def test_every_device_says_which_ray_node_it_trained_on(fedavg_run):
+    run_dir, _ = fedavg_run
+    nodes = {d["ray_node"] for d in read_csv(run_dir / "devices.csv")}
+    assert len(nodes) == 1 and re.fullmatch(
+        r"[0-9a-f]{56}", nodes.pop()
+    )  # one local Ray
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["ray_nodes"]) == 1
+
+
+def test_tensorboard_holds_what_rounds_csv_holds(fedavg_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = fedavg_run
+    (folder,) = (run_dir / "tensorboard").iterdir()
+    assert folder.name == "fedavg:race-to-idle-seed0"
+    events = EventAccumulator(
+        str(folder), size_guidance={"scalars": 0, "histograms": 0}
+    )
+    events.Reload()
+    compared = 0
+    for row in read_csv(run_dir / "rounds.csv"):
+        for key, text in row.items():
+            if key == "round" or not text or not math.isfinite(float(text)):
+                continue
+            points = {p.step: p.value for p in events.Scalars(f"rounds/{key}")}
+            assert points[int(row["round"])] == pytest.approx(float(text), rel=1e-6), (
+                key
+            )
+            compared += 1
+    assert compared >= 2 * 20
+    bits = events.Histograms("bits/assigned")
+    assert [h.step for h in bits] == [1, 2] and all(
+        h.histogram_value.min == 32 for h in bits
+    )
+    assert [i.step for i in events.Images("samples")] == [1, 2]  # eval-interval 1
 
 
 def test_global_model_changed_from_its_seeded_initialisation(fedavg_run):
