@@ -4,8 +4,6 @@ import math
 
 import pytest
 
-from qfd_app.edge.devices import DeviceClass
-from qfd_app.edge.state import DeviceState
 from qfd_app.protocol import (
     REPLY_METRICS,
     ReplyError,
@@ -17,20 +15,8 @@ from qfd_app.protocol import (
     reported_partition,
     state_record,
 )
+from tests.edge.test_state import STATE  # a phone's state, with its range sums
 
-PHONE = DeviceClass(
-    "phone",
-    bits_min=4,
-    bits_max=8,
-    cpu_hz_min=5e8,
-    cpu_hz_max=2e9,
-    cycles_per_flop=0.25,
-    kappa=1e-28,
-    power_w_max=0.2,
-)
-STATE = DeviceState(
-    PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={64: 2.5, 256: 4.0}
-)
 METRICS = {
     "num-examples": 10,
     "train-loss": 0.5,

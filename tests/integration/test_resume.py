@@ -32,6 +32,7 @@ HOST_COLUMNS = {
     "node_id",
     "host_train_s",
     "host_encode_s",
+    "ray_node",
     *PHASES,
     "wall_s",
 }  # the host's, not the run's
