@@ -1,25 +1,28 @@
 """Codec benchmark: throughput, bits per parameter on the wire and relative error.
 
-For every codec (and `uniform` at b ∈ {1, 2, 3, 4, 6, 8, 12, 16}, with fp32 and bf16 scales)
-it encodes and decodes one tensor of 10M float32 values (a seeded standard normal, the
-shape of a model update) and reports
+For every codec (and `uniform` at b ∈ {1, 2, 3, 4, 6, 8, 12, 16}, with fp32 and bf16
+scales) it encodes and decodes one tensor of 10M float32 values (a seeded standard
+normal, the shape of a model update) and reports
 
 - encode / decode throughput in MB/s of float32 input (10M values = 40 MB), best of
   `--repeats` runs interleaved across codecs, for each thread count in `--threads`;
-- bits per parameter on the wire (`size_bytes` · 8 / n) and the part of it that is scales
-  (bits/param − b);
+- bits per parameter on the wire (`size_bytes` · 8 / n) and the part of it that is
+  scales (bits/param − b);
 - the relative squared error ‖x̂ − x‖² / ‖x‖².
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_codecs.py            # print the table
-    .venv/bin/python benchmarks/bench_codecs.py --write    # and put it in docs/benchmarks.md
+    # print the table
+    .venv/bin/python benchmarks/bench_codecs.py
+    # and put it in docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_codecs.py --write
 
 On a machine shared with other work, prefix ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP
-workers otherwise stall every multi-threaded op behind the other processes (measured here:
-uniform b = 4 encode with 2 threads 180 MB/s spinning, 620 MB/s passive).
+workers otherwise stall every multi-threaded op behind the other processes (measured
+here: uniform b = 4 encode with 2 threads 180 MB/s spinning, 620 MB/s passive).
 
-`--write` replaces the block between ``<!-- codecs:start -->`` and ``<!-- codecs:end -->``.
+`--write` replaces the block between ``<!-- codecs:start -->`` and
+``<!-- codecs:end -->``.
 """
 
 from __future__ import annotations
@@ -202,9 +205,10 @@ def target_summary(rows: list[Row], threads: list[int]) -> list[str]:
                 encode_verdict = "met" if encode >= TARGET_ENCODE_MBS else "MISSED"
                 decode_verdict = "met" if decode >= TARGET_DECODE_MBS else "MISSED"
                 lines.append(
-                    f"- uniform b = 4, {count} thread(s): encode {encode:,.0f} MB/s "
-                    f"(target ≥ {TARGET_ENCODE_MBS}: {encode_verdict}), decode "
-                    f"{decode:,.0f} MB/s (target ≥ {TARGET_DECODE_MBS}: {decode_verdict})"
+                    f"- uniform b = 4, {count} thread(s): encode {encode:,.0f} "
+                    f"MB/s (target ≥ {TARGET_ENCODE_MBS}: {encode_verdict}), "
+                    f"decode {decode:,.0f} MB/s (target ≥ {TARGET_DECODE_MBS}: "
+                    f"{decode_verdict})"
                 )
     return lines
 
@@ -221,21 +225,22 @@ def report(rows, threads, args, load_before, load_after) -> str:
             "",
             f"Command: `{command}`",
             "",
-            f"Input: {args.values:,} float32 values drawn from a standard normal (seed 0); "
-            f"throughput is MB of float32 input per second, best of {args.repeats} runs "
-            "(interleaved across codecs). "
-            "bits/param counts every byte `size_bytes` puts on the wire; overhead = "
-            "bits/param − b (the scales). uniform uses blocks of 64 values at b ≤ 3 and 256 "
-            "above; its rows with bf16 scales halve the overhead.",
+            f"Input: {args.values:,} float32 values drawn from a standard normal (seed "
+            f"0); throughput is MB of float32 input per second, best of {args.repeats} "
+            "runs (interleaved across codecs). bits/param counts every byte "
+            "`size_bytes` puts on the wire; overhead = bits/param − b (the scales). "
+            "uniform uses blocks of 64 values at b ≤ 3 and 256 above; its rows with "
+            "bf16 scales halve the overhead.",
             "",
-            f"Load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}. "
-            "Other work shared this 2-core machine while it ran, so throughput may be "
-            "depressed, above all with 2 threads: every parallel op waits for both cores. "
-            "OpenMP's default of spinning while waiting makes that much worse under "
-            "contention; `OMP_WAIT_POLICY=PASSIVE` (in the command when set) avoids it. "
-            "Decoding writes a fresh 40 MB output whose first touch costs page faults; the "
-            "last row times just that, which caps every decode column and varies with the "
-            "machine's memory state between runs.",
+            f"Load average (1 min) before / after: {load_before:.2f} / "
+            f"{load_after:.2f}. Other work shared this 2-core machine while it ran, "
+            "so throughput may be depressed, above all with 2 threads: every parallel "
+            "op waits for both cores. OpenMP's default of spinning while waiting "
+            "makes that much worse under contention; `OMP_WAIT_POLICY=PASSIVE` (in "
+            "the command when set) avoids it. Decoding writes a fresh 40 MB output "
+            "whose first touch costs page faults; the last row times just that, "
+            "which caps every decode column and varies with the machine's memory "
+            "state between runs.",
             "",
             table(rows, threads),
             "",

@@ -1,15 +1,17 @@
 """Round benchmark: where the wall time of a default round goes, phase by phase.
 
-Runs the default app (10 virtual devices, 1 CPU each, 2 sampled per round, ondemand on the
-default scenario) for a few rounds in Flower's simulation engine and reads the phase times
-every run writes into rounds.csv: the server's query and solve, the slowest device's
-training and encoding (host wall time), decoding (with the ledger), aggregation,
-checkpoint, evaluation, and what is left (Flower messaging, Ray dispatch, model
-(de)serialisation on both sides, cores idle while the other device finishes). The first
-round is left out (it also discovers the devices).
+Runs the default app (10 virtual devices, 1 CPU each, 2 sampled per round, ondemand
+on the default scenario) for a few rounds in Flower's simulation engine and reads
+the phase times every run writes into rounds.csv: the server's query and solve, the
+slowest device's training and encoding (host wall time), decoding (with the ledger),
+aggregation, checkpoint, evaluation, and what is left (Flower messaging, Ray dispatch,
+model (de)serialisation on both sides, cores idle while the other device finishes). The
+first round is left out (it also discovers the devices).
 
-    python benchmarks/bench_round.py                 # print the table
-    python benchmarks/bench_round.py --write-docs    # also replace the block in docs/benchmarks.md
+    # print the table
+    python benchmarks/bench_round.py
+    # also replace the block in docs/benchmarks.md
+    python benchmarks/bench_round.py --write-docs
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from simrun import ROOT, machine, phase_table, simulate, write_block
 
 
 def per_message_costs(repeats: int = 5) -> str:
-    """Median wall time of each step a device or the server repeats for every message (in-process)."""
+    """Median wall time of each step a device or the server repeats for every
+    message (in-process)."""
     import statistics
     import time
 
@@ -85,7 +88,8 @@ def per_message_costs(repeats: int = 5) -> str:
     lines = [
         "| step | median ms |",
         "|---|---:|",
-        f"| first partition load in a worker process (MNIST-5k, partitioner; cached after) | {1e3 * first_load:.1f} |",
+        "| first partition load in a worker process (MNIST-5k, partitioner; cached "
+        f"after) | {1e3 * first_load:.1f} |",
     ]
     for name, step in steps.items():
         times = []
@@ -110,11 +114,12 @@ def main() -> None:
     costs = per_message_costs()
     text = (
         f"`python benchmarks/bench_round.py --rounds {args.rounds}` on {machine()}; "
-        f"rounds 2–{args.rounds} of the default run (the last one evaluates):\n\n{table}\n\n"
-        f"Non-training share (everything but the devices' training and the server's evaluation): "
-        f"**{100 * mean['non_training_share']:.1f} %** of the round. Whole run: {wall:.0f} s, "
-        f"peak memory of all its processes {peak / 2**30:.2f} GiB.\n\n"
-        f"What a device and the server repeat for every message, timed in-process (1 thread, median of 5):\n\n{costs}"
+        f"rounds 2–{args.rounds} of the default run (the last one evaluates):\n\n"
+        f"{table}\n\nNon-training share (everything but the devices' training and "
+        f"the server's evaluation): **{100 * mean['non_training_share']:.1f} %** "
+        f"of the round. Whole run: {wall:.0f} s, peak memory of all its processes "
+        f"{peak / 2**30:.2f} GiB.\n\nWhat a device and the server repeat for every "
+        f"message, timed in-process (1 thread, median of 5):\n\n{costs}"
     )
     print(text)
     if args.write_docs:

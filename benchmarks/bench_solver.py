@@ -1,19 +1,22 @@
-"""Solver benchmark: time to plan one round for 10 … 100 000 devices, against a scipy oracle.
+"""Solver benchmark: time to plan one round for 10 … 100 000 devices,
+against a scipy oracle.
 
-Inputs are the default scenario (tiny UNet, the DESIGN §2 device classes) replicated to N
-devices with `--devices`-style scaling (the band grows with N), the optimised band split
-on and an error budget that binds: halfway between the error of every device at b_min
-and at b_max (the default ε = 0.05 stops binding as N grows, since the aggregate's
-error falls like 1/N).
+Inputs are the default scenario (tiny UNet, the DESIGN §2 device classes) replicated
+to N devices with `--devices`-style scaling (the band grows with N), the optimised
+band split on and an error budget that binds: halfway between the error of every device
+at b_min and at b_max (the default ε = 0.05 stops binding as N grows, since the
+aggregate's error falls like 1/N).
 
-The oracle does the same round's per-device work the plain way: for every admitted device
-and every candidate bit-width, scipy's bounded scalar minimisation of the energy over the
-upload time on the bandwidth the solver gave it. It runs where it finishes within
-`--oracle-limit` seconds; the table reports its time and the largest relative gap between
-its energies and the solver's.
+The oracle does the same round's per-device work the plain way: for every admitted
+device and every candidate bit-width, scipy's bounded scalar minimisation of the energy
+over the upload time on the bandwidth the solver gave it. It runs where it finishes
+within `--oracle-limit` seconds; the table reports its time and the largest relative gap
+between its energies and the solver's.
 
-    python benchmarks/bench_solver.py                 # print the table (both band splits)
-    python benchmarks/bench_solver.py --write-docs    # also replace the block in docs/benchmarks.md
+    # print the table (both band splits)
+    python benchmarks/bench_solver.py
+    # also replace the block in docs/benchmarks.md
+    python benchmarks/bench_solver.py --write-docs
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ START, END = "<!-- solver:start -->", "<!-- solver:end -->"
 
 
 def binding_inputs(n: int, scenario: str, policy: str):
-    """Round inputs for n devices with an error budget halfway between all-b_min and all-b_max."""
+    """Round inputs for n devices with an error budget halfway between
+    all-b_min and all-b_max."""
     s = load_scenario(scenario)
-    profile = model_profile(
-        "tiny", 16, 1
-    )  # the default run's model; 450 samples per device, E = 10
+    # the default run's model; 450 samples per device, E = 10
+    profile = model_profile("tiny", 16, 1)
     fleet = s.fleet(n)
     states = {i: fleet_state(fleet, i, 1, 450) for i in range(n)}
     network = Network(
@@ -79,7 +82,8 @@ def binding_inputs(n: int, scenario: str, policy: str):
 
 
 def time_solver(dev, cand, network, repeats: int):
-    """Median wall time, median CPU time of this process, best wall time, and the plan."""
+    """Median wall time, median CPU time of this process, best wall
+    time, and the plan."""
     wall, cpu, plan = [], [], None
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -90,7 +94,8 @@ def time_solver(dev, cand, network, repeats: int):
 
 
 def oracle(dev, cand, network, plan, limit_s: float):
-    """scipy per device × candidate on the solver's bandwidths; (seconds, max relative gap) or None."""
+    """scipy per device × candidate on the solver's bandwidths;
+    (seconds, max relative gap) or None."""
     from scipy.optimize import minimize_scalar
 
     n0, t = network.noise_w_per_hz, network.deadline_s
@@ -177,12 +182,17 @@ def main() -> None:
             oracle_s, gap = oracle(dev, cand, network, plan, args.oracle_limit)
             rows.append((policy, n, median, cpu, best, plan, oracle_s, gap))
             print(
-                f"{policy:>7} N={n:>6}: solver {median * 1e3:8.1f} ms (cpu {cpu * 1e3:.1f}, best {best * 1e3:.1f}) · "
-                f"{int(plan.scheduled.sum())} scheduled · budget met {plan.budget_met} · "
+                f"{policy:>7} N={n:>6}: solver {median * 1e3:8.1f} "
+                f"ms (cpu {cpu * 1e3:.1f}, best {best * 1e3:.1f}) · "
+                f"{int(plan.scheduled.sum())} scheduled · budget met "
+                f"{plan.budget_met} · "
                 + (
                     f"oracle {oracle_s:.2f} s, max gap {gap:+.1e}"
                     if oracle_s is not None
-                    else f"oracle stopped after {gap} devices (> {args.oracle_limit:g} s)"
+                    else (
+                        f"oracle stopped after {gap} devices (> "
+                        f"{args.oracle_limit:g} s)"
+                    )
                 ),
                 flush=True,
             )
@@ -201,14 +211,15 @@ def main() -> None:
 
 def render(rows, args) -> str:
     lines = [
-        f"`python benchmarks/bench_solver.py` — scenario `{args.scenario}` replicated to N devices "
-        "(the band grows with N), error budget on and binding (halfway between the error of all "
-        "devices at b_min and at b_max). Median and best of 7 solves (3 at 100 000), after one warm-up.",
+        f"`python benchmarks/bench_solver.py` — scenario `{args.scenario}` "
+        "replicated to N devices (the band grows with N), error budget on and binding "
+        "(halfway between the error of all devices at b_min and at b_max). Median and "
+        "best of 7 solves (3 at 100 000), after one warm-up.",
         "",
         f"Machine: {machine()}.",
         "",
-        "| band split | devices | solver, median | CPU time, median | solver, best | scheduled | budget met "
-        "| scipy oracle | gap (solver − oracle)/oracle |",
+        "| band split | devices | solver, median | CPU time, median | solver, best | "
+        "scheduled | budget met | scipy oracle | gap (solver − oracle)/oracle |",
         "|---|---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for policy, n, median, cpu, best, plan, oracle_s, gap in rows:
@@ -219,19 +230,21 @@ def render(rows, args) -> str:
         )
         gap_cell = f"{gap:+.1e}" if oracle_s is not None else "–"
         lines.append(
-            f"| {policy} | {n:,} | {median * 1e3:.1f} ms | {cpu * 1e3:.1f} ms | {best * 1e3:.1f} ms | "
-            f"{int(plan.scheduled.sum()):,} | {'yes' if plan.budget_met else 'no'} | {oracle_cell} "
-            f"| {gap_cell} |"
+            f"| {policy} | {n:,} | {median * 1e3:.1f} ms | {cpu * 1e3:.1f} "
+            f"ms | {best * 1e3:.1f} ms | {int(plan.scheduled.sum()):,} | "
+            f"{'yes' if plan.budget_met else 'no'} | {oracle_cell} | {gap_cell} |"
         )
     lines += [
         "",
-        "Target: 10 000 devices in ≤ 50 ms on the 2-core CPU, budget and optimised band split on. "
-        "The oracle solves only the per-device upload-time problems, the plain way (one scipy "
-        "`minimize_scalar` per device × bit-width on the solver's bandwidths); the gap is the largest "
-        "relative difference on a chosen bit-width (negative or at rounding level: the solver is as good or better). "
-        "Optimality of the whole round against brute force is tested in tests/edge/test_allocate.py. "
-        "Other processes shared the machine (see the load average): wall times are upper bounds, "
-        "and the CPU time (`time.process_time`) counts only this process's work.",
+        "Target: 10 000 devices in ≤ 50 ms on the 2-core CPU, budget and optimised "
+        "band split on. The oracle solves only the per-device upload-time problems, "
+        "the plain way (one scipy `minimize_scalar` per device × bit-width on "
+        "the solver's bandwidths); the gap is the largest relative difference "
+        "on a chosen bit-width (negative or at rounding level: the solver is as "
+        "good or better). Optimality of the whole round against brute force is "
+        "tested in tests/edge/test_allocate.py. Other processes shared the machine "
+        "(see the load average): wall times are upper bounds, and the CPU time "
+        "(`time.process_time`) counts only this process's work.",
     ]
     return "\n".join(lines)
 

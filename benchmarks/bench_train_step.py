@@ -1,14 +1,16 @@
 """Local training step benchmark: what fake quantization adds to a device's step.
 
-Times `ddpm.train_local` on one default partition (the tiny UNet, batch 32, 1 thread, as a
-ClientApp trains) in full precision and at 4 bits, computing in fp32 with the clipping
-factors searched at every pass, every `CLIP_SEARCH_EVERY` passes (the default) and never
-(min/max grids), and computing in bf16 (`low-bit-compute`, the default). At 4 bits the
-devices set the pace of most default rounds, so this is the price of quantized training in
-wall time.
+Times `ddpm.train_local` on one default partition (the tiny UNet, batch 32, 1 thread,
+as a ClientApp trains) in full precision and at 4 bits, computing in fp32 with the
+clipping factors searched at every pass, every `CLIP_SEARCH_EVERY` passes (the default)
+and never (min/max grids), and computing in bf16 (`low-bit-compute`, the default). At 4
+bits the devices set the pace of most default rounds, so this is the price of quantized
+training in wall time.
 
-    python benchmarks/bench_train_step.py                 # print the table
-    python benchmarks/bench_train_step.py --write-docs    # also replace the block in docs/benchmarks.md
+    # print the table
+    python benchmarks/bench_train_step.py
+    # also replace the block in docs/benchmarks.md
+    python benchmarks/bench_train_step.py --write-docs
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ def ms_per_step(
     bits: int, dtype: torch.dtype, images: torch.Tensor, epochs: int, repeats: int
 ) -> float:
     """Median over `repeats` runs of the wall time per optimizer step, in ms."""
-    steps = epochs * max(
-        len(images) // 32, 1
-    )  # train_local leaves out a ragged last batch
+    # train_local leaves out a ragged last batch
+    steps = epochs * max(len(images) // 32, 1)
     times = []
     for _ in range(repeats):
         torch.manual_seed(0)
@@ -100,9 +101,9 @@ def main() -> None:
         lines.append(f"| {name} | {ms:.1f} | {100 * (ms / baseline - 1):+.0f} % |")
     fakequant.CLIP_SEARCH_EVERY, fakequant.CLIP_FACTORS = default_every, default_factors
     text = (
-        f"`python benchmarks/bench_train_step.py` on {machine()}; one default partition (450 images), "
-        f"{args.epochs} epochs of batch 32, median of {args.repeats}:\n\n"
-        + "\n".join(lines)
+        f"`python benchmarks/bench_train_step.py` on {machine()}; one default "
+        f"partition (450 images), {args.epochs} epochs of batch 32, median of "
+        f"{args.repeats}:\n\n" + "\n".join(lines)
     )
     print(text)
     if args.write_docs:

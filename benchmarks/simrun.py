@@ -1,5 +1,5 @@
-"""One real simulation of the app for the round and scale benchmarks: run it, watch its memory,
-and read the phase times the run writes into rounds.csv."""
+"""One real simulation of the app for the round and scale benchmarks: run it, watch its
+memory, and read the phase times the run writes into rounds.csv."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _children() -> dict[int, list[int]]:
 
 
 def tree_rss_bytes(root: int) -> int:
-    """Resident memory of `root` and all its descendants (Linux /proc; shared pages counted per process)."""
+    """Resident memory of `root` and all its descendants (Linux /proc; shared pages
+    counted per process)."""
     tree, todo, total = _children(), [root], 0
     while todo:
         pid = todo.pop()
@@ -62,7 +63,8 @@ def tree_rss_bytes(root: int) -> int:
 def simulate(
     out: Path, run_config: str, num_supernodes: int, cpus_per_client: float = 1.0
 ) -> tuple[Path, int, float]:
-    """Run the app once; return its run directory, the peak RSS of every process it used, the wall time."""
+    """Run the app once; return its run directory, the peak RSS of every process it
+    used, the wall time."""
     out.mkdir(parents=True, exist_ok=True)
     peak = [0]
     with superlink(out / "flwr-home", QFD_CACHE_DIR=str(out / "cache")) as env:
@@ -79,7 +81,8 @@ def simulate(
         done = flwr_run(
             env,
             f"{run_config} output-dir='{out / 'runs'}'",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g}",
+            f"num-supernodes={num_supernodes} "
+            f"client-resources-num-cpus={cpus_per_client:g}",
             timeout_s=3 * 3600,
         )
         wall = time.time() - started
@@ -92,7 +95,8 @@ def simulate(
 
 
 def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, float]]:
-    """Mean seconds per phase over the rounds (the first skipped: it also discovers the devices)."""
+    """Mean seconds per phase over the rounds (the first skipped: it also
+    discovers the devices)."""
     rows = read_csv(run_dir / "rounds.csv")
     rows = rows[1:] if skip_first and len(rows) > 1 else rows
     mean = {k: sum(float(r[k] or 0) for r in rows) / len(rows) for k in PHASES}
@@ -102,8 +106,8 @@ def phase_table(run_dir: Path, skip_first: bool = True) -> tuple[str, dict[str, 
     for k in PHASES[:-1]:
         lines.append(f"| {k[:-2]} | {mean[k]:.3f} | {100 * mean[k] / round_s:.1f} % |")
     lines.append(
-        f"| other (Flower messaging, Ray dispatch, model (de)serialisation, idle cores) | {other:.3f} | "
-        f"{100 * other / round_s:.1f} % |"
+        "| other (Flower messaging, Ray dispatch, model (de)serialisation, idle "
+        f"cores) | {other:.3f} | {100 * other / round_s:.1f} % |"
     )
     lines.append(f"| **round** | **{round_s:.3f}** | 100 % |")
     non_training = round_s - mean["train_s"] - mean["evaluate_s"]
@@ -137,7 +141,8 @@ def per_round_table(run_dir: Path) -> str:
 
 
 def write_block(doc: Path, name: str, text: str) -> None:
-    """Replace the text between `<!-- name:start -->` and `<!-- name:end -->` in `doc`."""
+    """Replace the text between `<!-- name:start -->` and
+    `<!-- name:end -->` in `doc`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     content = doc.read_text()
     if start not in content:

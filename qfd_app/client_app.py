@@ -1,5 +1,5 @@
-"""qfd ClientApp: a device reports its state, trains the global DDPM at its assigned precision
-and replies with its encoded update."""
+"""qfd ClientApp: a device reports its state, trains the global DDPM at its assigned
+precision and replies with its encoded update."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from qfd_app.edge.state import device_state
 from qfd_app.quant import encode_update, fake_quantized, get_codec, range_sq_sums
 from qfd_app.settings import load_settings
 
-RANGES_KEY = (
-    "update-ranges"  # context.state: Σ m R² of the device's last update, per block size
-)
+# context.state: Σ m R² of the device's last update, per block size
+RANGES_KEY = "update-ranges"
 
 app = ClientApp()
 
@@ -57,9 +56,8 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     settings = load_settings(context.run_config)
     if settings.client_threads:
-        torch.set_num_threads(
-            settings.client_threads
-        )  # Ray runs several ClientApps per machine
+        # Ray runs several ClientApps per machine
+        torch.set_num_threads(settings.client_threads)
     partition_id, num_partitions = _partition(context)
     images = settings.data.load_partition(partition_id, num_partitions)
     config = protocol.TrainConfig.from_record(msg.content[protocol.CONFIG_KEY])
@@ -72,9 +70,8 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(start)
     train_bits = bits if settings.quantized_training else 32
     started = time.perf_counter()
-    with fake_quantized(
-        model, train_bits
-    ):  # b-bit weights in the forward pass; ≥ 16 bits: fp32
+    # b-bit weights in the forward pass; ≥ 16 bits: fp32
+    with fake_quantized(model, train_bits):
         loss = ddpm.train_local(
             model,
             images.pixels,
@@ -120,7 +117,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _ray_node() -> str:
-    """The id of the Ray node this ClientApp runs on; '' outside a Ray worker (deployment)."""
+    """The id of the Ray node this ClientApp runs on; '' outside a Ray
+    worker (deployment)."""
     try:
         import ray
 

@@ -1,18 +1,19 @@
-"""What the ServerApp and the ClientApps say to each other: message keys, the state a device
-reports, the train instruction, and the reply — with the checks every received message passes.
+"""What the ServerApp and the ClientApps say to each other: message keys, the state
+a device reports, the train instruction, and the reply — with the checks every
+received message passes.
 
 A round has two exchanges per device:
 
-1. **query** (server → device: ``config`` {server-round}; device → server: the ConfigRecord
-   `STATE_KEY`, its `DeviceState` as flat keys, `state_record`);
-2. **train** (server → device: ``arrays`` the global model and ``config`` `TrainConfig`;
-   device → server: the ArrayRecord `UPDATE_KEY` and ConfigRecord `UPDATE_META_KEY` of the
-   encoded update (`qfd_app.quant.payload`), and the MetricRecord `METRICS_KEY` of
-   `REPLY_METRICS`).
+1. **query** (server → device: ``config`` {server-round}; device → server: the
+   ConfigRecord `STATE_KEY`, its `DeviceState` as flat keys, `state_record`);
+2. **train** (server → device: ``arrays`` the global model and ``config``
+   `TrainConfig`; device → server: the ArrayRecord `UPDATE_KEY` and ConfigRecord
+   `UPDATE_META_KEY` of the encoded update (`qfd_app.quant.payload`), and the
+   MetricRecord `METRICS_KEY` of `REPLY_METRICS`).
 
 Whatever a device sends is checked here before the server uses it (`parse_state`,
-`reply_metrics`): a bad value is refused with one sentence naming the key, what is allowed
-and what came, and the server books the device `rejected` and goes on.
+`reply_metrics`): a bad value is refused with one sentence naming the key, what is
+allowed and what came, and the server books the device `rejected` and goes on.
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ from qfd_app.validation import (
 ARRAYS_KEY, CONFIG_KEY = "arrays", "config"
 STATE_KEY = "device-state"
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
-HOST_KEY = "host"  # where the device's ClientApp ran: {"ray-node": Ray node id, "" outside Ray}
+# where the device's ClientApp ran: {"ray-node": Ray node id, "" outside Ray}
+HOST_KEY = "host"
 
 
 class StateError(ValueError):
-    """A reported device state the solver cannot use; the message says which key and why."""
+    """A reported device state the solver cannot use; the message says
+    which key and why."""
 
 
 class ReplyError(ValueError):
     """A device's train reply that cannot be used; the message says why."""
 
 
-# ----------------------------------------------------------------------------- the query
+# ---------------------------------------------------------------------------- the query
 
 _POSITIVE = Interval(float, 0, None, closed="neither")
 _RANGE_SQ = {f"range-sq-{m}": Interval(float, 0, None) for m in UNIFORM_BLOCK_SIZES}
@@ -68,7 +71,8 @@ STATE_FIELDS = {
 
 
 def state_record(partition_id: int, state: DeviceState) -> dict[str, Any]:
-    """A device's state as flat keys and scalar values, fit for a Flower `ConfigRecord`."""
+    """A device's state as flat keys and scalar values, fit for a
+    Flower `ConfigRecord`."""
     profile = state.device_class
     return {
         "partition-id": int(partition_id),
@@ -88,13 +92,14 @@ def state_record(partition_id: int, state: DeviceState) -> dict[str, Any]:
 
 
 def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
-    """Check a reported state (a query reply's ConfigRecord); its partition id and `DeviceState`.
+    """Check a reported state (a query reply's ConfigRecord); its partition
+    id and `DeviceState`.
 
     Raises
     ------
     StateError
-        For a missing key, a value of the wrong type, NaN/Inf, a non-positive resource, a
-        demand outside 1–32 bits, bits-min > bits-max or cpu-hz-min > cpu-hz-max.
+        For a missing key, a value of the wrong type, NaN/Inf, a non-positive resource,
+        a demand outside 1–32 bits, bits-min > bits-max or cpu-hz-min > cpu-hz-max.
     """
     values = check_mapping(
         record,
@@ -135,13 +140,13 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
 
 
 def reported_partition(record: Mapping[str, Any]) -> int | None:
-    """The partition id of a state record if that key alone is valid (so that a device whose
-    state is refused is still booked under its partition), else None."""
+    """The partition id of a state record if that key alone is valid (so that a device
+    whose state is refused is still booked under its partition), else None."""
     value = record.get("partition-id")
     return value if STATE_FIELDS["partition-id"].problem(value) is None else None
 
 
-# ----------------------------------------------------------------------------- the train exchange
+# ------------------------------------------------------------------- the train exchange
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,9 @@ class TrainConfig:
         )
 
 
-# The metrics every train reply carries: one schema, so replies never differ (Flower's FedAvg
-# needs the same keys from all). range-sq-<m> is the Σ m R² of the update for block size m.
+# The metrics every train reply carries: one schema, so replies never differ
+# (Flower's FedAvg needs the same keys from all). range-sq-<m> is the Σ m R² of the
+# update for block size m.
 REPLY_METRICS = {
     "num-examples": Interval(int, 1, None),
     "train-loss": Interval(float),
@@ -185,12 +191,14 @@ REPLY_METRICS = {
 
 
 def reply_metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check the MetricRecord of a train reply against `REPLY_METRICS`; the converted values.
+    """Check the MetricRecord of a train reply against `REPLY_METRICS`;
+    the converted values.
 
     Raises
     ------
     ReplyError
-        When the record is missing or a metric is missing, of the wrong type or out of range.
+        When the record is missing or a metric is missing, of the wrong
+        type or out of range.
     """
     if record is None:
         raise ReplyError(f"the reply lacks the MetricRecord {METRICS_KEY!r}")

@@ -1,4 +1,5 @@
-"""qfd ServerApp: settings → run directory (new or resumed) → data, model, strategy → rounds → export."""
+"""qfd ServerApp: settings → run directory (new or resumed) → data, model,
+strategy → rounds → export."""
 
 from __future__ import annotations
 
@@ -27,14 +28,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = load_settings(
-        context.run_config
-    )  # fails here, before any device is contacted
+    # fails here, before any device is contacted
+    settings = load_settings(context.run_config)
     scenario = settings.load_scenario()
     started = time.time()
-    run_dir, checkpoint = open_run_dir(
-        settings, context.run_id
-    )  # a bad `resume` fails here too
+    # a bad `resume` fails here too
+    run_dir, checkpoint = open_run_dir(settings, context.run_id)
     log(INFO, "[qfd] run directory: %s", run_dir)
     device = ddpm.pick_device(settings.device)
 
@@ -63,12 +62,14 @@ def main(grid: Grid, context: Context) -> None:
     if physics.gamma != scenario.gamma:
         log(
             WARNING,
-            "[qfd] quantized-training = false: devices compute in fp32, so γ = 0 (scenario: %g)",
+            "[qfd] quantized-training = false: devices compute in fp32, so γ "
+            "= 0 (scenario: %g)",
             scenario.gamma,
         )
     log(
         INFO,
-        "[qfd] strategy %s on scenario %s (%s resources, γ = %g, deadline %g s, E = %d)",
+        "[qfd] strategy %s on scenario %s (%s resources, γ = %g, "
+        "deadline %g s, E = %d)",
         settings.strategy,
         scenario.name,
         settings.resources,
@@ -103,7 +104,8 @@ def main(grid: Grid, context: Context) -> None:
         after_round.last_scores = checkpoint.state["last_scores"]
         log(
             INFO,
-            "[qfd] resuming after round %d of %d (Flower counts the remaining rounds from 1)",
+            "[qfd] resuming after round %d of %d (Flower counts the "
+            "remaining rounds from 1)",
             done,
             settings.num_server_rounds,
         )
@@ -115,9 +117,8 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=after_round,  # loads each round's global model into `model`
     )
 
-    ddpm.export_pipeline(
-        average.model, run_dir / "final"
-    )  # the averaged model (the global one if ema-decay = 0)
+    # the averaged model (the global one if ema-decay = 0)
+    ddpm.export_pipeline(average.model, run_dir / "final")
     plot_rounds(run_dir)
     summary = {
         "strategy": settings.strategy,

@@ -1,9 +1,10 @@
-"""The run settings: one frozen, typed object built from Flower's run config and validated once.
+"""The run settings: one frozen, typed object built from Flower's run
+config and validated once.
 
 The defaults live in one place, `[tool.flwr.app.config]` of pyproject.toml, which Flower
-merges with `--run-config` overrides. `Settings.from_run_config` checks every key against the
-table `CONSTRAINTS` below and fails before any work with a message that names the key as
-the user wrote it, what is allowed and what was received.
+merges with `--run-config` overrides. `Settings.from_run_config` checks every key
+against the table `CONSTRAINTS` below and fails before any work with a message that
+names the key as the user wrote it, what is allowed and what was received.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ class DatasetName(Constraint):
         return None if ok else self.describe()
 
     def describe(self) -> str:
-        return f"one of {', '.join(repr(v) for v in EMBEDDED)} or 'hf:<dataset name or local path>'"
+        return (
+            f"one of {', '.join(repr(v) for v in EMBEDDED)} or 'hf:<dataset "
+            "name or local path>'"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,26 +85,30 @@ class ImageSize(Interval):
 
 
 class ScenarioName(Constraint):
-    """A shipped scenario's name (`default`, …) or the path of a scenario TOML file that loads, whose
-    every device class demands at least one bit-width that a codec sends."""
+    """A shipped scenario's name (`default`, …) or the path of a scenario TOML
+    file that loads, whose every device class demands at least one bit-width
+    that a codec sends."""
 
     def problem(self, value: Any) -> str | None:
         if not isinstance(value, str) or not value:
             return self.describe()
         try:
-            load_scenario(value).check_widths(
-                codec_bits()
-            )  # every class can be sent some width
+            # every class can be sent some width
+            load_scenario(value).check_widths(codec_bits())
         except ScenarioError as err:
             return f"a scenario that loads ({str(err).rstrip('.')})"
         return None
 
     def describe(self) -> str:
-        return "a scenario name from scenarios/ (e.g. 'default') or the path of a scenario .toml file"
+        return (
+            "a scenario name from scenarios/ (e.g. 'default') or the path of a "
+            "scenario .toml file"
+        )
 
 
 class AbsolutePath(Constraint):
-    """A directory path that is absolute once `~` is expanded (runs never land in the app)."""
+    """A directory path that is absolute once `~` is expanded (runs never
+    land in the app)."""
 
     def problem(self, value: Any) -> str | None:
         ok = isinstance(value, str) and Path(value).expanduser().is_absolute()
@@ -111,8 +119,8 @@ class AbsolutePath(Constraint):
 
 
 class Resume(Constraint):
-    """Where a run starts: '' (false) a new run; 'last' (true) the newest unfinished run in
-    `output-dir` with the same settings; or the absolute path of a run directory."""
+    """Where a run starts: '' (false) a new run; 'last' (true) the newest unfinished run
+    in `output-dir` with the same settings; or the absolute path of a run directory."""
 
     def problem(self, value: Any) -> str | None:
         ok = isinstance(value, bool) or (
@@ -122,7 +130,10 @@ class Resume(Constraint):
         return None if ok else self.describe()
 
     def describe(self) -> str:
-        return "false or '' (a new run), true or 'last' (the newest unfinished run in output-dir), or a run directory"
+        return (
+            "false or '' (a new run), true or 'last' (the newest unfinished run in "
+            "output-dir), or a run directory"
+        )
 
     def convert(self, value: bool | str) -> str:
         return (
@@ -169,7 +180,8 @@ CONSTRAINTS: dict[str, Constraint] = {
     "resume": Resume(),
 }
 
-# Settings a resumed run may change: they do not alter what is trained (`resume` names the run).
+# Settings a resumed run may change: they do not alter what is trained
+# (`resume` names the run).
 RESUMABLE = ("resume", "output-dir", "device", "client-threads")
 
 
@@ -218,8 +230,8 @@ class Settings:
         Raises
         ------
         SettingsError
-            For an unknown or missing key, or a value outside what `CONSTRAINTS` allows; the
-            message names the key, the allowed values and the value received.
+            For an unknown or missing key, or a value outside what `CONSTRAINTS` allows;
+            the message names the key, the allowed values and the value received.
         """
         checked = check_mapping(
             run_config,
@@ -241,7 +253,8 @@ class Settings:
 
     @property
     def resources(self) -> str:
-        """The resource policy in force: `auto` is the strategy's first (fedavg: race-to-idle)."""
+        """The resource policy in force: `auto` is the strategy's first
+        (fedavg: race-to-idle)."""
         return resource_policy(get_strategy(self.strategy), self.resource_policy)
 
     @property
@@ -252,7 +265,8 @@ class Settings:
         return f"{self.rules().label()}{training}-seed{self.seed}"
 
     def rules(self) -> Strategy:
-        """The run's strategy (its rules, from the registry) with the run's codec, bits and resources."""
+        """The run's strategy (its rules, from the registry) with the run's codec,
+        bits and resources."""
         return get_strategy(self.strategy)(
             codec=self.codec, bits=self.bits, resource_policy=self.resources
         )
@@ -262,9 +276,8 @@ class Settings:
 
     @property
     def data(self) -> DataSpec:
-        from qfd_app.diffusion.data import (
-            DataSpec,
-        )  # torch and datasets: only when data is wanted
+        # torch and datasets: only when data is wanted
+        from qfd_app.diffusion.data import DataSpec
 
         return DataSpec(
             dataset=self.dataset,
@@ -277,8 +290,9 @@ class Settings:
 
 
 def _cross_check(values: dict[str, Any]) -> None:
-    """Settings that are fine alone but not together: the codec sends `bits`, and the strategy
-    (its declaration in the registry) takes the resource policy and the codec."""
+    """Settings that are fine alone but not together: the codec sends `bits`,
+    and the strategy (its declaration in the registry) takes the resource
+    policy and the codec."""
     codec, bits, strategy = (
         values["codec"],
         values["bits"],
@@ -320,9 +334,9 @@ def default_run_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
 def load_settings(run_config: dict[str, Any]) -> Settings:
     """Settings from Flower's run config.
 
-    `flwr run` passes every key (pyproject defaults merged with `--run-config`), and that
-    is validated as it is. Flower's in-process `run_simulation` passes none: then the
-    defaults of this package's pyproject.toml are used.
+    `flwr run` passes every key (pyproject defaults merged with `--run-config`), and
+    that is validated as it is. Flower's in-process `run_simulation` passes none: then
+    the defaults of this package's pyproject.toml are used.
     """
     return Settings.from_run_config(
         dict(run_config) if run_config else default_run_config()

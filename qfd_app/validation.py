@@ -1,13 +1,16 @@
-"""One way to check a value and to refuse it: constraints, and the sentence every refusal reads as.
+"""One way to check a value and to refuse it: constraints, and the sentence
+every refusal reads as.
 
 Modelled on scikit-learn's `utils._param_validation`: a constraint says what it allows
-(`describe`) and whether a value is allowed (`problem`). Every check of outside input —
-run settings, scenario files, a device's reported state, a SuperNode's `--node-config`
-profile, the metrics of a device's reply — goes through `check_value` or `check_mapping`,
-so every refusal names the key, what is allowed and the value received, in one form:
+(`describe`) and whether a value is allowed (`problem`). Every check of outside
+input — run settings, scenario files, a device's reported state, a SuperNode's
+`--node-config` profile, the metrics of a device's reply — goes through `check_value`
+or `check_mapping`, so every refusal names the key, what is allowed and the value
+received, in one form:
 
     The 'bits' setting must be an int in the range [1, 32]; got 40.
-    Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf); got -0.1.
+    Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf);
+    got -0.1.
 
 Plain Python: no numpy, no torch, nothing of qfd.
 """
@@ -31,12 +34,14 @@ class Constraint:
         raise NotImplementedError
 
     def convert(self, value: Any) -> Any:
-        """The allowed `value` in its canonical type (e.g. an int given for a float is a float)."""
+        """The allowed `value` in its canonical type (e.g. an int given for a
+        float is a float)."""
         return value
 
 
 def is_number(value: Any) -> bool:
-    """An int or a float, and not a bool (True is an int in Python, never a number here)."""
+    """An int or a float, and not a bool (True is an int in Python,
+    never a number here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -49,8 +54,9 @@ def _as_float(value: int | float) -> float:
 
 @dataclass(frozen=True)
 class Interval(Constraint):
-    """A number of `kind` (int or float) between `low` and `high` (None: unbounded); `closed`
-    says which ends are included: "both", "left", "right" or "neither". NaN and ±inf never pass."""
+    """A number of `kind` (int or float) between `low` and `high` (None: unbounded);
+    `closed` says which ends are included: "both", "left", "right" or "neither". NaN and
+    ±inf never pass."""
 
     kind: type
     low: float | None = None
@@ -60,9 +66,8 @@ class Interval(Constraint):
     def problem(self, value: Any) -> str | None:
         if not is_number(value) or (self.kind is int and not isinstance(value, int)):
             return self.describe()
-        if not math.isfinite(
-            _as_float(value)
-        ):  # NaN, ±inf, or an int beyond float range
+        # NaN, ±inf, or an int beyond float range
+        if not math.isfinite(_as_float(value)):
             return self.describe()
         low_ok = self.low is None or (
             value >= self.low if self.closed in ("both", "left") else value > self.low
@@ -81,7 +86,10 @@ class Interval(Constraint):
         )
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"
-        return f"{'an int' if self.kind is int else 'a float'} in the range {left}{low}, {high}{right}"
+        return (
+            f"{'an int' if self.kind is int else 'a float'} in the range "
+            f"{left}{low}, {high}{right}"
+        )
 
     def convert(self, value: Any) -> Any:
         return self.kind(value)

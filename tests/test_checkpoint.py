@@ -1,5 +1,5 @@
-"""Checkpoints and resuming: atomic writes, the ledger rolled back to the checkpoint, the
-run directory a `resume` setting names, and the strategy's state carried across."""
+"""Checkpoints and resuming: atomic writes, the ledger rolled back to the checkpoint,
+the run directory a `resume` setting names, and the strategy's state carried across."""
 
 import json
 import math
@@ -81,9 +81,8 @@ def test_loading_rolls_the_ledger_back_to_the_checkpoint(tmp_path):
     assert {row["round"] for row in read_csv(tmp_path / "devices.csv")} == {"1", "2"}
     assert [row["round"] for row in read_csv(tmp_path / "rounds.csv")] == ["1", "2"]
     resumed = Ledger(tmp_path)
-    assert resumed.records == [
-        r for r in ledger.records if r.round <= 2
-    ]  # every type read back
+    # every type read back
+    assert resumed.records == [r for r in ledger.records if r.round <= 2]
     assert resumed.totals()["deadline_misses"] == 2
 
 

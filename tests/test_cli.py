@@ -36,7 +36,8 @@ def test_sample_draws_a_grid_from_an_exported_pipeline(tmp_path):
     import matplotlib.image
 
     picture = matplotlib.image.imread(out)
-    # 6 images in rows of 8: one row of 16-pixel tiles with 1-pixel borders, enlarged 4×
+    # 6 images in rows of 8: one row of 16-pixel tiles with 1-pixel
+    # borders, enlarged 4×
     assert picture.shape[:2] == ((1 + 17) * 4, (1 + 8 * 17) * 4)
 
 
@@ -74,9 +75,8 @@ def test_sample_of_a_missing_folder_fails_cleanly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a short path, which the error box does not wrap
     result = runner.invoke(app, ["sample", "nope"])
     assert result.exit_code != 0
-    assert isinstance(result.exception, SystemExit), (
-        result.exception
-    )  # a refusal, not a traceback
+    # a refusal, not a traceback
+    assert isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 2, result.output  # a bad argument, as click reports one
     assert "'nope'" in flat(result.output) and "does not exist" in flat(
         result.output
@@ -88,7 +88,8 @@ import pytest  # noqa: E402
 
 
 def flat(output: str) -> str:
-    """The message of a rich error box on one line (its borders and wrapping removed)."""
+    """The message of a rich error box on one line (its borders and
+    wrapping removed)."""
     return " ".join(output.replace("│", " ").split())
 
 

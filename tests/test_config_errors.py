@@ -1,5 +1,5 @@
-"""Every bad run-config or scenario value: `qfd run` exits ≠ 0 with one line that names the key,
-before it starts anything (no `flwr`, no SuperLink, no device)."""
+"""Every bad run-config or scenario value: `qfd run` exits ≠ 0 with one line that
+names the key, before it starts anything (no `flwr`, no SuperLink, no device)."""
 
 import subprocess
 

@@ -1,4 +1,5 @@
-"""Data: embedded datasets, held-out split, flwr-datasets partitioning, HF datasets from disk."""
+"""Data: embedded datasets, held-out split, flwr-datasets partitioning, HF
+datasets from disk."""
 
 from collections import Counter
 
@@ -20,9 +21,8 @@ def test_partitions_are_disjoint_and_cover_the_training_split(partitioner):
     train = rows(spec.load_train())
     parts = [rows(spec.load_partition(i, 7)) for i in range(7)]
     union = sum(parts, Counter())
-    assert (
-        union == train
-    )  # complete, and no image in two partitions (multiset equality)
+    # complete, and no image in two partitions (multiset equality)
+    assert union == train
     assert sum(sum(p.values()) for p in parts) == sum(train.values())
 
 
@@ -53,7 +53,8 @@ def test_digits_dataset_resizes_to_the_requested_size():
 
 
 def label_skew(alpha, seed, n=10):
-    """Mean total-variation distance between partitions' label distributions and the global one."""
+    """Mean total-variation distance between partitions' label distributions
+    and the global one."""
     spec = DataSpec(partitioner="dirichlet", alpha=alpha, seed=seed)
     overall = np.bincount(spec.load_train().labels.numpy(), minlength=10) / 4500
     tv = []

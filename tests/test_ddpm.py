@@ -104,7 +104,8 @@ def test_bf16_compute_trains_the_fp32_weights_through_bf16_convolutions():
 
 
 def _first_step_sizes(warmup_steps: int, learning_rate: float = 1e-3) -> torch.Tensor:
-    """|Δw| of every weight after one AdamW step of `train_local` (one batch, one epoch)."""
+    """|Δw| of every weight after one AdamW step of `train_local`
+    (one batch, one epoch)."""
     torch.manual_seed(0)
     model = ddpm.build_unet("tiny", 16)
     before = [p.detach().clone() for p in model.parameters()]
@@ -125,7 +126,8 @@ def _first_step_sizes(warmup_steps: int, learning_rate: float = 1e-3) -> torch.T
 
 
 def test_warmup_scales_the_first_step_by_one_over_its_length():
-    # a fresh Adam's first step moves each weight by about the full rate (m/sqrt(v) = ±1)
+    # a fresh Adam's first step moves each weight by about the full
+    # rate (m/sqrt(v) = ±1)
     full, warmed = _first_step_sizes(0), _first_step_sizes(10)
     assert full.max() == pytest.approx(1e-3, rel=0.02)  # (plus AdamW's weight decay)
     assert warmed.max() == pytest.approx(1e-4, rel=0.02)
@@ -165,19 +167,16 @@ def test_gradients_are_clipped_to_max_grad_norm():
     bound = 0.5 * sorted(free)[len(free) // 2]  # below most unclipped norms
     clipped = _optimizer_steps(images, epochs=2, batch_size=16, max_grad_norm=bound)
     assert max(free) > bound
-    assert max(clipped) == pytest.approx(
-        bound, rel=1e-4
-    )  # scaled down to the bound, not below
+    # scaled down to the bound, not below
+    assert max(clipped) == pytest.approx(bound, rel=1e-4)
 
 
 def test_a_ragged_last_batch_is_left_out_unless_it_is_the_only_one():
     images = DataSpec().load_partition(3, 50).pixels
-    assert (
-        len(_optimizer_steps(images[:40], epochs=3, batch_size=16)) == 3 * 2
-    )  # 40 = 2·16 + 8
-    assert (
-        len(_optimizer_steps(images[:10], epochs=3, batch_size=16)) == 3
-    )  # one short batch per epoch
+    # 40 = 2·16 + 8
+    assert len(_optimizer_steps(images[:40], epochs=3, batch_size=16)) == 3 * 2
+    # one short batch per epoch
+    assert len(_optimizer_steps(images[:10], epochs=3, batch_size=16)) == 3
 
 
 @pytest.mark.parametrize("count", [1, 7, 32, 450])
@@ -186,12 +185,12 @@ def test_training_timesteps_take_one_from_each_stratum_and_are_uniform_overall(c
     draws = torch.stack(
         [ddpm._timesteps(count, generator) for _ in range(4000 // count + 200)]
     )
-    k = torch.arange(
-        count, dtype=torch.float64
-    )  # the k-th timestep lies in the k-th of `count` strata
+    # the k-th timestep lies in the k-th of `count` strata
+    k = torch.arange(count, dtype=torch.float64)
     assert (draws >= (k * ddpm.NUM_TRAIN_TIMESTEPS / count).floor()).all()
     assert (draws < (k + 1) * ddpm.NUM_TRAIN_TIMESTEPS / count).all()
-    # pooled over batches, every timestep is as likely as any other (chi-square over 10 bins)
+    # pooled over batches, every timestep is as likely as any other
+    # (chi-square over 10 bins)
     counts = torch.bincount(
         draws.flatten() * 10 // ddpm.NUM_TRAIN_TIMESTEPS, minlength=10
     ).numpy()
@@ -211,12 +210,10 @@ def test_stratified_timesteps_steady_the_batch_mean_against_independent_draws():
             for _ in range(2000)
         ]
     )
-    assert (
-        abs(stratified.mean() - independent.mean()) < 10
-    )  # the same noise level on average...
-    assert (
-        stratified.var() < independent.var() / 10
-    )  # ...but 32 times steadier (1/12 / 32² against 1/12 / 32)
+    # the same noise level on average...
+    assert abs(stratified.mean() - independent.mean()) < 10
+    # ...but 32 times steadier (1/12 / 32² against 1/12 / 32)
+    assert stratified.var() < independent.var() / 10
 
 
 def test_sampling_returns_images_in_range_and_is_seeded():
@@ -229,7 +226,8 @@ def test_sampling_returns_images_in_range_and_is_seeded():
 
 
 class _DividedAt:
-    """Reference: `model` with its noise prediction at timestep t divided by 1 + (λ − 1)·t/T."""
+    """Reference: `model` with its noise prediction at timestep t divided by
+    1 + (λ − 1)·t/T."""
 
     def __init__(self, model, scale: float):
         self.model, self.scale, self.config = model, scale, model.config

@@ -1,4 +1,5 @@
-"""The device side: its profile from the scenario or its node config, and its update's range sums."""
+"""The device side: its profile from the scenario or its node config, and its
+update's range sums."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""The moving average of the global models: diffusers' EMA schedule, off at 0, resumable."""
+"""The moving average of the global models: diffusers' EMA schedule,
+off at 0, resumable."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from qfd_app.diffusion.ema import RoundAverage
 
 
 def rounds_of_training(model, rounds, seed=0):
-    """Global models after each round: random steps of the weights (a stand-in for federated rounds)."""
+    """Global models after each round: random steps of the weights (a stand-in for
+    federated rounds)."""
     g = torch.Generator().manual_seed(seed)
     for _ in range(rounds):
         with torch.no_grad():
@@ -30,9 +32,8 @@ def test_the_average_follows_the_ema_recurrence_with_warmup(unet, decay):
     expected = None
     for r, state in enumerate(rounds_of_training(unet, 12), start=1):
         out = average.update(unet)
-        d = (
-            0.0 if r == 1 else min(decay, r / (9 + r))
-        )  # independent statement of the schedule
+        # independent statement of the schedule
+        d = 0.0 if r == 1 else min(decay, r / (9 + r))
         w = state["conv_in.weight"].double().numpy()
         expected = w if expected is None else d * expected + (1 - d) * w
         np.testing.assert_allclose(

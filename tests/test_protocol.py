@@ -1,4 +1,5 @@
-"""The protocol: a device's state and its train reply are checked as received, and survive their records."""
+"""The protocol: a device's state and its train reply are checked as received, and
+survive their records."""
 
 import math
 

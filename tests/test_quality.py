@@ -16,7 +16,8 @@ def mnist(tmp_path_factory):
     try:
         spec = DataSpec()
         train, test = spec.load_train(), spec.load_test()
-        # module-scoped, so not the function-scoped `monkeypatch`: the same, undone after this module's tests
+        # module-scoped, so not the function-scoped `monkeypatch`: the same, undone
+        # after this module's tests
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("QFD_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
             net = quality.feature_net_for("mnist5k", train.pixels, train.labels, seed=0)

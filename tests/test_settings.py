@@ -1,4 +1,5 @@
-"""Settings: every key validated, every rejection names the key, defaults in one place."""
+"""Settings: every key validated, every rejection names the key,
+defaults in one place."""
 
 import dataclasses
 import subprocess
@@ -114,9 +115,8 @@ def test_missing_key_is_named():
     del config["batch-size"]
     with pytest.raises(SettingsError) as info:
         Settings.from_run_config(config)
-    assert (
-        str(info.value)
-        == "The 'batch-size' setting is missing; it must be an int in the range [1, inf)."
+    assert str(info.value) == (
+        "The 'batch-size' setting is missing; it must be an int in the range [1, inf)."
     )
 
 
@@ -152,15 +152,18 @@ def test_a_broken_scenario_file_is_refused_with_the_scenario_key(tmp_path):
     [
         (
             {"strategy": "ondemand", "resource-policy": "race-to-idle"},
-            "The 'resource-policy' setting with strategy 'ondemand' must be one of 'auto', 'optimal'; got 'race-to-idle'",
+            "The 'resource-policy' setting with strategy 'ondemand' must be one of "
+            "'auto', 'optimal'; got 'race-to-idle'",
         ),
         (
             {"strategy": "fixed", "resource-policy": "race-to-idle"},
-            "The 'resource-policy' setting with strategy 'fixed' must be one of 'auto', 'optimal'; got 'race-to-idle'",
+            "The 'resource-policy' setting with strategy 'fixed' must be one of "
+            "'auto', 'optimal'; got 'race-to-idle'",
         ),
         (
             {"strategy": "ondemand", "codec": "bnb-nf4", "bits": 4},
-            "The 'codec' setting with strategy 'ondemand' must be one of 'uniform'; got 'bnb-nf4'",
+            "The 'codec' setting with strategy 'ondemand' must be one of "
+            "'uniform'; got 'bnb-nf4'",
         ),
         (
             {"strategy": "fixed", "codec": "fp16", "bits": 8},

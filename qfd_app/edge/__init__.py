@@ -1,7 +1,8 @@
-"""The mobile edge network: device model, channel, energy formulas and the per-round solver.
+"""The mobile edge network: device model, channel, energy formulas and
+the per-round solver.
 
-Plain numpy, depending on nothing else of qfd. docs/model.md states the model; the public
-surface is re-exported here.
+Plain numpy, depending on nothing else of qfd. docs/model.md states the model; the
+public surface is re-exported here.
 """
 
 from qfd_app.edge.allocate import race_to_idle, solve_round

@@ -1,26 +1,31 @@
-"""The per-round solver: bit-width, CPU clock, transmit power and bandwidth of every device.
+"""The per-round solver: bit-width, CPU clock, transmit power and
+bandwidth of every device.
 
-A strategy calls `solve_round` once per round with arrays (one row per sampled device, one
-column per candidate bit-width) and gets an `Allocation` back; `race_to_idle` plans the
-classic FL client (fp32, f_max, p_max, equal split). docs/model.md states the problem:
+A strategy calls `solve_round` once per round with arrays (one row per sampled
+device, one column per candidate bit-width) and gets an `Allocation` back;
+`race_to_idle` plans the classic FL client (fp32, f_max, p_max, equal split).
+docs/model.md states the problem:
 
     minimise   Σ_n E_cmp,n + E_com,n
-    over       b_n ∈ [b_min,n, b_max,n], f_min,n ≤ f_n ≤ f_max,n, p_n ≤ p_max,n, B_n ≥ 0
-    subject to t_cmp,n + τ_n ≤ T,  Σ_n w_n² V_n(b_n) ≤ ε ‖Δ̄‖²,  Σ_n B_n ≤ B.
+    over       b_n ∈ [b_min,n, b_max,n], f_min,n ≤ f_n ≤ f_max,n,
+               p_n ≤ p_max,n, B_n ≥ 0
+    subject to t_cmp,n + τ_n ≤ T,  Σ_n w_n² V_n(b_n) ≤ ε ‖Δ̄‖²,
+               Σ_n B_n ≤ B.
 
 Steps:
 
-1. **Admission** (`bandwidth.admit_*`): a device that cannot meet the deadline even at b_min,
-   f_max and p_max on the bandwidth it could get is excluded, with that reason. The
-   aggregate averages the admitted devices only, so their weights are renormalised to
-   sum to 1 (`weight_used`).
-2. **Per candidate** (`upload.optimal_upload`): the optimal τ (hence f, p and energy) of
-   every device × bit-width on its bandwidth, vectorised.
-3. **Bit-widths** (`bitwidths.choose_bits`): the error budget through its price λ, greedy
-   repair and an exact core.
-4. **Bandwidth**: `equal` gives every admitted device B/K. `optimal` alternates step 3 on
-   the current split with water-filling for the chosen bits (`bandwidth.water_fill`, price
-   μ); each half-step can only lower the energy, and it stops when the bits repeat.
+1. **Admission** (`bandwidth.admit_*`): a device that cannot meet the deadline even at
+   b_min, f_max and p_max on the bandwidth it could get is excluded, with that reason.
+   The aggregate averages the admitted devices only, so their weights are renormalised
+   to sum to 1 (`weight_used`).
+2. **Per candidate** (`upload.optimal_upload`): the optimal τ (hence f, p and energy)
+   of every device × bit-width on its bandwidth, vectorised.
+3. **Bit-widths** (`bitwidths.choose_bits`): the error budget through its price λ,
+   greedy repair and an exact core.
+4. **Bandwidth**: `equal` gives every admitted device B/K. `optimal` alternates step 3
+   on the current split with water-filling for the chosen bits (`bandwidth.water_fill`,
+   price μ); each half-step can only lower the energy, and it stops
+   when the bits repeat.
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ def solve_round(
     -------
     Allocation
         Never raises for an infeasible round: excluded devices carry their reason, an
-        unmeetable budget gives every device its most precise feasible bits and a warning.
+        unmeetable budget gives every device its most precise
+        feasible bits and a warning.
     """
     started = time.perf_counter()
     _check_shapes(devices, candidates)
@@ -150,7 +156,8 @@ def _alternate(
     exact_limit,
     max_alternations,
 ):
-    """Optimised split: bits on the current split ↔ water-filling for the chosen bits."""
+    """Optimised split: bits on the current split ↔ water-filling
+    for the chosen bits."""
     k = idx.size
     rows = np.arange(k)
     s_all, w_all = candidates.payload_bits[idx], candidates.work_cycles[idx]
@@ -203,7 +210,8 @@ def _alternate(
 class _Cells:
     """The admitted devices' real candidates (padding skipped), gathered once per solve.
 
-    `table(bandwidth)` solves every cell on its device's bandwidth and returns a `_Table`.
+    `table(bandwidth)` solves every cell on its device's bandwidth
+    and returns a `_Table`.
     """
 
     def __init__(self, candidates: Candidates, idx: NDArray, per_device: dict) -> None:
@@ -217,9 +225,8 @@ class _Cells:
         }
         self.args["payload_bits"] = candidates.payload_bits[at, cols]
         self.args["work_cycles"] = candidates.work_cycles[at, cols]
-        self.flat = np.full(
-            self.shape, -1, dtype=np.int64
-        )  # (K, C) → cell, −1 for padding
+        # (K, C) → cell, −1 for padding
+        self.flat = np.full(self.shape, -1, dtype=np.int64)
         self.flat[self.rows, cols] = np.arange(self.rows.size)
         self.cols = cols
 
@@ -236,7 +243,8 @@ class _Cells:
 
 @dataclass(frozen=True)
 class _Table:
-    """`optimal_upload` of every cell; `energy_j` is the (K, C) table for `choose_bits`."""
+    """`optimal_upload` of every cell; `energy_j` is the (K, C) table
+    for `choose_bits`."""
 
     cells: _Cells
     up: Upload
@@ -258,10 +266,11 @@ def _no_better(energy, werr, old, new, budget) -> bool:
 def race_to_idle(
     devices: Devices, candidates: Candidates, network: Network
 ) -> Allocation:
-    """The classic FL client: highest candidate bit-width, f = f_max, p = p_max, equal split.
+    """The classic FL client: highest candidate bit-width, f = f_max,
+    p = p_max, equal split.
 
-    Devices that miss the deadline this way are excluded (same admission as `solve_round`
-    with an equal split). The error budget is reported, not enforced.
+    Devices that miss the deadline this way are excluded (same admission as
+    `solve_round` with an equal split). The error budget is reported, not enforced.
     """
     started = time.perf_counter()
     _check_shapes(devices, candidates)
@@ -309,13 +318,14 @@ def _check_shapes(devices: Devices, candidates: Candidates) -> None:
     for name in ("cpu_hz_min", "cpu_hz_max", "kappa", "power_w_max", "gain", "weight"):
         if np.shape(getattr(devices, name)) != (n,):
             raise ValueError(
-                f"devices.{name} must have shape ({n},), one value per row of candidates.bits; "
-                f"got {np.shape(getattr(devices, name))}."
+                f"devices.{name} must have shape ({n},), one value per row of "
+                f"candidates.bits; got {np.shape(getattr(devices, name))}."
             )
     for name in ("work_cycles", "payload_bits", "error"):
         if np.shape(getattr(candidates, name)) != shape:
             raise ValueError(
-                f"candidates.{name} must have shape {shape}; got {np.shape(getattr(candidates, name))}."
+                f"candidates.{name} must have shape {shape}; got "
+                f"{np.shape(getattr(candidates, name))}."
             )
     if n and not candidates.valid[:, 0].all():
         raise ValueError(
@@ -335,7 +345,8 @@ def _radio(devices: Devices, network: Network) -> dict:
 
 
 def _per_device(devices: Devices, network: Network, idx: NDArray) -> dict:
-    """Arguments of `optimal_upload` other than payload, work and bandwidth, for rows `idx`."""
+    """Arguments of `optimal_upload` other than payload, work and
+    bandwidth, for rows `idx`."""
     return {
         "gain": devices.gain[idx],
         "noise_w_per_hz": network.noise_w_per_hz,
@@ -382,7 +393,8 @@ class _Builder:
         n_out = int((~admitted).sum())
         if n_out:
             self.warnings.append(
-                f"{n_out} of {n} devices cannot meet the {network.deadline_s:g} s deadline and are excluded."
+                f"{n_out} of {n} devices cannot meet the {network.deadline_s:g} s "
+                "deadline and are excluded."
             )
 
     def exclusion_reasons(self, need: NDArray, col: NDArray, at: str = "b_min") -> None:
@@ -395,20 +407,28 @@ class _Builder:
             )
             compute_s = w / d.cpu_hz_max[i]
             if compute_s >= net.deadline_s:
-                why = f"training alone takes {compute_s:.3g} s at {at}={b} and f_max, over the {net.deadline_s:g} s deadline"
+                why = (
+                    f"training alone takes {compute_s:.3g} s at {at}={b} and f_max, "
+                    f"over the {net.deadline_s:g} s deadline"
+                )
             elif not np.isfinite(need[i]):
-                why = f"even unlimited bandwidth cannot upload {s:.3g} bits at {at}={b} and p_max within the deadline"
+                why = (
+                    f"even unlimited bandwidth cannot upload {s:.3g} bits at {at}={b} "
+                    "and p_max within the deadline"
+                )
             elif self.network.bandwidth_policy == "equal" or at == "b_max":
                 k = int((self.status == SCHEDULED).sum()) + 1
                 why = (
-                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
-                    f"an equal share would be {net.bandwidth_hz / k / 1e6:.3g} MHz"
+                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, "
+                    "p_max to meet the deadline; an equal share would be "
+                    f"{net.bandwidth_hz / k / 1e6:.3g} MHz"
                 )
             else:
                 used = float(np.sum(need[self.status == SCHEDULED]))
                 why = (
-                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet the deadline; "
-                    f"{(net.bandwidth_hz - used) / 1e6:.3g} MHz is left after the devices that need less"
+                    f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet "
+                    f"the deadline; {(net.bandwidth_hz - used) / 1e6:.3g} MHz is left "
+                    "after the devices that need less"
                 )
             self.reason[i] = why
 
@@ -435,7 +455,8 @@ class _Builder:
             if not choice.budget_met:
                 for i in idx:
                     self.reason[i] = (
-                        "error budget unmet: at its most precise bit-width that meets the deadline"
+                        "error budget unmet: at its most precise bit-width that "
+                        "meets the deadline"
                     )
 
     def finish(self, started: float, *, enforced: bool = True) -> Allocation:
@@ -444,13 +465,15 @@ class _Builder:
         met = total_error <= budget * (1 + BUDGET_RTOL)
         if not met and not enforced:
             self.warnings.append(
-                f"total error {total_error:.4g} exceeds the error budget {budget:.4g}; this policy does not enforce it."
+                f"total error {total_error:.4g} exceeds the error budget {budget:.4g}; "
+                "this policy does not enforce it."
             )
         elif not met:
             self.warnings.append(
-                f"no choice of bit-widths meets the error budget: total error {total_error:.4g} > "
-                f"budget {budget:.4g} (ε = {self.network.error_budget:g}); every device is at its most "
-                "precise bit-width that meets the deadline."
+                "no choice of bit-widths meets the error budget: total "
+                f"error {total_error:.4g} > budget {budget:.4g} (ε = "
+                f"{self.network.error_budget:g}); every device is at its most precise "
+                "bit-width that meets the deadline."
             )
         return Allocation(
             status=self.status,

@@ -1,19 +1,22 @@
-"""Sharing the uplink band: who fits in the round, and the energy-optimal split (water-filling).
+"""Sharing the uplink band: who fits in the round, and the energy-optimal
+split (water-filling).
 
-Admission. Device n needs at least B_need,n (`upload.min_bandwidth_hz`) to meet the deadline
-at its fewest bits, f_max and p_max. Devices are admitted cheapest-first (smallest B_need):
+Admission. Device n needs at least B_need,n (`upload.min_bandwidth_hz`) to
+meet the deadline at its fewest bits, f_max and p_max. Devices are admitted
+cheapest-first (smallest B_need):
 
-* equal split: the largest K with B_need,(K) ≤ B/K — every admitted device fits in its
-  share B/K, and the next one would not fit in B/(K+1);
+* equal split: the largest K with B_need,(K) ≤ B/K — every admitted device fits in
+  its share B/K, and the next one would not fit in B/(K+1);
 * optimised split: the largest K with Σ_{i≤K} B_need,(i) ≤ B.
 
-Water-filling. For fixed bit-widths let e_n(B_n) be device n's least energy on a sub-band
-B_n (`upload.optimal_upload`): convex and decreasing. The split minimising Σ e_n(B_n) with
-Σ B_n = B and B_n ≥ B_need,n equalises the marginal values: −e_n'(B_n) = μ for every
-device above its floor, μ being the price of bandwidth (J/Hz). We solve it by projected
-Newton steps on log(−e_n'(B_n)) = log μ (see `water_fill`); each step finds the price that
-keeps Σ B_n = B (a 1-D search), then backtracks until the energy falls. e_n' and e_n''
-come from the envelope theorem at the optimal τ (`slopes`).
+Water-filling. For fixed bit-widths let e_n(B_n) be device n's least energy on a
+sub-band B_n (`upload.optimal_upload`): convex and decreasing. The split minimising
+Σ e_n(B_n) with Σ B_n = B and B_n ≥ B_need,n equalises the marginal values:
+−e_n'(B_n) = μ for every device above its floor, μ being the price of bandwidth
+(J/Hz). We solve it by projected Newton steps on log(−e_n'(B_n)) = log μ
+(see `water_fill`); each step finds the price that keeps Σ B_n = B (a 1-D search), then
+backtracks until the energy falls. e_n' and e_n'' come from the envelope theorem at the
+optimal τ (`slopes`).
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ def admit_equal(need_hz: NDArray[np.float64], bandwidth_hz: float) -> NDArray[np
     k = np.arange(1, len(need_hz) + 1)
     fits = need_hz[order] <= bandwidth_hz / k
     admitted = np.zeros(len(need_hz), bool)
-    admitted[order[: int(fits.sum())]] = (
-        True  # `fits` is a prefix: B_need rises, B/k falls
-    )
+    # `fits` is a prefix: B_need rises, B/k falls
+    admitted[order[: int(fits.sum())]] = True
     return admitted
 
 
 def admit_optimal(
     need_hz: NDArray[np.float64], bandwidth_hz: float
 ) -> NDArray[np.bool_]:
-    """Admitted devices under an optimised split: the largest K with Σ_{i≤K} B_need,(i) ≤ B."""
+    """Admitted devices under an optimised split: the largest K with Σ_{i≤K}
+    B_need,(i) ≤ B."""
     order = np.argsort(need_hz, kind="stable")
     fits = np.cumsum(need_hz[order]) <= bandwidth_hz
     admitted = np.zeros(len(need_hz), bool)
@@ -49,16 +52,20 @@ def admit_optimal(
 
 
 def slopes(up: Upload, p: dict) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """e'(B) and e''(B) of each device's least energy, from the optimum `up` at bandwidth p["bandwidth_hz"].
+    """e'(B) and e''(B) of each device's least energy, from the optimum `up` at
+    bandwidth p["bandwidth_hz"].
 
-    With y = B τ, z = S ln 2 / y, E_com = (N0/g) ψ(y), ψ(y) = y (e^{S ln 2 / y} − 1),
-    ψ' = −h(z), ψ'' = z² e^z / y, and C(τ) = κ W³/(T − τ)² the compute energy:
+    With y = B τ, z = S ln 2 / y, E_com = (N0/g) ψ(y), ψ(y) = y
+    (e^{S ln 2 / y} − 1), ψ' = −h(z), ψ'' = z² e^z / y, and C(τ) = κ
+    W³/(T − τ)² the compute energy:
 
-    * τ fixed (clock floor or f_max bind): e' = E_B = −(N0/g) τ h(z), e'' = E_BB = (N0/g) z² e^z τ/B;
-    * τ interior: e' = E_B, e'' = E_BB − E_Bτ² / E_ττ with E_Bτ = (N0/g)(z² e^z − h(z)) and
-      E_ττ = (N0/g) z² e^z B/τ + 6 κ W³/(T − τ)⁴;
+    * τ fixed (clock floor or f_max bind): e' = E_B = −(N0/g) τ h(z),
+      e'' = E_BB = (N0/g) z² e^z τ/B;
+    * τ interior: e' = E_B, e'' = E_BB − E_Bτ² / E_ττ with E_Bτ = (N0/g)(z²
+      e^z − h(z)) and E_ττ = (N0/g) z² e^z B/τ + 6 κ W³/(T − τ)⁴;
     * p = p_max: τ = τ_lo(B) = S/R(B), R = B log2(1 + a/B), a = g p_max/N0, and
-      e = p_max τ_lo + C(τ_lo): e' = (p_max + C') τ_lo', e'' = C'' τ_lo'² + (p_max + C') τ_lo''.
+      e = p_max τ_lo + C(τ_lo): e' = (p_max + C') τ_lo', e'' = C''
+      τ_lo'² + (p_max + C') τ_lo''.
     """
     s, w, bw, g = p["payload_bits"], p["work_cycles"], p["bandwidth_hz"], p["gain"]
     n0, t, pmax, kap = (
@@ -97,12 +104,13 @@ def slopes(up: Upload, p: dict) -> tuple[NDArray[np.float64], NDArray[np.float64
 
 
 def _price_step(value, rate, lo, hi):
-    """The log-Newton targets B + δ(x) and the log price x = log μ that makes Σ δ = 0.
+    """The log-Newton targets B + δ(x) and the log price x = log μ
+    that makes Σ δ = 0.
 
-    Each device's target is δ_n(x) = clip(r_n (x − L_n), lo_n, hi_n) with L_n = log(−e_n')
-    and r_n = e_n'/e_n'' < 0: one Newton step on log(−e_n'(B)) = log μ. Σ δ(x) falls with x
-    and is piecewise linear; find its zero by secant steps on the free devices, kept inside
-    a bisection bracket.
+    Each device's target is δ_n(x) = clip(r_n (x − L_n), lo_n, hi_n)
+    with L_n = log(−e_n') and r_n = e_n'/e_n'' < 0: one Newton step on
+    log(−e_n'(B)) = log μ. Σ δ(x) falls with x and is piecewise linear; find its
+    zero by secant steps on the free devices, kept inside a bisection bracket.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         at_hi = value + hi / rate  # x where δ_n reaches hi_n
@@ -138,20 +146,22 @@ def water_fill(
 ) -> tuple[NDArray[np.float64], Upload, float]:
     """Energy-optimal split of `total_hz` for fixed bit-widths.
 
-    Newton steps on the marginal values in log form, log(−e_n'(B_n)) = log μ: the energy
-    of a thin sub-band grows like exp(1/B), where plain Newton on e' crawls, while its
-    logarithm is nearly linear. Each step is a descent direction (bandwidth moves from
-    devices that value it below μ to those that value it above), and a backtracking line
-    search keeps Σ e_n falling.
+    Newton steps on the marginal values in log form, log(−e_n'(B_n)) = log μ: the
+    energy of a thin sub-band grows like exp(1/B), where plain Newton on e' crawls,
+    while its logarithm is nearly linear. Each step is a descent direction (bandwidth
+    moves from devices that value it below μ to those that value it above), and a
+    backtracking line search keeps Σ e_n falling.
 
     Parameters
     ----------
     params : dict
-        Keyword arguments of `optimal_upload` without `bandwidth_hz` (arrays of shape (N,)).
+        Keyword arguments of `optimal_upload` without `bandwidth_hz`
+        (arrays of shape (N,)).
     total_hz : float
         B, the band to share.
     need_hz : ndarray, shape (N,)
-        Each device's least feasible bandwidth at its bit-width; Σ need_hz ≤ total_hz.
+        Each device's least feasible bandwidth at its bit-width;
+        Σ need_hz ≤ total_hz.
     start_hz : ndarray, shape (N,)
         A feasible split to start from (≥ need_hz, summing to total_hz).
     max_iter : int
@@ -171,8 +181,8 @@ def water_fill(
         d1, d2 = slopes(up, {**params, "bandwidth_hz": bw})
         d1 = np.minimum(d1, -1e-300)  # e' < 0: more band never costs energy
         d2 = np.maximum(d2, 1e-9 * np.abs(d1) / bw)  # keep the model strictly convex
-        # A step may close at most 80 % of a device's slack above its floor: near B_need the
-        # energy climbs steeply (full power), which the local model cannot see.
+        # A step may close at most 80 % of a device's slack above its floor: near B_need
+        # the energy climbs steeply (full power), which the local model cannot see.
         delta, mu = _price_step(
             np.log(-d1), d1 / d2, -0.8 * (bw - need_hz), total_hz - bw
         )
@@ -202,7 +212,8 @@ def water_fill(
 
 
 def _fix_sum(bw: NDArray, need_hz: NDArray, total_hz: float) -> NDArray:
-    """Remove a rounding excess so that Σ B ≤ total, taking it from the device with most slack."""
+    """Remove a rounding excess so that Σ B ≤ total, taking it from the
+    device with most slack."""
     excess = bw.sum() - total_hz
     if excess > 0:
         i = int(np.argmax(bw - need_hz))

@@ -1,26 +1,27 @@
-"""Choosing one bit-width per device under the error budget (a multiple-choice knapsack).
+"""Choosing one bit-width per device under the error budget
+(a multiple-choice knapsack).
 
-Given, for every device n and candidate k, the energy E[n, k] of its best plan (inf when the
-candidate misses the deadline) and its weighted error Q[n, k] = w_n² V_n(b_k), choose one k
-per device to
+Given, for every device n and candidate k, the energy E[n, k] of its best plan (inf
+when the candidate misses the deadline) and its weighted error Q[n, k] = w_n² V_n(b_k),
+choose one k per device to
 
     minimise  Σ_n E[n, k_n]   subject to   Σ_n Q[n, k_n] ≤ budget.
 
 Steps (docs/model.md §3.3):
 
-1. **Lagrangian.** For a price λ ≥ 0 each device alone picks argmin_k E + λ Q. The error of
-   these picks falls as λ grows; bisect λ until the picks just below and just above the
-   smallest λ that meets the budget differ on at most one device. Each step tries the
-   median of the switching prices still inside the bracket; a device whose pick is the
-   same at both ends of the bracket keeps it, so each step only revisits the devices still
-   in play.
+1. **Lagrangian.** For a price λ ≥ 0 each device alone picks argmin_k E + λ Q. The
+   error of these picks falls as λ grows; bisect λ until the picks just below and just
+   above the smallest λ that meets the budget differ on at most one device. Each step
+   tries the median of the switching prices still inside the bracket; a device whose
+   pick is the same at both ends of the bracket keeps it, so each step only revisits the
+   devices still in play.
 2. **Greedy repair.** The picks just below the bracket miss the budget, those just above
-   meet it. From the first, buy the upgrade with the least extra energy per unit of error
-   removed until the budget holds; from either, take back the downgrade that saves most
-   while the budget still holds. Keep the cheaper result.
+   meet it. From the first, buy the upgrade with the least extra energy per unit of
+   error removed until the budget holds; from either, take back the downgrade that saves
+   most while the budget still holds. Keep the cheaper result.
 3. **Exact core.** Enumerate every combination of the devices nearest their switching
-   point, the others fixed (all devices and candidates when the product of their candidate
-   counts is at most `exact_limit`: small rounds are solved exactly).
+   point, the others fixed (all devices and candidates when the product of their
+   candidate counts is at most `exact_limit`: small rounds are solved exactly).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-# Relative slack on the budget, so that a choice meeting it exactly is not lost to rounding.
+# Relative slack on the budget, so that a choice meeting it exactly is
+# not lost to rounding.
 BUDGET_RTOL = 1e-12
 
 
@@ -46,7 +48,8 @@ class Choice:
         False when no choice meets the budget; then every device has its most precise
         candidate that is feasible.
     price : float
-        λ, the energy (J) per unit of weighted error at the solution (0 if the budget is slack).
+        λ, the energy (J) per unit of weighted error at the solution
+        (0 if the budget is slack).
     """
 
     index: NDArray[np.int64]
@@ -67,8 +70,8 @@ def choose_bits(
     Parameters
     ----------
     energy_j : ndarray, shape (N, C)
-        Energy of each candidate; inf marks a candidate that is padding or misses the deadline.
-        Every row needs at least one finite entry.
+        Energy of each candidate; inf marks a candidate that is padding or misses the
+        deadline. Every row needs at least one finite entry.
     weighted_error : ndarray, shape (N, C)
         Q = w² V of each candidate (finite where `energy_j` is).
     budget : float
@@ -76,7 +79,8 @@ def choose_bits(
     exact_limit : int
         Most combinations enumerated in the exact core (0 or 1: no enumeration).
     price_hint : float, optional
-        A λ near the answer (e.g. the previous round's or solve's), to start bracketing from.
+        A λ near the answer (e.g. the previous round's or solve's), to
+        start bracketing from.
 
     Returns
     -------
@@ -114,10 +118,11 @@ def _bracket_price(energy: NDArray, error: NDArray, limit: float, hint: float | 
     """Bisect λ until the picks below and above differ on at most one device.
 
     Each step tries the median of the switching prices still inside the bracket (the
-    slopes −ΔE/ΔQ between neighbouring candidates), so that they halve with every step;
-    the geometric mean serves when none is left inside.
+    slopes −ΔE/ΔQ between neighbouring candidates), so that they halve with every
+    step; the geometric mean serves when none is left inside.
 
-    Returns (λ_lo, picks at λ_lo [over budget], λ_hi, picks at λ_hi [within budget]).
+    Returns (λ_lo, picks at λ_lo [over budget], λ_hi, picks at
+    λ_hi [within budget]).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         pool = (np.diff(energy, axis=1) / -np.diff(error, axis=1)).ravel()
@@ -130,9 +135,8 @@ def _bracket_price(energy: NDArray, error: NDArray, limit: float, hint: float | 
     err_fixed = error[settled, pick_hi[settled]].sum()
     while live.size > 1 and lam_hi > lam_lo * (1 + 1e-15):
         pool = pool[(pool > lam_lo) & (pool < lam_hi)]
-        sample = pool[
-            :: max(pool.size // 1000, 1)
-        ]  # a median of ≤ ~1000 is pivot enough
+        # a median of ≤ ~1000 is pivot enough
+        sample = pool[:: max(pool.size // 1000, 1)]
         lam = (
             float(np.median(sample)) if sample.size else float(np.sqrt(lam_lo * lam_hi))
         )
@@ -155,8 +159,8 @@ def _bracket_price(energy: NDArray, error: NDArray, limit: float, hint: float | 
 def _initial_bracket(energy, error, limit, pool, hint) -> tuple[float, float]:
     """Prices λ_lo (picks over budget) and λ_hi (within budget).
 
-    Start from a narrow bracket around `hint`, or from the range of the switching prices,
-    and widen it until it brackets the budget.
+    Start from a narrow bracket around `hint`, or from the range of the switching
+    prices, and widen it until it brackets the budget.
     """
     if hint is not None and 0 < hint < np.inf:
         lam_lo, lam_hi, widen = hint / 1.01, hint * 1.01, 10.0
@@ -180,7 +184,8 @@ def _picks(energy: NDArray, error: NDArray, lam: float) -> NDArray[np.int64]:
 def _repair(
     energy: NDArray, error: NDArray, pick: NDArray, limit: float
 ) -> NDArray[np.int64]:
-    """Upgrade the device with the least extra energy per unit of error removed until within budget."""
+    """Upgrade the device with the least extra energy per unit of error removed
+    until within budget."""
     pick = pick.copy()
     rows = np.arange(len(energy))
     total = error[rows, pick].sum()
@@ -217,7 +222,8 @@ def _take_back(
         row, col = int(n[best]), int(k[best])
         slack -= error[row, col] - error[row, pick[row]]
         pick[row] = col
-        # drop the moved row's old moves and those that no longer fit, then add its new ones
+        # drop the moved row's old moves and those that no longer fit,
+        # then add its new ones
         keep = (n != row) & (error[n, k] - error[n, pick[n]] <= slack)
         n, k, gain = n[keep], k[keep], gain[keep]
         new = np.flatnonzero(
@@ -237,7 +243,8 @@ def _exact_core(
     limit: float,
     exact_limit: int,
 ) -> NDArray[np.int64]:
-    """Enumerate the choices of the devices closest to switching; keep the best within budget.
+    """Enumerate the choices of the devices closest to switching; keep
+    the best within budget.
 
     When the product of all devices' candidate counts is at most `exact_limit`, every
     device and candidate is enumerated (the round is solved exactly). Otherwise the core

@@ -1,11 +1,12 @@
 """Device classes, their placement in the cell, and the uplink channel (seeded).
 
-A `DeviceClass` is a profile shared by many devices (`iot`, `phone`, `edge`, …): CPU range,
-cycles per FLOP, κ, maximum transmit power and the bit-width demand [b_min, b_max]. A `Fleet`
-is one row per device: its class, distance to the base station and log-normal shadowing,
-both fixed for the whole run. `Fleet.gains(round)` adds Rayleigh fading drawn anew each
-round. Everything random comes from `numpy.random.SeedSequence((seed, stream, round))`, so
-the same scenario, seed and round always give the same gains.
+A `DeviceClass` is a profile shared by many devices (`iot`, `phone`, `edge`, …):
+CPU range, cycles per FLOP, κ, maximum transmit power and the bit-width demand
+[b_min, b_max]. A `Fleet` is one row per device: its class, distance to the base
+station and log-normal shadowing, both fixed for the whole run. `Fleet.gains(round)`
+adds Rayleigh fading drawn anew each round. Everything random comes from
+`numpy.random.SeedSequence((seed, stream, round))`, so the same scenario, seed and round
+always give the same gains.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class DeviceClass:
     name : str
         Class name as written in the scenario (`iot`, `phone`, …).
     bits_min, bits_max : int
-        Demand [b_min, b_max]: the fewest bits the device accepts, the most it can train.
+        Demand [b_min, b_max]: the fewest bits the device accepts,
+        the most it can train.
     cpu_hz_min, cpu_hz_max : float
         Clock range f_min … f_max; a device that finishes early idles at f_min.
     cycles_per_flop : float
@@ -38,7 +40,8 @@ class DeviceClass:
     power_w_max : float
         p_max, the most the radio may transmit.
     distance_m : float or None
-        Fixed distance to the base station, or None to place the device uniformly in the cell.
+        Fixed distance to the base station, or None to place the device
+        uniformly in the cell.
     """
 
     name: str
@@ -53,7 +56,8 @@ class DeviceClass:
 
 
 def path_loss_db(distance_m: ArrayLike) -> NDArray[np.float64]:
-    """Urban macro-cell path loss PL(d) = 128.1 + 37.6 log10(d / 1 km), in dB (3GPP TR 36.814)."""
+    """Urban macro-cell path loss PL(d) = 128.1 + 37.6 log10(d / 1 km), in dB
+    (3GPP TR 36.814)."""
     return 128.1 + 37.6 * np.log10(np.asarray(distance_m, float) / 1000.0)
 
 
@@ -108,8 +112,8 @@ class Fleet:
     ) -> Fleet:
         """Place the devices and draw their shadowing from `seed`.
 
-        Devices of a class with a fixed `distance_m` sit there; the others are uniform in
-        the annulus [min_distance_m, cell_radius_m]. Shadowing is N(0, σ²) in dB.
+        Devices of a class with a fixed `distance_m` sit there; the others are uniform
+        in the annulus [min_distance_m, cell_radius_m]. Shadowing is N(0, σ²) in dB.
         """
         index = np.asarray(class_index, dtype=np.int64)
         n = len(index)
@@ -126,7 +130,8 @@ class Fleet:
         return len(self.class_index)
 
     def column(self, field: str) -> NDArray:
-        """One `DeviceClass` field for every device, e.g. `fleet.column("power_w_max")`."""
+        """One `DeviceClass` field for every device, e.g.
+        `fleet.column("power_w_max")`."""
         values = np.array([getattr(c, field) for c in self.classes])
         return values[self.class_index]
 
@@ -136,10 +141,12 @@ class Fleet:
         return [self.classes[k].name for k in self.class_index]
 
     def fading(self, round_: int) -> NDArray[np.float64]:
-        """Rayleigh fading of `round_`: an exponential power gain of mean 1 per device."""
+        """Rayleigh fading of `round_`: an exponential power gain of
+        mean 1 per device."""
         return _rng(self.seed, _FADING, round_).exponential(1.0, len(self))
 
     def gains(self, round_: int) -> NDArray[np.float64]:
-        """Linear power gains g_n = 10^(−PL(d_n)/10) · 10^(X_n/10) · h_n of round `round_`."""
+        """Linear power gains g_n = 10^(−PL(d_n)/10) · 10^(X_n/10) · h_n
+        of round `round_`."""
         large_scale_db = -path_loss_db(self.distance_m) + self.shadowing_db
         return np.power(10.0, large_scale_db / 10.0) * self.fading(round_)

@@ -1,4 +1,5 @@
-"""The per-device energy model of docs/model.md: work, compute, uplink and quantization error.
+"""The per-device energy model of docs/model.md: work, compute, uplink
+and quantization error.
 
 Every function is plain numpy, broadcasts over its array arguments and takes SI units
 (Hz, W, s, J, bits) — except `training_flops`, which counts a torch model's FLOPs with
@@ -30,7 +31,8 @@ LN2 = float(np.log(2.0))
 
 
 def dbm_to_w(dbm: ArrayLike) -> NDArray[np.float64]:
-    """Convert a power (or a power density) from dBm to W: p_W = 10^((dBm − 30)/10)."""
+    """Convert a power (or a power density) from dBm to W:
+    p_W = 10^((dBm − 30)/10)."""
     return np.power(10.0, (np.asarray(dbm, dtype=float) - 30.0) / 10.0)
 
 
@@ -49,19 +51,22 @@ def precision_factor(bits: ArrayLike, gamma: float) -> NDArray[np.float64]:
 
 
 def training_flops(model: Any, *inputs: Any) -> float:
-    """φ: FLOPs of one forward and one backward pass of `model(*inputs)`, counted by torch.
+    """φ: FLOPs of one forward and one backward pass of
+    `model(*inputs)`, counted by torch.
 
-    `torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add of matmuls
-    and convolutions (element-wise ops are not counted). The output (or its `.sample`, as
-    diffusers models return) is summed and back-propagated, so gradients of every parameter
-    that requires one are included. Works on the `meta` device, where nothing is computed.
+    `torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add of
+    matmuls and convolutions (element-wise ops are not counted). The output (or its
+    `.sample`, as diffusers models return) is summed and back-propagated, so gradients
+    of every parameter that requires one are included. Works on the `meta` device, where
+    nothing is computed.
 
     Parameters
     ----------
     model : torch.nn.Module
         The model, e.g. a diffusers `UNet2DModel`.
     *inputs
-        Its inputs for a batch; divide the result by the batch size for FLOPs per sample.
+        Its inputs for a batch; divide the result by the batch size
+        for FLOPs per sample.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -157,10 +162,12 @@ def upload_energy_j(power_w: ArrayLike, upload_s: ArrayLike) -> NDArray[np.float
 def quantization_error(
     bits: ArrayLike, block_sizes: ArrayLike, block_ranges: ArrayLike
 ) -> NDArray[np.float64]:
-    """Variance bound of stochastic uniform quantization: V(b) = Σ_j m_j R_j² / (4 (2^b − 1)²).
+    """Variance bound of stochastic uniform quantization: V(b) = Σ_j m_j
+    R_j² / (4 (2^b − 1)²).
 
-    A value in a block of range R_j quantized to 2^b − 1 steps of width s = R_j/(2^b − 1)
-    with unbiased stochastic rounding has variance at most s²/4; a block holds m_j values.
+    A value in a block of range R_j quantized to 2^b − 1 steps of width
+    s = R_j/(2^b − 1) with unbiased stochastic rounding has variance at most s²/4; a
+    block holds m_j values.
 
     Parameters
     ----------

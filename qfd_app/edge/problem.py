@@ -1,7 +1,8 @@
-"""The solver's inputs and outputs: the network, the devices, their candidate bit-widths, the plan.
+"""The solver's inputs and outputs: the network, the devices, their candidate
+bit-widths, the plan.
 
-Arrays have one row per device (N,) and, for candidates, one column per bit-width (N, C).
-All quantities are SI (docs/model.md, §1).
+Arrays have one row per device (N,) and, for candidates, one column per bit-width
+(N, C). All quantities are SI (docs/model.md, §1).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ class Network:
     deadline_s : float
         T, time for local training plus upload.
     error_budget : float
-        ε, the bound on the aggregate's quantization variance relative to `update_sq_norm`;
-        inf switches the budget off.
+        ε, the bound on the aggregate's quantization variance relative to
+        `update_sq_norm`; inf switches the budget off.
     update_sq_norm : float
-        ‖Δ̄‖², the squared norm of the previous aggregate update (the unit of `error`).
+        ‖Δ̄‖², the squared norm of the previous aggregate update
+        (the unit of `error`).
     bandwidth_policy : str
         "equal" (B/K each) or "optimal" (water-filling).
     """
@@ -47,7 +49,8 @@ class Network:
     def __post_init__(self) -> None:
         if self.bandwidth_policy not in BANDWIDTH_POLICIES:
             raise ValueError(
-                f"bandwidth_policy must be one of {BANDWIDTH_POLICIES}; got {self.bandwidth_policy!r}."
+                f"bandwidth_policy must be one of {BANDWIDTH_POLICIES}; got "
+                f"{self.bandwidth_policy!r}."
             )
         for name in ("bandwidth_hz", "noise_w_per_hz", "deadline_s", "update_sq_norm"):
             if not getattr(self, name) > 0:
@@ -73,7 +76,8 @@ class Devices:
     kappa : κ, effective switched capacitance (E_cmp = κ W f²).
     power_w_max : p_max (W).
     gain : g, linear power gain of this round's channel.
-    weight : D_n / D, the device's share of the round's data (renormalised over the admitted).
+    weight : D_n / D, the device's share of the round's data
+        (renormalised over the admitted).
     """
 
     cpu_hz_min: NDArray[np.float64]
@@ -116,7 +120,8 @@ class Candidates:
 def candidate_bits(
     bits_min: ArrayLike, bits_max: ArrayLike, widths: ArrayLike
 ) -> NDArray[np.int64]:
-    """Rows of the bit-widths of `widths` (e.g. those a codec sends) in [b_min, b_max], 0-padded.
+    """Rows of the bit-widths of `widths` (e.g. those a codec sends) in
+    [b_min, b_max], 0-padded.
 
     >>> candidate_bits([2, 8], [4, 32], [*range(1, 17), 32]).tolist()
     [[2, 3, 4, 0, 0, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15, 16, 32]]
@@ -139,7 +144,8 @@ class Allocation:
     Attributes
     ----------
     status : str array, "scheduled" or "excluded".
-    reason : tuple of str, why a device is excluded (or a note on a scheduled one), else "".
+    reason : tuple of str, why a device is excluded
+        (or a note on a scheduled one), else "".
     bits, cpu_hz, power_w, bandwidth_hz, compute_s, upload_s : the device's plan.
     energy_compute_j, energy_upload_j, energy_j : its energy this round.
     payload_bits : S_n(b_n), what it uploads.

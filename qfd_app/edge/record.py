@@ -1,13 +1,15 @@
-"""The JSON-ready record of one planned round: every input the solver used and every output.
+"""The JSON-ready record of one planned round: every input the solver
+used and every output.
 
 `qfd plan --json` prints it and a simulation round stores it, so that a round can be
 re-solved or audited from its record alone. Layout (SI units, numbers only):
 
-    network: bandwidth_hz, noise_w_per_hz, deadline_s, error_budget (ε), update_sq_norm,
-             bandwidth_policy
+    network: bandwidth_hz, noise_w_per_hz, deadline_s, error_budget (ε),
+             update_sq_norm, bandwidth_policy
     devices: one object per device —
-             inputs:  bits_min, bits_max, cpu_hz_min, cpu_hz_max, power_w_max, kappa, gain,
-                      weight, candidates [{bits, work_cycles, payload_bits, error}]
+             inputs:  bits_min, bits_max, cpu_hz_min, cpu_hz_max, power_w_max, kappa,
+                      gain, weight,
+                      candidates [{bits, work_cycles, payload_bits, error}]
              outputs: status, reason, bits, cpu_hz, power_w, bandwidth_hz, compute_s,
                       upload_s, energy_compute_j, energy_upload_j, energy_j, weight_used
     totals:  energy_j, energy_compute_j, energy_upload_j, payload_bits, error,

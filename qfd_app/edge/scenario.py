@@ -1,16 +1,20 @@
-"""Scenarios: the network, the device classes and the plan stand-ins, read from TOML and validated once.
+"""Scenarios: the network, the device classes and the plan stand-ins, read from
+TOML and validated once.
 
-A scenario file lists settings by table (`[network]`, `[classes.phone]`, `[devices]`, …).
-`extends = "default"` starts from another scenario and changes only what the file lists
-(tables merge key by key). Every key is declared in `KEYS` below with its type and allowed
-range (a constraint of `qfd_app.validation`); one function checks them all, and every error
-names the key as written in the file, what is allowed and what was received, e.g.
+A scenario file lists settings by table (`[network]`, `[classes.phone]`, `[devices]`,
+…). `extends = "default"` starts from another scenario and changes only what the
+file lists (tables merge key by key). Every key is declared in `KEYS` below with its
+type and allowed range (a constraint of `qfd_app.validation`); one function checks
+them all, and every error names the key as written in the file, what is allowed and
+what was received, e.g.
 
-    Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf); got -0.1.
+    Scenario key 'classes.iot.power_w_max' must be a float in the range (0, inf);
+    got -0.1.
 
 Unknown keys, missing keys, wrong types and references to undefined classes are errors
-(`ScenarioError`, a `ValueError`). A scenario is the network, not the run: the model, the
-data and E are the run's settings (`MOVED` says where a key that used to be here went).
+(`ScenarioError`, a `ValueError`). A scenario is the network, not the run: the
+model, the data and E are the run's settings (`MOVED` says where a key that
+used to be here went).
 
 `load_scenario` parses each file once per process: the result is cached by the resolved
 path and the modification times of the file and of those it `extends`, so an edited file
@@ -46,12 +50,14 @@ SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 class ScenarioError(ValueError):
-    """A scenario that cannot be read: bad TOML, unknown or missing key, wrong type or range."""
+    """A scenario that cannot be read: bad TOML, unknown or missing key,
+    wrong type or range."""
 
 
 @dataclass(frozen=True)
 class _UpToInfinity(Interval):
-    """An `Interval` without an upper bound that also allows inf (e.g. an error budget that is off)."""
+    """An `Interval` without an upper bound that also allows inf (e.g. an error
+    budget that is off)."""
 
     def problem(self, value: Any) -> str | None:
         if is_number(value) and value == math.inf:
@@ -89,12 +95,15 @@ KEYS: dict[str, Constraint] = {
     "classes.*.distance_m": POSITIVE,
     "devices.*": Interval(int, 0, None),
 }
-# Keys of the run, not of the network: a run (and `qfd plan`) takes them from its settings.
+# Keys of the run, not of the network: a run (and `qfd plan`) takes
+# them from its settings.
 MOVED = {
     "model.preset": "the model is the run's `model` setting",
     "model.image_size": "the image size is the run's `image-size` setting",
     "model.channels": "the channels are those of the run's `dataset`",
-    "data.train_samples": "each device's D_n is the size of its partition of the run's `dataset`",
+    "data.train_samples": (
+        "each device's D_n is the size of its partition of the run's `dataset`"
+    ),
     "training.local_epochs": "E is the run's `local-epochs` setting",
 }
 # Keys a scenario may leave out.
@@ -123,8 +132,10 @@ class Scenario:
         Seed of placement, shadowing and fading.
     gamma : float
         γ of the precision factor ρ(b) = (b/32)^γ.
-    cell_radius_m, min_distance_m, bandwidth_hz, noise_dbm_per_hz, shadowing_db, deadline_s
-        The cell and the radio; devices are uniform in the annulus [min_distance_m, cell_radius_m].
+    cell_radius_m, min_distance_m, bandwidth_hz, noise_dbm_per_hz,
+    shadowing_db, deadline_s
+        The cell and the radio; devices are uniform in the annulus
+        [min_distance_m, cell_radius_m].
     bandwidth_policy : str
         "equal" or "optimal".
     epsilon : float
@@ -165,22 +176,25 @@ class Scenario:
         return sum(self.counts)
 
     def class_index(self, num_devices: int | None = None) -> np.ndarray:
-        """The class of each device: the scenario's list, repeated cyclically up to `num_devices`."""
+        """The class of each device: the scenario's list, repeated cyclically up
+        to `num_devices`."""
         base = np.repeat(np.arange(len(self.classes)), self.counts)
         n = len(base) if num_devices is None else num_devices
         return base[np.arange(n) % len(base)]
 
     def check_widths(self, widths: Sequence[int]) -> None:
-        """Refuse a class whose demand holds none of `widths` (the bit-widths a codec sends)."""
+        """Refuse a class whose demand holds none of `widths` (the
+        bit-widths a codec sends)."""
         for c in self.classes:
             if not any(c.bits_min <= b <= c.bits_max for b in widths):
                 raise ScenarioError(
-                    f"classes.{c.name}: the demand [{c.bits_min}, {c.bits_max}] holds no bit-width with a codec "
-                    f"({', '.join(map(str, widths))})."
+                    f"classes.{c.name}: the demand [{c.bits_min}, {c.bits_max}] holds "
+                    f"no bit-width with a codec ({', '.join(map(str, widths))})."
                 )
 
     def fleet(self, num_devices: int | None = None, seed: int | None = None) -> Fleet:
-        """Place the devices (`num_devices` replicates the classes) and draw their shadowing."""
+        """Place the devices (`num_devices` replicates the classes) and
+        draw their shadowing."""
         return Fleet.build(
             self.classes,
             self.class_index(num_devices),
@@ -205,7 +219,8 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     Raises
     ------
     ScenarioError
-        With one sentence naming the file, the key, what is allowed and what was received.
+        With one sentence naming the file, the key, what is allowed
+        and what was received.
     """
     path = _resolve(name_or_path)
     return _load(str(path.resolve()), path.name, _chain(path))
@@ -215,8 +230,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 def _load(
     resolved: str, file_name: str, chain: tuple[tuple[str, int, int], ...]
 ) -> Scenario:
-    """The scenario of the file `resolved` whose `extends` chain is `chain` (path, mtime, size of
-    each file, the file first): `chain` is in the key so that editing any file of it reloads."""
+    """The scenario of the file `resolved` whose `extends` chain is `chain` (path,
+    mtime, size of each file, the file first): `chain` is in the key so that editing any
+    file of it reloads."""
     merged: dict = {}
     for file, mtime_ns, size in reversed(chain):
         merged = _merge(merged, _read_toml(file, mtime_ns, size)[1])
@@ -236,12 +252,14 @@ def _resolve(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     raise ScenarioError(
-        f"Unknown scenario {str(name_or_path)!r}: give a path to a .toml file or one of {', '.join(available())}."
+        f"Unknown scenario {str(name_or_path)!r}: give a path to a .toml file or one "
+        f"of {', '.join(available())}."
     )
 
 
 def _chain(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """(resolved path, mtime in ns, size) of `path` and of each scenario it `extends`, in turn."""
+    """(resolved path, mtime in ns, size) of `path` and of each scenario it
+    `extends`, in turn."""
     chain: list[tuple[str, int, int]] = []
     while True:
         resolved = path.resolve()
@@ -259,8 +277,9 @@ def _chain(path: Path) -> tuple[tuple[str, int, int], ...]:
 def _read_toml(
     file: str, mtime_ns: int, size: int
 ) -> tuple[str | None, Mapping[str, Any]]:
-    """The scenario `extends` (None: none) and the other tables of `file`, parsed once for each
-    (mtime, size) it has. The tables are shared by every caller: read them, never change them."""
+    """The scenario `extends` (None: none) and the other tables of `file`, parsed once
+    for each (mtime, size) it has. The tables are shared by every caller: read them,
+    never change them."""
     path = Path(file)
     try:
         data = tomllib.loads(path.read_text())
@@ -372,7 +391,8 @@ def _device_class(name: str, values: dict[str, Any]) -> DeviceClass:
     lo, hi = get("bits_min"), get("bits_max")
     if lo > hi:
         raise ScenarioError(
-            f"classes.{name}.bits_min must be ≤ classes.{name}.bits_max; got {lo} > {hi}."
+            f"classes.{name}.bits_min must be ≤ "
+            f"classes.{name}.bits_max; got {lo} > {hi}."
         )
     if get("cpu_hz_min") > get("cpu_hz_max"):
         raise ScenarioError(
@@ -410,6 +430,7 @@ def _counts(devices: dict, class_names: list[str]) -> tuple[int, ...]:
 def _cross_checks(values: dict[str, Any], counts: tuple[int, ...]) -> None:
     if values["network.min_distance_m"] >= values["network.cell_radius_m"]:
         raise ScenarioError(
-            "network.min_distance_m must be < network.cell_radius_m; got "
-            f"{values['network.min_distance_m']:g} ≥ {values['network.cell_radius_m']:g}."
+            "network.min_distance_m must be < network.cell_radius_m; "
+            f"got {values['network.min_distance_m']:g} ≥ "
+            f"{values['network.cell_radius_m']:g}."
         )

@@ -1,11 +1,11 @@
-"""A device's state in a round — who it is, where it is, what it trains — and the solver's inputs built
-from many of them.
+"""A device's state in a round — who it is, where it is, what it trains — and the
+solver's inputs built from many of them.
 
-A device is its class (`DeviceClass`: demand [b_min, b_max], CPU, radio), its distance to
-the base station, this round's channel gain, how many samples it trains on, and the running
-estimate of its update's block ranges, summarised per block size m as Σ_j m R_j²
-(`range_sq`): all that the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²) needs
-(docs/model.md).
+A device is its class (`DeviceClass`: demand [b_min, b_max], CPU, radio), its distance
+to the base station, this round's channel gain, how many samples it trains on, and the
+running estimate of its update's block ranges, summarised per block size m as Σ_j m
+R_j² (`range_sq`): all that the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²)
+needs (docs/model.md).
 
 In simulation a device is row `partition-id` of the scenario's fleet (classes repeated
 cyclically over `num-partitions`, placement and shadowing from the scenario's seed). A
@@ -17,9 +17,9 @@ over that same row (`PROFILE_KEYS`):
     bits-min       the fewest bits it accepts (its demand)
     bits-max       the most bits it can train at
 
-The channel gain of a round is the path loss at that distance, the device's shadowing and
-the round's Rayleigh fading, the same draw for every strategy. How a state travels between
-device and server is `qfd_app.protocol`'s business.
+The channel gain of a round is the path loss at that distance, the device's shadowing
+and the round's Rayleigh fading, the same draw for every strategy. How a state travels
+between device and server is `qfd_app.protocol`'s business.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class DeviceState:
     num_examples : int
         D_n, the samples it trains on.
     range_sq : dict of int to float
-        Block size m → Σ_j m R_j² of its last update; empty before its first training.
+        Block size m → Σ_j m R_j² of its last update; empty
+        before its first training.
     """
 
     device_class: DeviceClass
@@ -69,7 +70,8 @@ class DeviceState:
     range_sq: dict[int, float] = field(default_factory=dict)
 
     def error(self, bits: int, block_size: int) -> float:
-        """V(b) of its last update at `bits` in blocks of `block_size`; NaN when unknown."""
+        """V(b) of its last update at `bits` in blocks of `block_size`;
+        NaN when unknown."""
         if block_size not in self.range_sq:
             return math.nan
         levels = (1 << bits) - 1
@@ -83,7 +85,8 @@ def fleet_state(
     num_examples: int,
     profile: DeviceClass | None = None,
 ) -> DeviceState:
-    """The state of device `index` of `fleet` in round `round_` (its class unless `profile` replaces it)."""
+    """The state of device `index` of `fleet` in round `round_` (its class unless
+    `profile` replaces it)."""
     return DeviceState(
         device_class=profile or fleet.classes[fleet.class_index[index]],
         distance_m=float(fleet.distance_m[index]),

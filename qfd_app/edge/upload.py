@@ -1,4 +1,5 @@
-"""The cheapest way for one device to train and upload one bit-width within the deadline.
+"""The cheapest way for one device to train and upload one bit-width
+within the deadline.
 
 For a fixed bit-width (work W, payload S) and a fixed sub-band B, the device chooses its
 upload time τ; everything else follows from it (docs/model.md, "one device"):
@@ -8,17 +9,19 @@ upload time τ; everything else follows from it (docs/model.md, "one device"):
     E(τ) = τ p(τ) + κ W f(τ)²
 
 with τ_lo ≤ τ ≤ τ_hi, τ_lo = S / (B log2(1 + g p_max/(N0 B))) (full power) and
-τ_hi = T − W / f_max (full clock). E is convex in τ. Write z = S ln 2 / (B τ) (the spectral
-efficiency in nats) and h(z) = e^z (z − 1) + 1 ≥ 0; then
+τ_hi = T − W / f_max (full clock). E is convex in τ. Write z = S ln 2 / (B τ) (the
+spectral efficiency in nats) and h(z) = e^z (z − 1) + 1 ≥ 0; then
 
-    dE/dτ = G(τ) = −(N0 B / g) h(z) + 2 κ W³ / (T − τ)³        where W/(T − τ) > f_min
-    G(τ)  =        −(N0 B / g) h(z)                             where the clock floor binds
+    dE/dτ = G(τ) = −(N0 B / g) h(z) + 2 κ W³ / (T − τ)³
+                                            where W/(T − τ) > f_min
+    G(τ)  =        −(N0 B / g) h(z)         where the clock floor binds
 
-The first term (a longer upload needs less power) is negative, the second (a shorter compute
-window needs a faster clock) positive. Below τ_kink = T − W/f_min the floor binds, G < 0,
-so the optimum is at or above max(τ_lo, τ_kink); there G is smooth and increasing and the
-optimum is its zero, or an endpoint when G has one sign. We find the zero with Newton steps
-safeguarded by bisection (`rtsafe` of Numerical Recipes §9.4), vectorised over all elements.
+The first term (a longer upload needs less power) is negative, the second (a shorter
+compute window needs a faster clock) positive. Below τ_kink = T − W/f_min the floor
+binds, G < 0, so the optimum is at or above max(τ_lo, τ_kink); there G is smooth and
+increasing and the optimum is its zero, or an endpoint when G has one sign. We find the
+zero with Newton steps safeguarded by bisection (`rtsafe` of Numerical Recipes §9.4),
+vectorised over all elements.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from qfd_app.edge.energy import LN2
 # Which bound the optimal τ sits on (`Upload.case`).
 INTERIOR, POWER_MAX, CPU_FLOOR, CPU_MAX, INFEASIBLE = 0, 1, 2, 3, -1
 
-# Relative slack on τ_lo ≤ τ_hi, so that a device given exactly its minimum bandwidth
-# (computed by `min_bandwidth_hz`) is not declared infeasible by rounding.
+# Relative slack on τ_lo ≤ τ_hi, so that a device given exactly its minimum
+# bandwidth (computed by `min_bandwidth_hz`) is not declared infeasible by rounding.
 FEASIBILITY_RTOL = 1e-9
 
 
 def h(z: NDArray[np.float64]) -> NDArray[np.float64]:
-    """h(z) = e^z (z − 1) + 1, by its series z²/2 + z³/3 + z⁴/8 where z < 1e-3 (no cancellation)."""
+    """h(z) = e^z (z − 1) + 1, by its series z²/2 + z³/3 + z⁴/8 where z < 1e-3
+    (no cancellation)."""
     ez = np.exp(z)
     return np.where(
         z < 1e-3, z * z * (0.5 + z * (1.0 / 3.0 + z * 0.125)), ez * (z - 1.0) + 1.0
@@ -48,15 +52,16 @@ def h(z: NDArray[np.float64]) -> NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class Upload:
-    """The optimal plan of each element (device × bit-width); infeasible ones hold inf/nan.
+    """The optimal plan of each element (device × bit-width);
+    infeasible ones hold inf/nan.
 
     Attributes
     ----------
     feasible : bool array
         The deadline can be met at p ≤ p_max, f ≤ f_max.
     case : int array
-        `INTERIOR`, `POWER_MAX` (τ = τ_lo), `CPU_FLOOR` (τ = τ_kink), `CPU_MAX` (τ = τ_hi)
-        or `INFEASIBLE`.
+        `INTERIOR`, `POWER_MAX` (τ = τ_lo), `CPU_FLOOR` (τ = τ_kink), `CPU_MAX`
+        (τ = τ_hi) or `INFEASIBLE`.
     upload_s, compute_s, cpu_hz, power_w : float arrays
         τ, t_cmp = W/f, f and p.
     energy_compute_j, energy_upload_j, energy_j : float arrays
@@ -89,7 +94,8 @@ def optimal_upload(
     upload_s_guess: ArrayLike | None = None,
     max_iter: int = 60,
 ) -> Upload:
-    """Minimise E(τ) over τ_lo ≤ τ ≤ τ_hi for every element (arguments broadcast).
+    """Minimise E(τ) over τ_lo ≤ τ ≤ τ_hi for every element
+    (arguments broadcast).
 
     Parameters
     ----------
@@ -106,7 +112,8 @@ def optimal_upload(
     upload_s_guess : array_like, optional
         A τ near the answer (e.g. the previous solve's), to start Newton from.
     max_iter : int
-        Cap on safeguarded Newton iterations; convergence (step ≤ 1e-12 τ) takes 3–10.
+        Cap on safeguarded Newton iterations; convergence
+        (step ≤ 1e-12 τ) takes 3–10.
 
     Returns
     -------
@@ -181,10 +188,12 @@ def optimal_upload(
 
 
 def _root(lo, hi, c, a, k, tt, guess, max_iter):
-    """Zero of the increasing G on (lo, hi): Newton, falling back to bisection when it leaves the bracket.
+    """Zero of the increasing G on (lo, hi): Newton, falling back to bisection when
+    it leaves the bracket.
 
-    G(τ) = −c h(a/τ) + k/(T − τ)³ with c = N0 B/g, a = S ln 2 / B, k = 2 κ W³. Elements stop
-    once their Newton step is below 1e-12 τ; the arrays shrink to the others now and then.
+    G(τ) = −c h(a/τ) + k/(T − τ)³ with c = N0 B/g, a = S ln 2 / B, k = 2 κ W³.
+    Elements stop once their Newton step is below 1e-12 τ; the arrays shrink to the
+    others now and then.
     """
     out = np.empty_like(lo)
     todo = np.arange(lo.size)
@@ -224,7 +233,8 @@ def _root(lo, hi, c, a, k, tt, guess, max_iter):
 
 
 def _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0) -> Upload:
-    """Power, clock, times and energies at the chosen τ; nan (inf for energies) where infeasible."""
+    """Power, clock, times and energies at the chosen τ; nan (inf for energies)
+    where infeasible."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         power = np.minimum(n0 * bw / g * np.expm1(s * LN2 / (bw * tau)), pmax)
         cpu = np.clip(w / (t - tau), fmin, fmax)
@@ -232,9 +242,8 @@ def _evaluate(tau, feasible, case, s, w, bw, g, t, fmin, fmax, pmax, kap, n0) ->
         e_cmp = kap * w * cpu * cpu
         e_com = power * tau
         energy = e_cmp + e_com
-    out = [
-        np.asarray(x) for x in (tau, compute_s, cpu, power, e_cmp, e_com, energy)
-    ]  # τ's shape
+    # τ's shape
+    out = [np.asarray(x) for x in (tau, compute_s, cpu, power, e_cmp, e_com, energy)]
     if not feasible.all():
         bad = ~feasible
         for x in out[:4]:
@@ -266,13 +275,15 @@ def min_bandwidth_hz(
     power_w_max: ArrayLike,
     max_iter: int = 200,
 ) -> NDArray[np.float64]:
-    """The least bandwidth that meets the deadline at f_max and p_max (inf if none does).
+    """The least bandwidth that meets the deadline at f_max and
+    p_max (inf if none does).
 
     The upload may take τ = T − W/f_max, so the rate must reach R = S/τ:
-    B log2(1 + g p_max/(N0 B)) = R. With x = R/B (bits/s/Hz) and q = g p_max/(N0 R) this is
-    φ(x) = 2^x − 1 − q x = 0. φ is convex with φ(0) = 0 and φ'(0) = ln 2 − q, so a positive
-    root exists iff q > ln 2 (the rate g p_max/(N0 ln 2) of infinite bandwidth beats R).
-    Newton from the right of the root, where φ > 0, converges monotonically; B = R/x.
+    B log2(1 + g p_max/(N0 B)) = R. With x = R/B (bits/s/Hz) and q = g p_max/(N0 R)
+    this is φ(x) = 2^x − 1 − q x = 0. φ is convex with φ(0) = 0 and
+    φ'(0) = ln 2 − q, so a positive root exists iff q > ln 2 (the rate g
+    p_max/(N0 ln 2) of infinite bandwidth beats R). Newton from the right of the root,
+    where φ > 0, converges monotonically; B = R/x.
     """
     s, w, g, t, fmax, pmax = np.broadcast_arrays(
         *(
@@ -296,8 +307,8 @@ def min_bandwidth_hz(
     if not ok.any():
         return out
     qq = q[ok]
-    # Start right of the root, where φ > 0: φ(1) = 1 − q > 0 for q < 1; for q ≥ 1 with
-    # L = log2 q, x0 = L + 2 log2(L + 1) + 1 gives 2^x0 = 2q(L + 1)² ≥ 1 + q x0.
+    # Start right of the root, where φ > 0: φ(1) = 1 − q > 0 for q < 1; for q ≥ 1
+    # with L = log2 q, x0 = L + 2 log2(L + 1) + 1 gives 2^x0 = 2q(L + 1)² ≥ 1 + q x0.
     big = np.log2(np.maximum(qq, 1.0))
     x = np.where(qq < 1.0, 1.0, big + 2.0 * np.log2(big + 1.0) + 1.0)
     todo = np.arange(qq.size)

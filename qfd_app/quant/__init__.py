@@ -1,7 +1,7 @@
 """Codecs for model updates, the update payload format, and quantized local training.
 
-Encode a device's update at its assigned codec and bit-width, decode and validate it on the
-server, count the bytes, and train with fake-quantized weights::
+Encode a device's update at its assigned codec and bit-width, decode and validate it on
+the server, count the bytes, and train with fake-quantized weights::
 
     from qfd_app.quant import get_codec, encode_update, decode_update, payload_bytes
 
@@ -13,7 +13,8 @@ server, count the bytes, and train with fake-quantized weights::
 
 Depends on torch, numpy, bitsandbytes (imported on first use of a `bnb-*` codec) and
 Flower's records only. The names below load their module on first use, so that reading
-the codec table (`qfd_app.quant.registry`: names, bit-widths, block sizes) needs no torch.
+the codec table (`qfd_app.quant.registry`: names, bit-widths, block
+sizes) needs no torch.
 """
 
 import importlib

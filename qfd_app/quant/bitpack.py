@@ -1,22 +1,24 @@
-"""Pack b-bit integer codes (1 ≤ b ≤ 16) into a dense little-endian bit stream, and back.
+"""Pack b-bit integer codes (1 ≤ b ≤ 16) into a dense little-endian
+bit stream, and back.
 
-The stream layout is the one `numpy.packbits(..., bitorder="little")` gives for the bits of
-the codes written least significant first: code i occupies stream bits [i·b, (i+1)·b), and
-stream bit j is bit j mod 8 of byte j // 8. n codes take exactly ceil(n·b/8) bytes; the
-unused high bits of the last byte are zero.
+The stream layout is the one `numpy.packbits(..., bitorder="little")` gives for
+the bits of the codes written least significant first: code i occupies stream bits
+[i·b, (i+1)·b), and stream bit j is bit j mod 8 of byte j // 8. n codes take exactly
+ceil(n·b/8) bytes; the unused high bits of the last byte are zero.
 
 Eight codes always fill exactly b bytes, so the codes are packed in groups of eight, and
 every operation below works on whole columns of codes, never on single values:
 
 - b ∈ {1, 2, 4}: the 8/b codes of one output byte, held as uint8, are viewed as one
-  16/32/64-bit integer v (code i in bits 8i…); shifting v right by i·(8 − b) moves code i
-  to bits i·b, and the OR of those shifts has the packed byte in its low 8 bits (codes
-  below i fall off the right, codes above land above bit 8).
-- b ∈ {3, 5, 6, 7}: the same trick on 8 codes viewed as one int64, masking each shifted
-  code; the low b bytes of the word are the group's b bytes (little-endian machine).
+  16/32/64-bit integer v (code i in bits 8i…); shifting v right by i·(8 − b) moves
+  code i to bits i·b, and the OR of those shifts has the packed byte in its low 8 bits
+  (codes below i fall off the right, codes above land above bit 8).
+- b ∈ {3, 5, 6, 7}: the same trick on 8 codes viewed as one int64, masking
+  each shifted code; the low b bytes of the word are the group's b bytes
+  (little-endian machine).
 - b = 8: the codes are the bytes; b = 16: a code is a little-endian uint16.
-- b ∈ 9…15: the eight codes of a group are OR-ed into two int64 words (8·b ≤ 128 bits),
-  whose first b bytes in memory are the group's bytes.
+- b ∈ 9…15: the eight codes of a group are OR-ed into two int64 words
+  (8·b ≤ 128 bits), whose first b bytes in memory are the group's bytes.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes[:n]
 
 
-# -- b ≤ 8: shifts on uint8 codes viewed as wider integers ---------------------------------
+# -- b ≤ 8: shifts on uint8 codes viewed as wider integers ---------------------------
 
 _WIDE = {1: torch.int64, 2: torch.int32, 4: torch.int16}  # 8/b bytes: one output byte
 
@@ -146,7 +148,7 @@ def _unpack_bytes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return out.view(torch.uint8)
 
 
-# -- 9 ≤ b ≤ 15: eight codes into two int64 words ------------------------------------------
+# -- 9 ≤ b ≤ 15: eight codes into two int64 words ----------------------------------
 
 
 def _pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -167,7 +169,8 @@ def _pack_words(codes: torch.Tensor, bits: int) -> torch.Tensor:
         else:
             high |= column << (offset - 64)
     words = low.unsqueeze(1) if high is None else torch.stack([low, high], dim=1)
-    # (groups, 8 or 16) bytes in memory order; the first `bits` hold the group's 8·bits bits
+    # (groups, 8 or 16) bytes in memory order; the first `bits` hold the
+    # group's 8·bits bits
     return words.view(torch.uint8)[:, :bits].reshape(-1)
 
 

@@ -1,35 +1,38 @@
-"""bitsandbytes codecs: blockwise dynamic 8-bit, NF4 and FP4 (`bitsandbytes.functional`).
+"""bitsandbytes codecs: blockwise dynamic 8-bit, NF4 and FP4
+(`bitsandbytes.functional`).
 
-These quantize deterministically (round to the nearest entry of a fixed code table, after
-dividing each block by its absolute maximum), so unlike `uniform` they are biased; they are
-here for comparison and for users who want bitsandbytes' formats.
+These quantize deterministically (round to the nearest entry of a fixed code table,
+after dividing each block by its absolute maximum), so unlike `uniform` they are biased;
+they are here for comparison and for users who want bitsandbytes' formats.
 
 Wire layout of one tensor, B = ⌈n/m⌉ blocks:
 
-    bytes [0, 4·B)             absmax_j, float32
-    bytes [4·B, …)             codes: n bytes (8-bit), or ⌈n/2⌉ bytes (4-bit, two per
-                               byte, high nibble first — bitsandbytes' own packing)
+    bytes [0, 4·B)    absmax_j, float32
+    bytes [4·B, …)    codes: n bytes (8-bit), or ⌈n/2⌉ bytes (4-bit, two per
+                      byte, high nibble first — bitsandbytes' own packing)
 
 Only absmax and the codes travel. The rest of bitsandbytes' `QuantState` is fixed by the
 codec (code table, block size, dtype, quant type) or by the tensor's shape, so `decode`
-rebuilds the state in the serialised form `QuantState.as_dict(packed=True)` gives, restores
-it with `QuantState.from_dict` and dequantizes with bitsandbytes' own functions; the tests
-check that this equals bitsandbytes' dequantization of its own state bit for bit.
+rebuilds the state in the serialised form `QuantState.as_dict(packed=True)` gives,
+restores it with `QuantState.from_dict` and dequantizes with bitsandbytes' own
+functions; the tests check that this equals bitsandbytes' dequantization of its
+own state bit for bit.
 
 CPU speed. Tensors are always handed to bitsandbytes flattened to 1-D, and 4-bit ones
-padded to even length with one zero (which changes neither a block's absmax nor the number
-of blocks, since m is even). On an odd last dimension — every 3×3 convolution —
-bitsandbytes' CPU `dequantize_4bit` leaves its native kernel for a `torch.compile`d path
-that compiles for seconds per new shape; 1-D even shapes always take the native kernel.
-Block sizes ≥ 2048 take that path too on AVX-512 machines, so 4-bit block sizes stop at
-1024.
+padded to even length with one zero (which changes neither a block's absmax nor the
+number of blocks, since m is even). On an odd last dimension — every 3×3 convolution
+— bitsandbytes' CPU `dequantize_4bit` leaves its native kernel for a `torch.compile`d
+path that compiles for seconds per new shape; 1-D even shapes always take the
+native kernel. Block sizes ≥ 2048 take that path too on AVX-512 machines, so 4-bit
+block sizes stop at 1024.
 
-Error bound. The rounding is deterministic, so the expected squared error of a given tensor
-is its actual squared error; `error_bound` computes it by a round trip (the tightest bound
-there is). The tests check independently that every value lands within h·absmax_j of the
-input, h the largest distance from a point of [−1, 1] to the nearest code-table entry.
-(bitsandbytes' 8-bit CPU kernel is nearest-entry up to ~0.15% of values near a midpoint,
-and never emits the 9 entries nearest zero: 0 decodes to ±2.1e-5·absmax.)
+Error bound. The rounding is deterministic, so the expected squared error of a
+given tensor is its actual squared error; `error_bound` computes it by a round trip
+(the tightest bound there is). The tests check independently that every value lands
+within h·absmax_j of the input, h the largest distance from a point of [−1, 1] to
+the nearest code-table entry. (bitsandbytes' 8-bit CPU kernel is nearest-entry up to
+~0.15% of values near a midpoint, and never emits the 9 entries nearest zero: 0 decodes
+to ±2.1e-5·absmax.)
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ class _BnbCodec(Codec):
         return values.reshape(encoded.shape).to(encoded.dtype)
 
     def quant_state(self, encoded: Encoded) -> bnbf.QuantState:
-        """bitsandbytes' `QuantState` for `encoded`, restored with `QuantState.from_dict`.
+        """bitsandbytes' `QuantState` for `encoded`, restored with
+        `QuantState.from_dict`.
 
         Raises
         ------
@@ -132,7 +136,8 @@ class _BnbCodec(Codec):
         )
 
     def error_bound(self, tensor: torch.Tensor) -> float:
-        """‖decode(encode(x)) − x‖²: exact, since the rounding is deterministic."""
+        """‖decode(encode(x)) − x‖²: exact, since the rounding
+        is deterministic."""
         return self._round_trip_error(tensor)
 
     def _dequantize(self, codes: torch.Tensor, state: bnbf.QuantState) -> torch.Tensor:
@@ -210,11 +215,11 @@ class _Bnb4BitCodec(_BnbCodec):
         check_finite_input(flat, self.name)
         if flat.numel() == 0:
             return self._new_encoded(tensor, torch.empty(0, dtype=torch.uint8))
-        even = torch.cat(
-            [flat, flat.new_zeros(flat.numel() % 2)]
-        )  # (n rounded up to even,)
-        # bitsandbytes' CPU 4-bit quantizer is plain torch on the whole tensor; whole-block
-        # chunks give the same codes and absmax and run ~2× faster (cache-sized temporaries)
+        # (n rounded up to even,)
+        even = torch.cat([flat, flat.new_zeros(flat.numel() % 2)])
+        # bitsandbytes' CPU 4-bit quantizer is plain torch on the whole tensor;
+        # whole-block chunks give the same codes and absmax and run ~2× faster
+        # (cache-sized temporaries)
         codes, absmax = [], []
         for start in range(0, even.numel(), _CHUNK_VALUES):
             chunk_codes, state = bnbf.quantize_4bit(
@@ -232,7 +237,8 @@ class _Bnb4BitCodec(_BnbCodec):
         return bnbf.dequantize_4bit(codes.view(-1, 1), state)
 
     def _state_dict(self, absmax: torch.Tensor, n: int) -> dict:
-        # exactly what QuantState.as_dict(packed=True) holds for a 1-D input of even length
+        # exactly what QuantState.as_dict(packed=True) holds for a 1-D
+        # input of even length
         scalars = {
             "quant_type": self.quant_type,
             "blocksize": self.block_size,

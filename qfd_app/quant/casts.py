@@ -2,12 +2,13 @@
 
 Wire layout: the n values in the target dtype, little-endian, nothing else, so
 `size_bytes` = n·b/8. The casts round to nearest, deterministically, so the expected
-squared error of a given tensor is its actual squared error, which `error_bound` computes
-by casting there and back (per value at most 2^-11·|x| for fp16 and 2^-8·|x| for bf16,
-above the subnormal range). `fp32` is exact for float32, float16 and bfloat16 input.
+squared error of a given tensor is its actual squared error, which `error_bound`
+computes by casting there and back (per value at most 2^-11·|x| for fp16 and
+2^-8·|x| for bf16, above the subnormal range). `fp32` is exact for float32,
+float16 and bfloat16 input.
 
-fp16 overflows past 65504: encode refuses such tensors rather than sending Inf (use bf16,
-whose range is float32's).
+fp16 overflows past 65504: encode refuses such tensors rather than sending Inf (use
+bf16, whose range is float32's).
 """
 
 from __future__ import annotations
@@ -38,13 +39,11 @@ class _CastCodec(Codec):
     ) -> Encoded:
         """Cast to the wire dtype (round to nearest); `generator` is ignored."""
         self._check_dtype(tensor)
-        flat = (
-            tensor.detach().reshape(-1).to("cpu")
-        )  # cast from the original dtype, once
+        # cast from the original dtype, once
+        flat = tensor.detach().reshape(-1).to("cpu")
         check_finite_input(flat, self.name)
-        wire = flat.to(
-            self.wire_dtype, copy=True
-        )  # copy: a snapshot, never a view of x
+        # copy: a snapshot, never a view of x
+        wire = flat.to(self.wire_dtype, copy=True)
         if not all_finite(wire):
             raise ValueError(
                 f"Codec {self.name!r} overflows: the largest |value| is "

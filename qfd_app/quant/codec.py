@@ -2,14 +2,15 @@
 
 A codec turns one floating tensor into a flat byte buffer and back. Every codec
 
-- knows its exact wire size from the shape alone (`size_bytes`), so the energy solver can
-  price an upload without encoding anything;
-- bounds its expected squared error (`error_bound`), which the solver's error budget uses;
+- knows its exact wire size from the shape alone (`size_bytes`), so the energy solver
+  can price an upload without encoding anything;
+- bounds its expected squared error (`error_bound`), which the
+  solver's error budget uses;
 - validates what it decodes and raises `PayloadError` for anything it did not produce
   (wrong length, non-finite scales, values that decode to NaN/Inf).
 
-Codecs are looked up by name with `get_codec`; the modules that implement them are imported
-on first use, so that `import qfd_app.quant` does not import bitsandbytes.
+Codecs are looked up by name with `get_codec`; the modules that implement them are
+imported on first use, so that `import qfd_app.quant` does not import bitsandbytes.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from .registry import CODECS
 class PayloadError(ValueError):
     """An encoded update (or one tensor of it) was rejected; the message says why.
 
-    Raised by `decode_update` and by `Codec.decode` for malformed, inconsistent or hostile
-    input. The server logs it against the device and carries on with the round.
+    Raised by `decode_update` and by `Codec.decode` for malformed, inconsistent or
+    hostile input. The server logs it against the device and carries on with the round.
     """
 
 
@@ -61,8 +62,8 @@ class Encoded:
     dtype : torch.dtype
         Floating dtype of the original tensor; `decode` returns this dtype.
     buffer : torch.Tensor
-        1-D `uint8` tensor: everything that goes on the wire for this tensor. Its layout is
-        the codec's (see each codec's docstring); its length is `size_bytes(shape)`.
+        1-D `uint8` tensor: everything that goes on the wire for this tensor. Its layout
+        is the codec's (see each codec's docstring); its length is `size_bytes(shape)`.
     """
 
     codec: str
@@ -115,10 +116,11 @@ class Codec(ABC):
         Parameters
         ----------
         tensor : torch.Tensor
-            Any shape, floating dtype, finite values, on any device (encoded on the CPU).
+            Any shape, floating dtype, finite values, on any device
+            (encoded on the CPU).
         generator : torch.Generator or None, default None
-            A CPU generator, the source of randomness for stochastic rounding; required by
-            stochastic codecs, ignored by deterministic ones.
+            A CPU generator, the source of randomness for stochastic rounding; required
+            by stochastic codecs, ignored by deterministic ones.
 
         Returns
         -------
@@ -145,11 +147,13 @@ class Codec(ABC):
 
     @abstractmethod
     def size_bytes(self, shape: Sequence[int]) -> int:
-        """Exact number of bytes `encode` produces for a tensor of `shape` (no encoding)."""
+        """Exact number of bytes `encode` produces for a tensor of
+        `shape` (no encoding)."""
 
     @abstractmethod
     def error_bound(self, tensor: torch.Tensor) -> float:
-        """Upper bound on E‖decode(encode(x)) − x‖², summed over all values, for x = tensor."""
+        """Upper bound on E‖decode(encode(x)) − x‖², summed over all
+        values, for x = tensor."""
 
     def __repr__(self) -> str:
         opts = "".join(f", {key}={value!r}" for key, value in self.options().items())
@@ -165,7 +169,7 @@ class Codec(ABC):
     def __hash__(self) -> int:
         return hash((self.name, self.bits, tuple(sorted(self.options().items()))))
 
-    # -- helpers shared by the implementations -------------------------------------------
+    # -- helpers shared by the implementations -----------------------------------------
 
     def _check_dtype(self, tensor: torch.Tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or tensor.dtype not in DTYPE_NAMES:
@@ -210,12 +214,14 @@ class Codec(ABC):
         if buffer.numel() != expected:
             kind = "truncated" if buffer.numel() < expected else "oversized"
             raise PayloadError(
-                f"Buffer is {kind}: {buffer.numel()} bytes, but {self.name} at {self.bits} "
-                f"bits encodes shape {tuple(encoded.shape)} in exactly {expected} bytes."
+                f"Buffer is {kind}: {buffer.numel()} bytes, but {self.name} at "
+                f"{self.bits} bits encodes shape {tuple(encoded.shape)} in exactly "
+                f"{expected} bytes."
             )
 
     def _round_trip_error(self, tensor: torch.Tensor) -> float:
-        """‖decode(encode(x)) − x‖² in float64: the error bound of a deterministic codec."""
+        """‖decode(encode(x)) − x‖² in float64: the error bound of a
+        deterministic codec."""
         decoded = self.decode(self.encode(tensor))
         return float((decoded.double() - tensor.detach().cpu().double()).square().sum())
 
@@ -241,11 +247,12 @@ def check_finite_input(flat: torch.Tensor, codec_name: str) -> None:
     """Raise ValueError when an input to encode holds NaN or Inf (a diverged update)."""
     if not all_finite(flat):
         raise ValueError(
-            f"Codec {codec_name!r} cannot encode NaN or Inf values; the update has diverged."
+            f"Codec {codec_name!r} cannot encode NaN or Inf values; the "
+            "update has diverged."
         )
 
 
-# -- registry -------------------------------------------------------------------------------
+# -- registry --------------------------------------------------------------------------
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -272,8 +279,8 @@ def get_codec(name: str, bits: int | None = None, **options: Any) -> Codec:
         One of `codec_names()`: ``uniform``, ``fp32``, ``fp16``, ``bf16``,
         ``bnb-blockwise8``, ``bnb-nf4``, ``bnb-fp4``.
     bits : int or None, default None
-        Bit-width. Required for ``uniform`` (1–16). The other codecs have a fixed width
-        (32, 16, 16, 8, 4, 4) and accept None or exactly that value.
+        Bit-width. Required for ``uniform`` (1–16). The other codecs have a fixed
+        width (32, 16, 16, 8, 4, 4) and accept None or exactly that value.
     **options
         Codec options, e.g. ``block_size`` and ``scale_dtype`` for ``uniform``,
         ``block_size`` for the bitsandbytes codecs.
@@ -286,7 +293,8 @@ def get_codec(name: str, bits: int | None = None, **options: Any) -> Codec:
     ------
     ValueError
         For an unknown name, a bit-width outside the codec's range, or an unknown or
-        invalid option; the message names the parameter, the allowed values and the value.
+        invalid option; the message names the parameter, the allowed
+        values and the value.
 
     Examples
     --------
@@ -309,6 +317,7 @@ def check_fixed_bits(name: str, bits: int | None, fixed: int) -> int:
     """Validate `bits` for a codec with one fixed width; returns that width."""
     if bits is not None and (isinstance(bits, bool) or bits != fixed):
         raise ValueError(
-            f"The 'bits' parameter of codec {name!r} must be {fixed} (or None). Got {bits!r}."
+            f"The 'bits' parameter of codec {name!r} must be {fixed} (or "
+            f"None). Got {bits!r}."
         )
     return fixed

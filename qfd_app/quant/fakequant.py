@@ -1,40 +1,41 @@
-"""Quantized local training: weight-only, group-wise b-bit fake quantization (DESIGN §3).
+"""Quantized local training: weight-only, group-wise b-bit fake
+quantization (DESIGN §3).
 
-Every convolution and linear layer's weight but the first and the last is re-parametrized
-(`torch.nn.utils.parametrize`): the module keeps its float32 weight as the master copy in
-``parametrizations.weight.original``, and each forward pass reads the weight through
-`torch.fake_quantize_per_channel_affine` applied to groups of `GROUP_SIZE` consecutive
-weights of one output channel (a channel's fan-in split into groups, zero-padded at its
-end), i.e. rounded to 2^b levels per group, each group with its own scale and zero point —
-the layout of llama.cpp's Q4_0 and of GPTQ/AWQ group quantization. Backward passes the
-gradient straight through the rounding (the straight-through estimator; it is zero where
-a value falls outside its group's grid), so the optimizer updates the master copy with
-gradients of the quantized model.
+Every convolution and linear layer's weight but the first and the last is
+re-parametrized (`torch.nn.utils.parametrize`): the module keeps its float32 weight
+as the master copy in ``parametrizations.weight.original``, and each forward pass
+reads the weight through `torch.fake_quantize_per_channel_affine` applied to groups
+of `GROUP_SIZE` consecutive weights of one output channel (a channel's fan-in split
+into groups, zero-padded at its end), i.e. rounded to 2^b levels per group, each group
+with its own scale and zero point — the layout of llama.cpp's Q4_0 and of GPTQ/AWQ
+group quantization. Backward passes the gradient straight through the rounding (the
+straight-through estimator; it is zero where a value falls outside its group's grid), so
+the optimizer updates the master copy with gradients of the quantized model.
 
-Per group g, with ℓ_g = min(0, min w_g) and u_g = max(0, max w_g) so that zero is exactly
-representable (as PyTorch's min/max observers do), and a clipping factor α_g:
+Per group g, with ℓ_g = min(0, min w_g) and u_g = max(0, max w_g) so that zero is
+exactly representable (as PyTorch's min/max observers do), and a clipping factor α_g:
 
     scale_g = max(α_g (u_g − ℓ_g) / (2^b − 1), ε)
     zero_point_g = clamp(round(−α_g ℓ_g / scale_g), 0, 2^b − 1)
-    ŵ = (clamp(round(w/scale_g) + zero_point_g, 0, 2^b − 1) − zero_point_g) · scale_g
+    ŵ = (clamp(round(w/scale_g) + zero_point_g, 0, 2^b − 1) − zero_point_g)
+        · scale_g
 
 α_g is the one of `CLIP_FACTORS` (1 = min/max) whose grid gives the least squared error
-Σ (ŵ − w)² on that group — the MSE calibration of quantization toolkits: at 2–4 bits a
-min/max grid spends its few levels on outliers. Measured on the default run's round-30
-model, one federated round of two devices training at 4 bits took FID from 6.8 to 20.8
-with per-channel min/max grids, 6.6 with per-channel clipped grids, 5.5 with clipped
-groups of 32, and 5.4 with fp32 training (docs/results.md). The search runs on the first
-forward pass and then every `CLIP_SEARCH_EVERY` passes (searched at every pass it made a
-4-bit training step 29 % slower than fp32, against 4 % with fixed min/max grids,
-docs/benchmarks.md; and a group's best α changes slowly); in between, each
-group keeps its α while ℓ_g, u_g, scale and zero point follow the current master weights
-at every forward. None of it carries a gradient.
-Biases, norms and embeddings stay in float32 (weight-only). The first
-and the last layer (of a UNet: the convolutions that read the image and write the
-predicted noise) stay in float32 too, as is usual in quantization-aware training
-(DoReFa-Net, Zhou et al. 2016; PACT, Choi et al. 2018): at 4 bits, quantizing them as well
-took the default federated run from FID 19.9 to 55 (docs/results.md). b ≥ 16
-trains in full precision: nothing is parametrized.
+Σ (ŵ − w)² on that group — the MSE calibration of quantization toolkits: at
+2–4 bits a min/max grid spends its few levels on outliers. Measured on the default
+run's round-30 model, one federated round of two devices training at 4 bits took FID
+from 6.8 to 20.8 with per-channel min/max grids, 6.6 with per-channel clipped grids,
+5.5 with clipped groups of 32, and 5.4 with fp32 training (docs/results.md). The search
+runs on the first forward pass and then every `CLIP_SEARCH_EVERY` passes (searched at
+every pass it made a 4-bit training step 29 % slower than fp32, against 4 % with fixed
+min/max grids, docs/benchmarks.md; and a group's best α changes slowly); in between,
+each group keeps its α while ℓ_g, u_g, scale and zero point follow the current master
+weights at every forward. None of it carries a gradient. Biases, norms and embeddings
+stay in float32 (weight-only). The first and the last layer (of a UNet: the convolutions
+that read the image and write the predicted noise) stay in float32 too, as is usual
+in quantization-aware training (DoReFa-Net, Zhou et al. 2016; PACT, Choi et al. 2018):
+at 4 bits, quantizing them as well took the default federated run from FID 19.9 to 55
+(docs/results.md). b ≥ 16 trains in full precision: nothing is parametrized.
 
 Use it around local training; afterwards the model is plain again, with the same
 state-dict keys and the trained float32 master weights::
@@ -55,16 +56,16 @@ from torch.nn.utils import parametrize
 
 FULL_PRECISION_BITS = 16
 GROUP_SIZE = 32  # weights per scale and zero point
-CLIP_FACTORS = torch.linspace(
-    1.0, 0.3, 15
-)  # the α tried per group, largest first (ties keep min/max)
+# the α tried per group, largest first (ties keep min/max)
+CLIP_FACTORS = torch.linspace(1.0, 0.3, 15)
 CLIP_SEARCH_EVERY = 16  # forward passes between two searches for each group's α
 _QUANTIZED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # not transposed convs
 _MIN_SCALE = torch.finfo(torch.float32).eps  # as torch.ao's observers: no zero scale
 
 
 class GroupWeightFakeQuant(nn.Module):
-    """Parametrization: weight ↦ its b-bit fake quantization in groups of `GROUP_SIZE` per output channel.
+    """Parametrization: weight ↦ its b-bit fake quantization in groups of
+    `GROUP_SIZE` per output channel.
 
     Parameters
     ----------
@@ -77,10 +78,11 @@ class GroupWeightFakeQuant(nn.Module):
         _check_bits(bits, upper=FULL_PRECISION_BITS - 1)
         self.bits = bits
         self.quant_max = (1 << bits) - 1
-        self.forwards = 0  # forward passes so far; the clipping factors are searched every CLIP_SEARCH_EVERY
-        self.alpha: torch.Tensor | None = (
-            None  # per group: the clipping factor of the last search
-        )
+        # forward passes so far; the clipping factors are searched every
+        # CLIP_SEARCH_EVERY
+        self.forwards = 0
+        # per group: the clipping factor of the last search
+        self.alpha: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         rows = weight.reshape(weight.shape[0], -1)  # (out channels, fan-in)
@@ -101,21 +103,22 @@ class GroupWeightFakeQuant(nn.Module):
     def grid(
         self, groups: torch.Tensor, alpha: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and zero point of each row of `groups` (G, size) for its clipping factor(s) `alpha`:
-        shape (G,), or (A, 1) for A candidates per group, giving (A, G)."""
+        """Scale and zero point of each row of `groups` (G, size) for its
+        clipping factor(s) `alpha`: shape (G,), or (A, 1) for A candidates per
+        group, giving (A, G)."""
         low = alpha * groups.amin(-1).clamp(max=0)
         high = alpha * groups.amax(-1).clamp(min=0)
         scale = ((high - low) / self.quant_max).clamp_min(_MIN_SCALE)
         return scale, (-low / scale).round().clamp(0, self.quant_max)
 
     def clip_factors(self, groups: torch.Tensor) -> torch.Tensor:
-        """Per row of `groups`: the first of `CLIP_FACTORS` whose grid has the least squared error."""
+        """Per row of `groups`: the first of `CLIP_FACTORS` whose grid has the
+        least squared error."""
         groups = groups.detach().float()  # (G, size)
         alphas = CLIP_FACTORS.to(groups.device)
         scale, zero_point = self.grid(groups, alphas[:, None])  # (A, G)
-        codes = (groups / scale[..., None]).round() + zero_point[
-            ..., None
-        ]  # (A, G, size)
+        # (A, G, size)
+        codes = (groups / scale[..., None]).round() + zero_point[..., None]
         error = (
             (codes.clamp(0, self.quant_max) - zero_point[..., None]) * scale[..., None]
             - groups
@@ -127,14 +130,15 @@ class GroupWeightFakeQuant(nn.Module):
 
 
 def apply_fake_quant(model: nn.Module, bits: int) -> int:
-    """Fake-quantize the weights of the conv/linear layers of `model` to `bits` bits, all but the
-    first and the last (in registration order; a model with fewer than three keeps none out).
+    """Fake-quantize the weights of the conv/linear layers of `model` to `bits` bits,
+    all but the first and the last (in registration order; a model with fewer than
+    three keeps none out).
 
     Parameters
     ----------
     model : nn.Module
-        Modified in place. The master weights stay the same `nn.Parameter` objects, so an
-        optimizer built before or after this call updates them.
+        Modified in place. The master weights stay the same `nn.Parameter` objects, so
+        an optimizer built before or after this call updates them.
     bits : int
         b ≥ 1; b ≥ 16 means full precision and leaves the model untouched.
 
@@ -170,16 +174,16 @@ def apply_fake_quant(model: nn.Module, bits: int) -> int:
 def remove_fake_quant(model: nn.Module) -> None:
     """Undo `apply_fake_quant`: plain float32 weights (the trained master copies) again.
 
-    The state-dict keys, in their order, are those of the model before `apply_fake_quant`.
-    A model without fake quantization is left as it is.
+    The state-dict keys, in their order, are those of the model before
+    `apply_fake_quant`. A model without fake quantization is left as it is.
     """
     for module in model.modules():
         quantizer = _quantizer_of(module)
         if quantizer is None:
             continue
-        # leave_parametrized=False restores `original`, the master copy, not its quantized
-        # image; it re-registers `weight` last, so put the parameters back in their order
-        # (state-dict order matters to whoever lists arrays by position)
+        # leave_parametrized=False restores `original`, the master copy, not its
+        # quantized image; it re-registers `weight` last, so put the parameters back in
+        # their order (state-dict order matters to whoever lists arrays by position)
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         parameters = module._parameters
         reordered = [(name, parameters.pop(name)) for name in quantizer.parameter_order]
@@ -206,7 +210,8 @@ def _quantizer_of(module: nn.Module) -> GroupWeightFakeQuant | None:
 
 @contextmanager
 def fake_quantized(model: nn.Module, bits: int) -> Iterator[nn.Module]:
-    """Context manager: `apply_fake_quant` on entry, `remove_fake_quant` on exit (always).
+    """Context manager: `apply_fake_quant` on entry,
+    `remove_fake_quant` on exit (always).
 
     Examples
     --------
@@ -233,5 +238,6 @@ def _check_bits(bits: int, upper: int | None) -> None:
             else "an integer ≥ 1 (≥ 16: full precision)"
         )
         raise ValueError(
-            f"The 'bits' parameter of fake quantization must be {allowed}. Got {bits!r}."
+            "The 'bits' parameter of fake quantization must be "
+            f"{allowed}. Got {bits!r}."
         )

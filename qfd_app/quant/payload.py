@@ -1,27 +1,30 @@
-"""A model update ⇄ one Flower `ArrayRecord` plus a `ConfigRecord` describing its encoding.
+"""A model update ⇄ one Flower `ArrayRecord` plus a `ConfigRecord`
+describing its encoding.
 
-Format ``qfd-update/1``. The update (a state-dict of floating tensors, e.g. Δ = w_local −
-w_global) is encoded tensor by tensor with one codec:
+Format ``qfd-update/1``. The update (a state-dict of floating tensors, e.g.
+Δ = w_local − w_global) is encoded tensor by tensor with one codec:
 
 - `ArrayRecord`: one `Array` per tensor, keyed by the tensor's name, with
   ``dtype`` = the tensor's dtype ("float32", …), ``shape`` = its shape,
-  ``stype`` = ``"qfd:<codec>"`` and ``data`` = the codec's buffer (`Encoded.buffer`), exactly
-  `codec.size_bytes(shape)` bytes. Flower's own `Array.numpy()` refuses this stype, so
-  nobody reads the bytes as a numpy array by mistake.
-- `ConfigRecord`: ``format`` ("qfd-update/1"), ``codec`` (name), ``bits`` and the codec's
-  options in kebab-case (``block-size``, ``scale-dtype`` for `uniform`; ``block-size`` for
-  the bitsandbytes codecs) — everything needed to rebuild the codec, nothing defaulted.
+  ``stype`` = ``"qfd:<codec>"`` and ``data`` = the codec's buffer (`Encoded.buffer`),
+  exactly `codec.size_bytes(shape)` bytes. Flower's own `Array.numpy()` refuses this
+  stype, so nobody reads the bytes as a numpy array by mistake.
+- `ConfigRecord`: ``format`` ("qfd-update/1"), ``codec`` (name), ``bits`` and the
+  codec's options in kebab-case (``block-size``, ``scale-dtype`` for `uniform`;
+  ``block-size`` for the bitsandbytes codecs) — everything needed to rebuild the
+  codec, nothing defaulted.
 
-Together they are self-describing: names, shapes and dtypes in the arrays, codec, bits and
-block size in the config. `decode_update` trusts none of it: it checks every field against
-the server's assignment and the global model's shapes, checks every buffer length before
-reading it, and raises `PayloadError` with the reason; it never returns NaN or Inf.
+Together they are self-describing: names, shapes and dtypes in the arrays, codec,
+bits and block size in the config. `decode_update` trusts none of it: it checks
+every field against the server's assignment and the global model's shapes, checks
+every buffer length before reading it, and raises `PayloadError` with the reason; it
+never returns NaN or Inf.
 
 Bytes. `payload_bytes` counts the encoded data carried, which equals
 `expected_payload_bytes(codec, shapes)` = Σ `codec.size_bytes(shape)`: the S_n(b) the
 energy model charges (DESIGN §2). `metadata_bytes` counts the self-description (names,
-dtype/stype strings, shapes, the config record), a fixed cost per model that a deployment
-could cache; book it separately.
+dtype/stype strings, shapes, the config record), a fixed cost per model that a
+deployment could cache; book it separately.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def encode_update(
     Parameters
     ----------
     update : mapping of str to torch.Tensor
-        Typically the update Δ = w_local − w_global, keyed like the model's state-dict.
+        Typically the update Δ = w_local − w_global, keyed like
+        the model's state-dict.
     codec : Codec
         From `get_codec`, e.g. ``get_codec("uniform", bits=4)``.
     generator : torch.Generator or None, default None
@@ -72,8 +76,8 @@ def encode_update(
     Raises
     ------
     ValueError
-        If a tensor is not floating or holds NaN/Inf (the message names it), or the codec
-        needs a generator and got none.
+        If a tensor is not floating or holds NaN/Inf (the message names it), or the
+        codec needs a generator and got none.
     """
     arrays: dict[str, Array] = {}
     for name, tensor in update.items():
@@ -118,16 +122,16 @@ def decode_update(
     Returns
     -------
     dict of str to torch.Tensor
-        Finite CPU tensors in the order of `expected_shapes`, each in the dtype the device
-        declared.
+        Finite CPU tensors in the order of `expected_shapes`, each in the dtype
+        the device declared.
 
     Raises
     ------
     PayloadError
         With the reason, for: malformed metadata, unknown codec, codec or bits different
         from the assignment, invalid codec options, missing or extra tensors, a wrong
-        shape, dtype or stype, a truncated or oversized buffer, NaN/Inf or invalid scales,
-        values that decode to NaN/Inf.
+        shape, dtype or stype, a truncated or oversized buffer, NaN/Inf or invalid
+        scales, values that decode to NaN/Inf.
     """
     codec = _codec_from_meta(meta, expected_codec, expected_bits)
     if not isinstance(arrays, Mapping):
@@ -168,7 +172,8 @@ def metadata_bytes(arrays: ArrayRecord, meta: ConfigRecord) -> int:
 def expected_payload_bytes(
     codec: Codec, shapes: Mapping[str, Sequence[int]] | Iterable[Sequence[int]]
 ) -> int:
-    """Exact encoded bytes of an update with these tensor shapes: Σ codec.size_bytes(shape).
+    """Exact encoded bytes of an update with these tensor shapes:
+    Σ codec.size_bytes(shape).
 
     Parameters
     ----------
@@ -181,7 +186,7 @@ def expected_payload_bytes(
     return sum(codec.size_bytes(tuple(shape)) for shape in shapes)
 
 
-# -- validation -------------------------------------------------------------------------------
+# -- validation ------------------------------------------------------------------------
 
 
 def _codec_from_meta(
@@ -261,7 +266,8 @@ def _decode_tensor(
         return codec.decode(encoded)
     except PayloadError as error:
         raise PayloadError(f"Tensor {name!r}: {error}") from error
-    except Exception as error:  # noqa: BLE001 — a hostile payload must not crash the server
+    except Exception as error:  # noqa: BLE001
+        # a hostile payload must not crash the server
         raise PayloadError(
             f"Tensor {name!r}: the decoder failed unexpectedly "
             f"({type(error).__name__}: {error})."
@@ -292,8 +298,8 @@ def _encoded_from_array(array: object, codec: Codec, shape: tuple[int, ...]) -> 
     if len(data) != expected:  # checked before anything is allocated or read
         kind = "truncated" if len(data) < expected else "oversized"
         raise PayloadError(
-            f"buffer is {kind}: {len(data)} bytes, but {codec.name} at {codec.bits} bits "
-            f"encodes shape {shape} in exactly {expected} bytes."
+            f"buffer is {kind}: {len(data)} bytes, but {codec.name} at {codec.bits} "
+            f"bits encodes shape {shape} in exactly {expected} bytes."
         )
     return Encoded(
         codec.name, codec.bits, shape, FLOAT_DTYPES[array.dtype], _as_tensor(data)

@@ -1,9 +1,10 @@
-"""Which codecs exist, which bit-widths each sends, and the uniform codec's block sizes — as data.
+"""Which codecs exist, which bit-widths each sends, and the uniform codec's
+block sizes — as data.
 
 This table is the one place these facts live; it imports nothing (no torch), so settings
 validation, the strategies' declarations and the solver (`qfd_app.edge`, which receives
-them as arguments) can read them without loading a codec. `codec.get_codec` builds a codec
-from the module and class named here.
+them as arguments) can read them without loading a codec. `codec.get_codec` builds a
+codec from the module and class named here.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ CODECS: dict[str, CodecEntry] = {
     "bnb-fp4": CodecEntry("bnb", "BnbFP4Codec", (4,)),
 }
 
-# The uniform codec cuts a tensor into blocks of 256 values, 64 at b ≤ 3 (so the few levels
-# follow the data more closely); devices report their update's range sums for both sizes.
+# The uniform codec cuts a tensor into blocks of 256 values, 64 at b ≤ 3 (so the
+# few levels follow the data more closely); devices report their update's range
+# sums for both sizes.
 UNIFORM_BLOCK_SIZES = (64, 256)
 LOW_BITS = 3
 
@@ -42,10 +44,12 @@ def codec_names() -> tuple[str, ...]:
 
 
 def codec_bits(*names: str) -> tuple[int, ...]:
-    """The bit-widths the named codecs send (all codecs when none is named), ascending."""
+    """The bit-widths the named codecs send (all codecs when none is
+    named), ascending."""
     return tuple(sorted({b for name in (names or CODECS) for b in CODECS[name].bits}))
 
 
 def default_block_size(bits: int) -> int:
-    """The uniform codec's block size at `bits` unless one is given: 64 for b ≤ 3, else 256."""
+    """The uniform codec's block size at `bits` unless one is given: 64 for
+    b ≤ 3, else 256."""
     return UNIFORM_BLOCK_SIZES[0] if bits <= LOW_BITS else UNIFORM_BLOCK_SIZES[1]

@@ -1,36 +1,40 @@
 """Stochastic uniform quantization at any bit-width 1–16, with bit-packed codes.
 
-The model (DESIGN §2–3). A tensor of n values is cut into blocks of m consecutive values
-(m = 256, or 64 when b ≤ 3 so that the few levels follow the data more closely). Block j
-keeps its minimum ℓ_j and a step
+The model (DESIGN §2–3). A tensor of n values is cut into blocks of m consecutive
+values (m = 256, or 64 when b ≤ 3 so that the few levels follow the data more
+closely). Block j keeps its minimum ℓ_j and a step
 
     δ_j = (max_j − ℓ_j) / L,      L = 2^b − 1 levels above the minimum,
 
 and each value x becomes the integer code q ∈ {0 … L} by **stochastic rounding** of
-s = (x − ℓ_j)/δ_j: q = ⌊s⌋ + 1 with probability s − ⌊s⌋, else ⌊s⌋. Hence E[q] = s and the
-decoded value ℓ_j + q·δ_j is an unbiased estimate of x, with variance
-δ_j²·f(1 − f) ≤ δ_j²/4 (f the fractional part). Summed over a block that is m·R_j²/(4L²)
-with R_j = max_j − ℓ_j: the bound V_n(b) of DESIGN §2 (`uniform_error_bound`).
+s = (x − ℓ_j)/δ_j: q = ⌊s⌋ + 1 with probability s − ⌊s⌋, else ⌊s⌋.
+Hence E[q] = s and the decoded value ℓ_j + q·δ_j is an unbiased estimate of x, with
+variance δ_j²·f(1 − f) ≤ δ_j²/4 (f the fractional part). Summed over a block
+that is m·R_j²/(4L²) with R_j = max_j − ℓ_j: the bound V_n(b) of DESIGN §2
+(`uniform_error_bound`).
 
 Wire layout of one tensor (`Encoded.buffer`), for B = ⌈n/m⌉ blocks and scale dtype s
 (float32: 4 bytes, bfloat16: 2 bytes):
 
     bytes [0, B·s)                 ℓ_j, j = 0 … B−1   (little-endian scale dtype)
     bytes [B·s, 2·B·s)             δ_j
-    bytes [2·B·s, 2·B·s + ⌈n·b/8⌉)  codes, bit-packed LSB first (see bitpack.py)
+    bytes [2·B·s, 2·B·s + ⌈n·b/8⌉)  codes, bit-packed LSB first
+                                    (see bitpack.py)
 
-so `size_bytes` = 2·B·s + ⌈n·b/8⌉ exactly, i.e. b + 64/m bits per value with fp32 scales.
+so `size_bytes` = 2·B·s + ⌈n·b/8⌉ exactly, i.e. b + 64/m bits per
+value with fp32 scales.
 
 Numerics, and the why of each choice:
 
-- bf16 scales are rounded outward — ℓ down, δ up (computed from the rounded ℓ) — so the
-  grid still covers the block and the bound δ_j²/4 holds with the δ_j actually sent.
-- δ_j is floored at the smallest normal float32 (1.2e-38): a constant block then needs no
-  special case (all codes 0, decoded exactly to ℓ_j), and 1/δ_j stays finite.
+- bf16 scales are rounded outward — ℓ down, δ up (computed from the rounded ℓ)
+  — so the grid still covers the block and the bound δ_j²/4 holds with
+  the δ_j actually sent.
+- δ_j is floored at the smallest normal float32 (1.2e-38): a constant block then needs
+  no special case (all codes 0, decoded exactly to ℓ_j), and 1/δ_j stays finite.
 - The rounding draw compares 16-bit random integers with the fractional part, so
-  P(round up) = round(65536·f)/65536: biased by at most 2^-17 of a step, and exactly 0 for
-  f = 0, which makes values already on the grid round-trip exactly. Four draws come from
-  one 64-bit word of the generator, several times cheaper than `torch.rand`.
+  P(round up) = round(65536·f)/65536: biased by at most 2^-17 of a step, and exactly 0
+  for f = 0, which makes values already on the grid round-trip exactly. Four draws come
+  from one 64-bit word of the generator, several times cheaper than `torch.rand`.
 - s is clamped to L before rounding: float rounding can push it a hair past L, and then
   f = 0 means no round-up, so codes never exceed L.
 - s is computed in float32: for b ≥ 12 its rounding error reaches ~1e-3 of a step
@@ -59,10 +63,12 @@ _DRAW_LEVELS = 1 << 16  # resolution of the rounding draw
 
 
 def block_ranges(tensor: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Per-block range R_j = max_j − min_j of `tensor` flattened, as float32 (⌈n/m⌉,).
+    """Per-block range R_j = max_j − min_j of `tensor` flattened, as
+    float32 (⌈n/m⌉,).
 
     A device can report these (or just their sum of squares) so that the server prices
-    the quantization error of any bit-width with `uniform_error_bound`, without the update.
+    the quantization error of any bit-width with
+    `uniform_error_bound`, without the update.
     """
     flat = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32)
     ranges = []
@@ -73,10 +79,11 @@ def block_ranges(tensor: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def range_sq_sums(update: Mapping[str, torch.Tensor]) -> dict[int, float]:
-    """Σ_j m R_j² over the blocks of every tensor of `update`, for each block size m the codec uses.
+    """Σ_j m R_j² over the blocks of every tensor of `update`, for each block
+    size m the codec uses.
 
-    With it the server prices the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²) of any b
-    without seeing the update (a device reports it with its state and its reply).
+    With it the server prices the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²) of
+    any b without seeing the update (a device reports it with its state and its reply).
     """
     sums = {}
     for m in UNIFORM_BLOCK_SIZES:
@@ -90,7 +97,8 @@ def range_sq_sums(update: Mapping[str, torch.Tensor]) -> dict[int, float]:
 def uniform_error_bound(
     block_ranges: torch.Tensor | Sequence[float], bits: int, block_size: int
 ) -> float:
-    """V(b) = Σ_j m·R_j² / (4(2^b − 1)²): the expected squared-error bound (DESIGN §2).
+    """V(b) = Σ_j m·R_j² / (4(2^b − 1)²): the expected
+    squared-error bound (DESIGN §2).
 
     Parameters
     ----------
@@ -104,7 +112,8 @@ def uniform_error_bound(
     Returns
     -------
     float
-        Bound on E‖x̂ − x‖² summed over all values, in the squared units of the tensor.
+        Bound on E‖x̂ − x‖² summed over all values, in the squared
+        units of the tensor.
     """
     _check_bits(bits)
     ranges = torch.as_tensor(block_ranges, dtype=torch.float64)
@@ -113,14 +122,16 @@ def uniform_error_bound(
 
 
 class UniformCodec(Codec):
-    """Per-block min/step uniform quantizer with stochastic rounding; see the module text.
+    """Per-block min/step uniform quantizer with stochastic rounding;
+    see the module text.
 
     Parameters
     ----------
     bits : int
         Bit-width b, 1–16 (required).
     block_size : int or None, default None
-        Values per block m, a multiple of 8 up to 2^20; None gives `default_block_size(b)`.
+        Values per block m, a multiple of 8 up to 2^20; None gives
+        `default_block_size(b)`.
     scale_dtype : {"float32", "bfloat16"}, default "float32"
         Dtype of the per-block min and step on the wire: 64/m or 32/m bits per value.
     """
@@ -164,7 +175,7 @@ class UniformCodec(Codec):
         self._scale_torch_dtype = SCALE_DTYPES[scale_dtype]
         self._scale_nbytes = self._scale_torch_dtype.itemsize
 
-    # -- sizes ---------------------------------------------------------------------------
+    # -- sizes -------------------------------------------------------------------------
 
     def size_bytes(self, shape: Sequence[int]) -> int:
         """2·⌈n/m⌉ scales plus ⌈n·b/8⌉ bytes of codes, n = prod(shape)."""
@@ -176,7 +187,7 @@ class UniformCodec(Codec):
     def _num_blocks(self, n: int) -> int:
         return -(-n // self.block_size)
 
-    # -- encode --------------------------------------------------------------------------
+    # -- encode ------------------------------------------------------------------------
 
     def encode(
         self, tensor: torch.Tensor, generator: torch.Generator | None = None
@@ -208,7 +219,8 @@ class UniformCodec(Codec):
         return self._new_encoded(tensor, buffer)
 
     def _scales(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-block ℓ_j and δ_j (float32, exactly representable in the scale dtype)."""
+        """Per-block ℓ_j and δ_j (float32, exactly representable in
+        the scale dtype)."""
         low, high = blocks.amin(1), blocks.amax(1)  # NaN propagates, so one check below
         check_finite_input(low, self.name)
         check_finite_input(high, self.name)
@@ -231,7 +243,8 @@ class UniformCodec(Codec):
         step: torch.Tensor,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Stochastically rounded codes in [0, L], (blocks, m), uint8 for b ≤ 8 else int32."""
+        """Stochastically rounded codes in [0, L], (blocks, m), uint8 for
+        b ≤ 8 else int32."""
         scaled = (blocks - low[:, None]).mul_(step.reciprocal()[:, None])  # s ≥ 0
         scaled.clamp_(max=self._levels)
         floor = scaled.floor()
@@ -247,7 +260,7 @@ class UniformCodec(Codec):
             codes = floor.to(torch.int32)
         return codes.add_(round_up)
 
-    # -- decode --------------------------------------------------------------------------
+    # -- decode ------------------------------------------------------------------------
 
     def decode(self, encoded: Encoded) -> torch.Tensor:
         """ℓ_j + q·δ_j for every value; see `Codec.decode`."""
@@ -283,11 +296,11 @@ class UniformCodec(Codec):
         start: int,
         out: torch.Tensor,
     ) -> None:
-        """Write ℓ_j + q·δ_j for the values [start, start + len(codes)) into `out`."""
+        """Write ℓ_j + q·δ_j for the values
+        [start, start + len(codes)) into `out`."""
         m = self.block_size
-        full = (
-            codes.numel() // m * m
-        )  # whole blocks of this chunk; a short tail may follow
+        # whole blocks of this chunk; a short tail may follow
+        full = codes.numel() // m * m
         first = start // m
         if full:
             count = full // m
@@ -300,10 +313,11 @@ class UniformCodec(Codec):
             torch.mul(codes[full:], step[last], out=out[full:])
             out[full:] += low[last]
 
-    # -- error bound ---------------------------------------------------------------------
+    # -- error bound -------------------------------------------------------------------
 
     def error_bound(self, tensor: torch.Tensor) -> float:
-        """Σ_j n_j·δ_j²/4 with the steps this codec would send (n_j values in block j).
+        """Σ_j n_j·δ_j²/4 with the steps this codec would send
+        (n_j values in block j).
 
         Equals `uniform_error_bound(block_ranges(x, m), b, m)` up to float rounding, the
         outward rounding of bf16 scales and the count of a short last block.
@@ -320,12 +334,13 @@ class UniformCodec(Codec):
             total += float((counts * step.double().square()).sum() / 4)
         return total
 
-    # -- layout --------------------------------------------------------------------------
+    # -- layout ------------------------------------------------------------------------
 
     def _split(
         self, buffer: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Views of `buffer`: mins and steps (scale dtype) and the packed codes (uint8)."""
+        """Views of `buffer`: mins and steps (scale dtype) and the
+        packed codes (uint8)."""
         scale_bytes = self._num_blocks(n) * self._scale_nbytes
         mins = buffer[:scale_bytes].view(self._scale_torch_dtype)
         steps = buffer[scale_bytes : 2 * scale_bytes].view(self._scale_torch_dtype)
@@ -335,8 +350,8 @@ class UniformCodec(Codec):
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
         raise ValueError(
-            f"The 'bits' parameter of codec 'uniform' must be an integer in 1–{MAX_BITS}. "
-            f"Got {bits!r}."
+            "The 'bits' parameter of codec 'uniform' must be an integer in "
+            f"1–{MAX_BITS}. Got {bits!r}."
         )
 
 
@@ -347,7 +362,8 @@ def _chunk_values(block_size: int) -> int:
 
 def _as_blocks(values: torch.Tensor, block_size: int) -> torch.Tensor:
     """`values` as (⌈k/m⌉, m); a short last block is padded with copies of its first
-    value, which leaves the block's min and max unchanged (codes of the pad are dropped)."""
+    value, which leaves the block's min and max unchanged (codes of the
+    pad are dropped)."""
     short = -values.numel() % block_size
     if short:
         tail_start = values.numel() // block_size * block_size
@@ -356,7 +372,8 @@ def _as_blocks(values: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def _int16_draws(count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` independent uniform int16 values, four from each 64-bit generator word."""
+    """`count` independent uniform int16 values, four from each
+    64-bit generator word."""
     words = torch.empty(-(-count // 4), dtype=torch.int64)
     words.random_(-(1 << 63), None, generator=generator)  # the full 64-bit range
     return words.view(torch.int16)[:count]

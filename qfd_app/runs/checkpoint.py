@@ -1,18 +1,21 @@
-"""Checkpoints: after every round the global model, the strategy's state and the ledger, atomically.
+"""Checkpoints: after every round the global model, the strategy's state and
+the ledger, atomically.
 
 ``checkpoints/round_XXX/`` of a run directory holds
 
     model.safetensors        the global model after round XXX
-    average.safetensors      the moving average of the global models (`ema.py`), if the run keeps one
-    state.json               the round, the strategy's estimates, the wall time so far, the last scores
+    average.safetensors      the moving average of the global models (`ema.py`), if the
+                             run keeps one
+    state.json               the round, the strategy's estimates, the wall time so far,
+                             the last scores
     devices.csv, rounds.csv  the ledger up to and including round XXX
 
-It is written as ``round_XXX.tmp/`` and renamed into place (one `rename`, atomic on POSIX),
-so a run killed at any moment leaves a complete checkpoint, never a half-written one; only
-the latest is kept. No random-number state is saved because none carries over between
-rounds: the sampling, the channel draws, the local training and the stochastic rounding
-draw from generators seeded by (seed, round, partition), so a resumed round draws exactly
-what the uninterrupted one would have.
+It is written as ``round_XXX.tmp/`` and renamed into place (one `rename`, atomic on
+POSIX), so a run killed at any moment leaves a complete checkpoint, never a half-written
+one; only the latest is kept. No random-number state is saved because none carries over
+between rounds: the sampling, the channel draws, the local training and the stochastic
+rounding draw from generators seeded by (seed, round, partition), so a resumed round
+draws exactly what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def stage_checkpoint(
     state: dict,
     average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the model, its average and the state of `server_round` to a temporary folder;
-    `commit_checkpoint` finishes."""
+    """Write the model, its average and the state of `server_round` to a temporary
+    folder; `commit_checkpoint` finishes."""
     staged = _folder(run_dir, server_round).with_suffix(".tmp")
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
@@ -72,7 +75,8 @@ def stage_checkpoint(
 
 
 def commit_checkpoint(run_dir: Path, staged: Path) -> Path:
-    """Add the ledger as it is now to a staged checkpoint, move it into place, drop older ones."""
+    """Add the ledger as it is now to a staged checkpoint, move it into
+    place, drop older ones."""
     for name in LEDGER_FILES:
         if (run_dir / name).exists():
             shutil.copy2(run_dir / name, staged / name)
@@ -100,7 +104,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     latest = latest_checkpoint(run_dir)
     if latest is None:
         raise ResumeError(
-            f"{run_dir} holds no complete checkpoint (checkpoints/round_XXX/) to resume from"
+            f"{run_dir} holds no complete checkpoint "
+            "(checkpoints/round_XXX/) to resume from"
         )
     state = json.loads((latest / STATE_FILE).read_text())
     for name in LEDGER_FILES:

@@ -62,8 +62,9 @@ def sample(
         typer.Option(
             min=0.5,
             max=2.0,
-            help="Epsilon scaling: DDIM divides the predicted noise by "
-            "1 + (this - 1)·t/T. Default: the run's sample-eps-scale (config.json beside final/), else 1.",
+            help="Epsilon scaling: DDIM divides the predicted noise by 1 + "
+            "(this - 1)·t/T. Default: the run's sample-eps-scale (config.json "
+            "beside final/), else 1.",
         ),
     ] = None,
 ) -> None:
@@ -104,7 +105,10 @@ def plan(
         int | None,
         typer.Option(
             min=1,
-            help="Devices (SuperNodes) of the run (default: as many as the scenario lists).",
+            help=(
+                "Devices (SuperNodes) of the run (default: as many as "
+                "the scenario lists)."
+            ),
         ),
     ] = None,
     strategy: Annotated[
@@ -122,7 +126,10 @@ def plan(
     resource_policy: Annotated[
         str | None,
         typer.Option(
-            help="Shorthand for the `resource-policy` setting (auto, race-to-idle, optimal)."
+            help=(
+                "Shorthand for the `resource-policy` setting (auto, "
+                "race-to-idle, optimal)."
+            )
         ),
     ] = None,
     round_: Annotated[
@@ -158,7 +165,8 @@ def plan(
         bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")
     ] = False,
 ) -> None:
-    """Plan a round exactly as a run with these settings would, without training, and print it."""
+    """Plan a round exactly as a run with these settings would, without
+    training, and print it."""
     from qfd_app.edge.problem import BANDWIDTH_POLICIES
     from qfd_app.runs.plan import format_plan, plan_first_round
     from qfd_app.validation import Options, check_value
@@ -197,8 +205,9 @@ def compare(
     strategies: Annotated[
         str,
         typer.Option(
-            help="Comma-separated strategies, each `name[:option]` (docs/strategies.md): e.g. fedavg, "
-            "fedavg:optimal, fixed:4, ondemand; add :fp32-training to train in fp32."
+            help="Comma-separated strategies, each `name[:option]` "
+            "(docs/strategies.md): e.g. fedavg, fedavg:optimal, fixed:4, ondemand; "
+            "add :fp32-training to train in fp32."
         ),
     ] = "fedavg,fixed,ondemand",
     rounds: Annotated[
@@ -211,13 +220,19 @@ def compare(
     output: Annotated[
         Path | None,
         typer.Option(
-            help="Folder of the comparison (default: ~/qfd-runs/compare-<scenario>-<time>)."
+            help=(
+                "Folder of the comparison (default: "
+                "~/qfd-runs/compare-<scenario>-<time>)."
+            )
         ),
     ] = None,
     run_config: Annotated[
         str,
         typer.Option(
-            help="More run-config overrides for every run, as for `flwr run --run-config`."
+            help=(
+                "More run-config overrides for every run, as for `flwr "
+                "run --run-config`."
+            )
         ),
     ] = "",
     devices: Annotated[
@@ -227,7 +242,8 @@ def compare(
         ),
     ] = None,
 ) -> None:
-    """Run several strategies on one scenario with the same seeds; write a table and plots."""
+    """Run several strategies on one scenario with the same seeds; write
+    a table and plots."""
     import click
     from flwr.common.config import parse_config_args
 
@@ -250,9 +266,8 @@ def compare(
             if Path(scenario).suffix != ".toml"
             else str(Path(scenario).resolve())
         )
-        check_settings(
-            variants, {**base, "scenario": scenario_ref}
-        )  # every mistake before the first run
+        # every mistake before the first run
+        check_settings(variants, {**base, "scenario": scenario_ref})
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = (
             (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}"))
@@ -314,7 +329,10 @@ def run(
     superlink: Annotated[
         str | None,
         typer.Argument(
-            help="The SuperLink connection of $FLWR_HOME/config.toml (default: its default)."
+            help=(
+                "The SuperLink connection of $FLWR_HOME/config.toml "
+                "(default: its default)."
+            )
         ),
     ] = None,
     run_config: Annotated[
@@ -326,7 +344,10 @@ def run(
     federation_config: Annotated[
         str,
         typer.Option(
-            help='Simulation settings, e.g. "num-supernodes=10 client-resources-num-cpus=1".'
+            help=(
+                'Simulation settings, e.g. "num-supernodes=10 '
+                'client-resources-num-cpus=1".'
+            )
         ),
     ] = "",
     ray_address: Annotated[
@@ -334,12 +355,14 @@ def run(
         typer.Option(
             "--ray-address",
             envvar="RAY_ADDRESS",
-            help="Run the simulation on this Ray cluster (host:port of its head; default: "
-            "$RAY_ADDRESS), through a SuperLink of qfd's own started with it.",
+            help="Run the simulation on this Ray cluster (host:port of its "
+            "head; default: $RAY_ADDRESS), through a SuperLink of qfd's "
+            "own started with it.",
         ),
     ] = None,
 ) -> None:
-    """Check every setting, then `flwr run --stream`; the exit code says whether the run completed.
+    """Check every setting, then `flwr run --stream`; the exit code says
+    whether the run completed.
 
     A bad setting stops here with one line naming it (exit 2), before any device is
     contacted; a run that fails later exits 1 (`flwr run` itself exits 0 either way).
@@ -353,8 +376,9 @@ def run(
     settings = _checked_settings(app_dir, run_config)
     if ray_address and superlink:
         _fail(
-            f"--ray-address (or RAY_ADDRESS) runs the simulation on a SuperLink of qfd's own; "
-            f"the SuperLink {superlink!r} runs on the Ray it was started with. Give one of them."
+            "--ray-address (or RAY_ADDRESS) runs the simulation on a SuperLink of "
+            f"qfd's own; the SuperLink {superlink!r} runs on the Ray it was started "
+            "with. Give one of them."
         )
     with ExitStack() as stack:
         env, connection = user_env(), superlink
@@ -377,8 +401,8 @@ def run(
         status = run_status(env, done.stdout, connection=connection)
     if done.returncode != 0 or status != "finished:completed":
         typer.echo(
-            f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr run exited "
-            f"{done.returncode}, status {status}",
+            f"qfd: the run of strategy {settings.strategy!r} did not complete: flwr "
+            f"run exited {done.returncode}, status {status}",
             err=True,
         )
         raise typer.Exit(1)
@@ -392,7 +416,8 @@ def run(
 
 
 def _ray_nodes(output: str) -> list[str]:
-    """The Ray nodes the finished run's summary.json lists (its run directory is in `output`)."""
+    """The Ray nodes the finished run's summary.json lists (its run
+    directory is in `output`)."""
     found = re.findall(r"\[qfd\] run directory: (\S+)", output)
     summary = Path(found[-1]) / "summary.json" if found else None
     if summary is None or not summary.is_file():
@@ -424,7 +449,8 @@ def resume(
         str, typer.Option(help="Simulation settings, as for `qfd run`.")
     ] = "",
 ) -> None:
-    """Go on with a killed run from its last complete round, with the settings it was started with."""
+    """Go on with a killed run from its last complete round, with the settings it
+    was started with."""
     from qfd_app.runs.launch import run_config_arg
 
     try:
@@ -436,7 +462,8 @@ def resume(
 
 
 def _checked_settings(app_dir: Path | None, run_config: str, fixed: dict | None = None):
-    """The run's settings as the ServerApp will see them, or exit 2 with one line naming the bad key.
+    """The run's settings as the ServerApp will see them, or exit 2 with one
+    line naming the bad key.
 
     `fixed` are settings given by the command's own arguments; `--run-config` may not
     give them a different value.

@@ -1,13 +1,14 @@
-"""`qfd compare`: several strategies on one scenario, same seeds, partitions and channels; one table.
+"""`qfd compare`: several strategies on one scenario, same seeds, partitions and
+channels; one table.
 
 Each variant is a real `flwr run` of this app on a private loopback SuperLink (Flower's
 simulation engine, one virtual device per scenario device). Variants are written
 `name[:option]`, each strategy saying what its option is (docs/strategies.md): `fedavg`,
-`fedavg:optimal` (the solver sets its f, p, B), `fixed:4` (fixed at 4 bits; plain `fixed`
-takes `--bits`), `ondemand`, and `ondemand:fp32-training` or `fixed:4:fp32-training` (train
-in fp32, quantize only the upload; then γ = 0). Every run gets the same
-`seed`, so the same devices are sampled, hold the same data, see the same fading and
-draw the same noise; only the strategy differs.
+`fedavg:optimal` (the solver sets its f, p, B), `fixed:4` (fixed at 4 bits;
+plain `fixed` takes `--bits`), `ondemand`, and `ondemand:fp32-training` or
+`fixed:4:fp32-training` (train in fp32, quantize only the upload; then γ = 0). Every
+run gets the same `seed`, so the same devices are sampled, hold the same data, see the
+same fading and draw the same noise; only the strategy differs.
 
 Outputs under the comparison folder: `runs/<label>/<run dir>`, `comparison.csv`,
 `comparison.md` and `plots/*.png` (`qfd report` redraws them).
@@ -76,7 +77,8 @@ def parse_variants(spec: str, base: dict) -> list[Variant]:
             option = option.removesuffix(FP32_TRAINING).rstrip(":")
         if name not in strategy_names():
             raise CompareError(
-                f"--strategies: {name!r} is not a strategy; use {', '.join(strategy_names())}."
+                f"--strategies: {name!r} is not a strategy; use "
+                f"{', '.join(strategy_names())}."
             )
         try:
             more, option = get_strategy(name).parse_option(option, base)
@@ -122,7 +124,8 @@ def run_comparison(
     echo: Callable[[str], None] = print,
     timeout_s: float = 3 * 3600,
 ) -> Path:
-    """Run every variant through Flower's simulation engine and write the comparison into `out`."""
+    """Run every variant through Flower's simulation engine and write the
+    comparison into `out`."""
     from flwr.common.config import flatten_dict
 
     from qfd_app.runs.launch import flwr_run, run_config_arg, superlink
@@ -158,7 +161,8 @@ def run_comparison(
             found = sorted(folder.glob("*/summary.json"))
             if done.returncode != 0 or not found:
                 raise CompareError(
-                    f"{variant.label}: the run failed (exit {done.returncode}); see {log.name}"
+                    f"{variant.label}: the run failed (exit "
+                    f"{done.returncode}); see {log.name}"
                 )
             runs[variant.label] = found[-1].parent
     (out / "runs.json").write_text(
@@ -225,16 +229,19 @@ def format_table(rows: list[dict]) -> str:
     """The comparison as a markdown table; ratios are against the first strategy."""
     first = rows[0]["strategy"]
     lines = [
-        f"| strategy | rounds | energy J (compute / upload) | energy vs {first} | uplink MB | bytes vs {first} | "
-        "final FID | coverage | class entropy | excluded | deadline misses | demand violations | wall s |",
+        f"| strategy | rounds | energy J (compute / upload) | energy vs {first} "
+        f"| uplink MB | bytes vs {first} | final FID | coverage | class entropy | "
+        "excluded | deadline misses | demand violations | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['strategy']} ({r['resource_policy']}) | {r['rounds']} | {r['energy_j']:.4g} "
-            f"({r['energy_compute_j']:.3g} / {r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % | "
-            f"{r['bytes_up'] / 1e6:.3f} | {100 * r['bytes_vs_first']:.1f} % | {r['fid']:.3f} | {r['coverage']:.2f} | "
-            f"{r['class_entropy']:.3f} | {r['devices_excluded']} | "
-            f"{r['deadline_misses']} | {r['demand_violations']} | {r['wall_s']:.0f} |"
+            f"| {r['strategy']} ({r['resource_policy']}) | {r['rounds']} "
+            f"| {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
+            f"{r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % "
+            f"| {r['bytes_up'] / 1e6:.3f} | {100 * r['bytes_vs_first']:.1f} % "
+            f"| {r['fid']:.3f} | {r['coverage']:.2f} | {r['class_entropy']:.3f} "
+            f"| {r['devices_excluded']} | {r['deadline_misses']} | "
+            f"{r['demand_violations']} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
-"""A private SuperLink on loopback, and `flwr run` of this app against it or the user's (`qfd run`,
-`qfd compare`, tests), with the run's final status.
+"""A private SuperLink on loopback, and `flwr run` of this app against it or the user's
+(`qfd run`, `qfd compare`, tests), with the run's final status.
 
 The SuperLink is started in its own session (process group) and stopped by that group's
 id and the PIDs found below it, so every process it spawned (SuperExec, simulation, Ray)
@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-APP_DIR = (
-    Path(__file__).resolve().parents[2]
-)  # the folder with pyproject.toml (a checkout)
+# the folder with pyproject.toml (a checkout)
+APP_DIR = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CONNECTION = "qfd-local"
 
@@ -55,8 +54,9 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
 
 
 def user_env() -> dict[str, str]:
-    """The caller's environment for `flwr` (their FLWR_HOME and connections), with this venv's
-    executables first and, unless set, no per-run dependency install (the app's are installed)."""
+    """The caller's environment for `flwr` (their FLWR_HOME and connections), with
+    this venv's executables first and, unless set, no per-run dependency install
+    (the app's are installed)."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -66,10 +66,11 @@ def user_env() -> dict[str, str]:
 def start_superlink(
     flwr_home: Path, **extra_env: str
 ) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Start `flower-superlink --simulation` on a free loopback port in its own process group.
+    """Start `flower-superlink --simulation` on a free loopback port in
+    its own process group.
 
-    Returns the process (stop it with `stop_group`) and the environment for `flwr` commands
-    against it (connection `CONNECTION` in `flwr_home`).
+    Returns the process (stop it with `stop_group`) and the environment for `flwr`
+    commands against it (connection `CONNECTION` in `flwr_home`).
     """
     port = free_port()
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -107,10 +108,12 @@ def start_superlink(
 def wait_for_control_api(
     env: dict[str, str], connection: str, proc: subprocess.Popen, timeout_s: float = 180
 ) -> None:
-    """Wait until the SuperLink behind `connection` answers `flwr ls` (its control API, what
-    `flwr run` talks to) — readiness asked of the server, not guessed from an open port.
+    """Wait until the SuperLink behind `connection` answers `flwr ls` (its
+    control API, what `flwr run` talks to) — readiness asked of the server, not
+    guessed from an open port.
 
-    Raises RuntimeError saying what was awaited when the process exits or the time is up.
+    Raises RuntimeError saying what was awaited when the process
+    exits or the time is up.
     """
     deadline = time.time() + timeout_s
     args = [str(BIN / "flwr"), "ls", connection, "--format", "json"]
@@ -125,14 +128,16 @@ def wait_for_control_api(
         f"exited with {proc.returncode}" if proc.poll() is not None else "still runs"
     )
     raise RuntimeError(
-        f"the SuperLink of connection {connection!r} did not answer `flwr ls` (its control "
-        f"API) within {timeout_s:.0f} s; the process {state}; last answer: {answer!r}"
+        f"the SuperLink of connection {connection!r} did not answer `flwr ls` "
+        f"(its control API) within {timeout_s:.0f} s; the process {state}; last "
+        f"answer: {answer!r}"
     )
 
 
 @contextmanager
 def superlink(flwr_home: Path, **extra_env: str):
-    """A private SuperLink (`start_superlink`) for the `with` block; yields the env for `flwr`."""
+    """A private SuperLink (`start_superlink`) for the `with` block; yields
+    the env for `flwr`."""
     proc, env = start_superlink(flwr_home, **extra_env)
     try:
         yield env
@@ -141,8 +146,9 @@ def superlink(flwr_home: Path, **extra_env: str):
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM the process group we started, then SIGKILL what is left of it and of every
-    process below it (Flower starts its SuperExec, and Ray its agents, in sessions of their own)."""
+    """SIGTERM the process group we started, then SIGKILL what is left of it and
+    of every process below it (Flower starts its SuperExec, and Ray its agents, in
+    sessions of their own)."""
     below = descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -161,12 +167,14 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL `proc` and every process below it at once, as a crash of that machine would."""
+    """SIGKILL `proc` and every process below it at once, as a crash of
+    that machine would."""
     _signal_all([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
 
 
 def descendants(pid: int) -> list[int]:
-    """The PIDs of the children of `pid`, their children, and so on (from /proc; Linux)."""
+    """The PIDs of the children of `pid`, their children, and so on
+    (from /proc; Linux)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -199,7 +207,8 @@ def flwr_run(
     on_line: Callable[[str], None] | None = None,
     connection: str | None = CONNECTION,
 ) -> subprocess.CompletedProcess:
-    """`flwr run <app> [connection] --stream` until the run ends (connection None: the user's default).
+    """`flwr run <app> [connection] --stream` until the run ends (connection None:
+    the user's default).
 
     Every output line (stdout and stderr, merged) goes to `on_line` as it comes; the
     finished process carries all of them in `stdout`. A run past `timeout_s` is killed.

@@ -1,8 +1,9 @@
 """The ledger: what every device did and sent in every round, and one line per round.
 
-Rows are appended to `devices.csv` and `rounds.csv` in the run directory as the run goes,
-so progress is on disk at every moment and a killed run loses nothing already booked. A
-ledger opened on a run directory that has a devices.csv (a resumed run) goes on from it.
+Rows are appended to `devices.csv` and `rounds.csv` in the run directory as
+the run goes, so progress is on disk at every moment and a killed run loses
+nothing already booked. A ledger opened on a run directory that has a devices.csv
+(a resumed run) goes on from it.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ DEADLINE_RTOL = 1e-9
 class DeviceRecord:
     """One sampled device in one round (SI units).
 
-    status is `ok` (update aggregated), `failed` (the device returned an error or no reply),
-    `rejected` (its state or reply was malformed; `reason` says how) or `excluded` (the
-    solver left it out, e.g. it cannot meet the deadline; not trained). bits_min and bits_max
-    are the demand the device reported; the plan columns (bits, cpu_hz, power_w,
-    bandwidth_hz) are what the server assigned. `bytes_up` counts the
-    payload bytes of the update the server received; `upload_s` and `energy_upload_j` are
-    computed from those bytes at the assigned rate, `energy_compute_j` from the assigned
-    clock. `deadline_missed` flags compute_s + upload_s > the deadline. host_train_s and
-    host_encode_s are the wall times the simulation host really took to train and encode
-    (not the modelled device's); `ray_node` the Ray node its ClientApp ran on (empty outside
-    Ray). A device whose reply never came is charged nothing (nothing is known of it).
+    status is `ok` (update aggregated), `failed` (the device returned an error or
+    no reply), `rejected` (its state or reply was malformed; `reason` says how) or
+    `excluded` (the solver left it out, e.g. it cannot meet the deadline; not trained).
+    bits_min and bits_max are the demand the device reported; the plan columns (bits,
+    cpu_hz, power_w, bandwidth_hz) are what the server assigned. `bytes_up` counts the
+    payload bytes of the update the server received; `upload_s` and `energy_upload_j`
+    are computed from those bytes at the assigned rate, `energy_compute_j` from the
+    assigned clock. `deadline_missed` flags compute_s + upload_s > the deadline.
+    host_train_s and host_encode_s are the wall times the simulation host really took to
+    train and encode (not the modelled device's); `ray_node` the Ray node its ClientApp
+    ran on (empty outside Ray). A device whose reply never came is charged nothing
+    (nothing is known of it).
     """
 
     round: int
@@ -80,10 +82,12 @@ def planned_record(
     metrics: dict | None = None,
     ray_node: str = "",
 ) -> DeviceRecord:
-    """The row of a device that was planned (`strategies.planner.Assignment`): energy from its
-    plan and the bytes the server received, upload time = bits / the assigned rate.
+    """The row of a device that was planned (`strategies.planner.Assignment`):
+    energy from its plan and the bytes the server received, upload
+    time = bits / the assigned rate.
 
-    A device whose reply never came (`failed`) is charged nothing: nothing is known of it.
+    A device whose reply never came (`failed`) is charged nothing:
+    nothing is known of it.
     """
     charged = status != FAILED
     upload_s = 0.0
@@ -126,9 +130,9 @@ def planned_record(
     )
 
 
-# Wall time of a round's phases on the simulation host (s): the server's query and solve, the
-# slowest device's training and encoding, the server's decode (with booking), aggregation,
-# checkpoint and evaluation, and the whole round.
+# Wall time of a round's phases on the simulation host (s): the server's query and
+# solve, the slowest device's training and encoding, the server's decode (with booking),
+# aggregation, checkpoint and evaluation, and the whole round.
 PHASES = (
     "query_s",
     "solve_s",
@@ -187,7 +191,8 @@ class Ledger:
         )
 
     def book_broadcast(self, server_round: int, num_bytes: int) -> None:
-        """The bytes of the global model sent down to the sampled devices (not charged to them)."""
+        """The bytes of the global model sent down to the sampled devices
+        (not charged to them)."""
         self.broadcast_bytes[server_round] = num_bytes
 
     def book_phases(self, server_round: int, **seconds: float) -> None:
@@ -203,7 +208,8 @@ class Ledger:
         return [r for r in self.records if r.round == server_round]
 
     def summarise(self, server_round: int) -> dict:
-        """Counts, example-weighted train loss, device energy and uploaded bytes of one round."""
+        """Counts, example-weighted train loss, device energy and uploaded
+        bytes of one round."""
         rows = self.of_round(server_round)
         ok = [r for r in rows if r.status == OK]
         examples = sum(r.num_examples for r in ok)
@@ -228,7 +234,8 @@ class Ledger:
         }
 
     def totals(self) -> dict:
-        """Sums over the whole run: device energy, uplink bytes, exclusions, deadline misses."""
+        """Sums over the whole run: device energy, uplink bytes,
+        exclusions, deadline misses."""
         rows = self.records
         return {
             "energy_j": sum(r.energy_j for r in rows),
@@ -250,8 +257,8 @@ class Ledger:
 
 
 def one_line(reason: str, limit: int = 300) -> str:
-    """A reason fit for one CSV cell: Flower's error replies carry whole tracebacks, whose
-    last `Message:` line (or last line) says what went wrong."""
+    """A reason fit for one CSV cell: Flower's error replies carry whole tracebacks,
+    whose last `Message:` line (or last line) says what went wrong."""
     lines = [line.strip() for line in reason.splitlines() if line.strip()]
     if not lines:
         return ""
@@ -277,8 +284,8 @@ _FROM_CSV = {
 
 
 def _parse_record(row: dict[str, str]) -> DeviceRecord:
-    """A devices.csv row back as the record that wrote it (a column that an older run did not
-    write takes its default)."""
+    """A devices.csv row back as the record that wrote it (a column that an older run
+    did not write takes its default)."""
     return DeviceRecord(
         **{
             f.name: _FROM_CSV[f.type](row[f.name])

@@ -1,12 +1,13 @@
-"""`qfd plan`: the round a run would plan, without training — as a record and as a table.
+"""`qfd plan`: the round a run would plan, without training — as a
+record and as a table.
 
-`plan_first_round` builds exactly what the ServerApp builds for round r of a run with the
-same settings and number of devices: the same physics (`planner.round_physics`: the run's
-model, E and γ), the same sampled devices (`planner.sample_partitions`), each device's
-state as its ClientApp would report it (D_n from the run's data partition), and the same
-`planner.plan_round`. Before any training a run has no update history, so ε is not
-enforced in round 1; `stand_in=True` plans with the scenario's stand-in history instead
-(docs/model.md, "error budget").
+`plan_first_round` builds exactly what the ServerApp builds for round r of a run with
+the same settings and number of devices: the same physics (`planner.round_physics`: the
+run's model, E and γ), the same sampled devices (`planner.sample_partitions`), each
+device's state as its ClientApp would report it (D_n from the run's data partition), and
+the same `planner.plan_round`. Before any training a run has no update history, so ε
+is not enforced in round 1; `stand_in=True` plans with the scenario's stand-in history
+instead (docs/model.md, "error budget").
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def plan_first_round(
     bandwidth_policy: str | None = None,
     stand_in: bool = False,
 ) -> dict[str, Any]:
-    """The plan of round `round_` of a run with `settings` on `num_devices` devices (default:
-    the scenario's), as the JSON-ready record of `planner.RoundPlan.record` plus its context."""
+    """The plan of round `round_` of a run with `settings` on `num_devices` devices
+    (default: the scenario's), as the JSON-ready record of `planner.RoundPlan.record`
+    plus its context."""
     scenario = settings.load_scenario()
     if scenario_seed is not None:
         scenario = dataclasses.replace(scenario, seed=scenario_seed)
@@ -85,14 +87,17 @@ def format_plan(record: dict[str, Any]) -> str:
     net, model, tot = record["network"], record["model"], record["totals"]
     budget = net["error_budget"]
     lines = [
-        f"scenario {record['scenario']} · strategy {record['strategy']} ({record['resource_policy']}) · "
-        f"round {record['round']} · seed {record['seed']} · {len(record['devices'])} of "
+        f"scenario {record['scenario']} · strategy {record['strategy']} "
+        f"({record['resource_policy']}) · round {record['round']} "
+        f"· seed {record['seed']} · {len(record['devices'])} of "
         f"{record['devices_total']} devices sampled",
-        f"model {model['preset']} {model['image_size']}×{model['image_size']}×{model['channels']}: "
-        f"{model['parameters']:,} parameters, {model['flops_per_sample']:.3g} training FLOPs per sample, "
-        f"E = {model['epochs']}, γ = {model['gamma']:g}",
-        f"band {net['bandwidth_hz'] / 1e6:g} MHz ({net['bandwidth_policy']} split) · deadline {net['deadline_s']:g} s · "
-        f"error budget ε = {'off' if budget is None else format(budget, 'g')}"
+        f"model {model['preset']} "
+        f"{model['image_size']}×{model['image_size']}×{model['channels']}: "
+        f"{model['parameters']:,} parameters, {model['flops_per_sample']:.3g} training "
+        f"FLOPs per sample, E = {model['epochs']}, γ = {model['gamma']:g}",
+        f"band {net['bandwidth_hz'] / 1e6:g} MHz ({net['bandwidth_policy']} "
+        f"split) · deadline {net['deadline_s']:g} s · error budget ε = "
+        f"{'off' if budget is None else format(budget, 'g')}"
         + (
             " (no update history yet: a run enforces ε from round 2)"
             if budget is None and record["history"] == "none"
@@ -143,11 +148,14 @@ def format_plan(record: dict[str, Any]) -> str:
     budget_abs = tot["error_budget_abs"]
     lines += [
         "",
-        f"total energy {tot['energy_j']:.4g} J (compute {tot['energy_compute_j']:.4g} J, "
-        f"upload {tot['energy_upload_j']:.4g} J) · payload {tot['payload_bits'] / 8e6:.4g} MB · "
-        f"{tot['scheduled']} scheduled, {tot['excluded']} excluded",
-        f"error {tot['error']:.4g} / budget {'off' if budget_abs is None else format(budget_abs, '.4g')} "
-        f"({'met' if tot['budget_met'] else 'NOT met'}) · solved in {tot['solve_s'] * 1e3:.1f} ms",
+        f"total energy {tot['energy_j']:.4g} J (compute {tot['energy_compute_j']:.4g} "
+        f"J, upload {tot['energy_upload_j']:.4g} J) · payload "
+        f"{tot['payload_bits'] / 8e6:.4g} MB · {tot['scheduled']} scheduled, "
+        f"{tot['excluded']} excluded",
+        f"error {tot['error']:.4g} / budget "
+        f"{'off' if budget_abs is None else format(budget_abs, '.4g')} "
+        f"({'met' if tot['budget_met'] else 'NOT met'}) · solved in "
+        f"{tot['solve_s'] * 1e3:.1f} ms",
     ]
     lines += [f"warning: {w}" for w in record["warnings"]]
     return "\n".join(lines)

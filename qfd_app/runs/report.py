@@ -17,7 +17,8 @@ from qfd_app.runs.ledger import read_csv  # noqa: E402
 
 
 def save_grid(images: torch.Tensor, path: Path, ncol: int = 8, scale: int = 4) -> Path:
-    """Tile images (N×C×H×W in [-1, 1]) into one PNG, each pixel `scale`× enlarged."""
+    """Tile images (N×C×H×W in [-1, 1]) into one PNG, each pixel
+    `scale`× enlarged."""
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     n, c, h, w = images.shape
     nrow = math.ceil(n / ncol)
@@ -43,8 +44,8 @@ def save_grid(images: torch.Tensor, path: Path, ncol: int = 8, scale: int = 4) -
 
 
 def plot_rounds(run_dir: Path) -> list[Path]:
-    """Draw FID, train loss, device energy and uploaded bytes per round, and the bits each
-    device was given, into `run_dir/plots/`."""
+    """Draw FID, train loss, device energy and uploaded bytes per round, and the bits
+    each device was given, into `run_dir/plots/`."""
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
@@ -72,7 +73,8 @@ def plot_rounds(run_dir: Path) -> list[Path]:
 
 
 def _rounds(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rounds and values of one rounds.csv column, skipping empty cells (rounds not evaluated)."""
+    """Rounds and values of one rounds.csv column, skipping empty cells
+    (rounds not evaluated)."""
     rows = read_csv(Path(run_dir) / "rounds.csv")
     pairs = [
         (int(r["round"]), float(r[name])) for r in rows if r.get(name) not in ("", None)
@@ -116,7 +118,8 @@ def plot_bits(run_dir: Path, ax=None, title: str | None = None) -> Path | None:
 
 
 def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
-    """Energy, bytes, FID and bit assignments of several runs of one scenario, into `out`."""
+    """Energy, bytes, FID and bit assignments of several runs of one
+    scenario, into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -191,7 +194,8 @@ def sample_grid_from_pipeline(
     seed: int,
     eps_scale: float = 1.0,
 ) -> Path:
-    """Load an exported `DDPMPipeline`, draw `num` images with DDIM and save their grid."""
+    """Load an exported `DDPMPipeline`, draw `num` images with DDIM
+    and save their grid."""
     from diffusers import DDPMPipeline
 
     from qfd_app.diffusion.ddpm import pick_device, sample

@@ -1,4 +1,5 @@
-"""The run directory: a new one with config.json or a killed one to resume, and the after-round hook."""
+"""The run directory: a new one with config.json or a killed one to resume, and the
+after-round hook."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from qfd_app.settings import RESUMABLE, Settings, SettingsError
 
 
 def create_run_dir(settings: Settings, run_id: int | str) -> Path:
-    """A new, absolute directory `<output-dir>/<time>-<strategy>-<run id>` with config.json."""
+    """A new, absolute directory `<output-dir>/<time>-<strategy>-<run id>`
+    with config.json."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = (
         Path(settings.output_dir).expanduser() / f"{stamp}-{settings.strategy}-{run_id}"
@@ -44,7 +46,8 @@ def create_run_dir(settings: Settings, run_id: int | str) -> Path:
 def open_run_dir(
     settings: Settings, run_id: int | str
 ) -> tuple[Path, Checkpoint | None]:
-    """A new run directory, or, with `resume`, the run to go on with and its latest checkpoint."""
+    """A new run directory, or, with `resume`, the run to go on with and its
+    latest checkpoint."""
     run_dir = resume_target(settings)
     if run_dir is None:
         return create_run_dir(settings, run_id), None
@@ -57,8 +60,8 @@ def resume_target(settings: Settings) -> Path | None:
     Raises
     ------
     SettingsError
-        If `resume` names no run directory, one that finished or has no checkpoint, or one
-        trained with other settings (the message names the keys that differ).
+        If `resume` names no run directory, one that finished or has no checkpoint, or
+        one trained with other settings (the message names the keys that differ).
     """
     if not settings.resume:
         return None
@@ -75,15 +78,18 @@ def resume_target(settings: Settings) -> Path | None:
             f"{k!r} ({saved.get(k)!r} there, {now[k]!r} now)" for k in differ
         )
         raise SettingsError(
-            f"The 'resume' setting names {run_dir}, trained with other settings: {shown}."
+            f"The 'resume' setting names {run_dir}, trained with other "
+            f"settings: {shown}."
         )
     if (run_dir / "summary.json").exists():
         raise SettingsError(
-            f"The 'resume' setting names {run_dir}, which finished (it has summary.json)."
+            f"The 'resume' setting names {run_dir}, which finished (it "
+            "has summary.json)."
         )
     if latest_checkpoint(run_dir) is None:
         raise SettingsError(
-            f"The 'resume' setting names {run_dir}, which holds no complete checkpoint to go on from."
+            f"The 'resume' setting names {run_dir}, which holds no complete "
+            "checkpoint to go on from."
         )
     return run_dir
 
@@ -98,7 +104,8 @@ def _saved_config(run_dir: Path) -> dict:
 
 
 def _last_unfinished(settings: Settings) -> Path:
-    """The newest run in `output-dir` with these settings, a checkpoint and no summary.json."""
+    """The newest run in `output-dir` with these settings, a checkpoint
+    and no summary.json."""
     wanted = {k: v for k, v in settings.to_run_config().items() if k not in RESUMABLE}
     candidates = [
         p.parent
@@ -113,8 +120,9 @@ def _last_unfinished(settings: Settings) -> Path:
     ]
     if not matching:
         raise SettingsError(
-            f"The 'resume' setting is 'last', but {settings.output_dir} holds no unfinished run with these "
-            "settings (a config.json equal to them, a checkpoint and no summary.json)."
+            f"The 'resume' setting is 'last', but {settings.output_dir} holds no "
+            "unfinished run with these settings (a config.json equal to them, a "
+            "checkpoint and no summary.json)."
         )
     return max(matching, key=lambda p: (p / "config.json").stat().st_mtime)
 
@@ -138,14 +146,14 @@ LOGGED = (
 
 @dataclass
 class AfterRound:
-    """Flower's `evaluate_fn`: after every round fold the global model into the average, evaluate
-    the average when due, write rounds.csv, checkpoint.
+    """Flower's `evaluate_fn`: after every round fold the global model into the average,
+    evaluate the average when due, write rounds.csv, checkpoint.
 
     Evaluates every `eval_interval` rounds and always after the last one
-    (`eval_interval = 0`: only after the last). Flower counts rounds from 1; in a resumed
-    run `first_round` is the checkpoint's round + 1, and the rounds booked are the run's.
-    The checkpoint is committed last, so a complete checkpoint of round r always holds
-    round r's ledger rows.
+    (`eval_interval = 0`: only after the last). Flower counts rounds from 1; in a
+    resumed run `first_round` is the checkpoint's round + 1, and the rounds booked are
+    the run's. The checkpoint is committed last, so a complete checkpoint of round r
+    always holds round r's ledger rows.
     """
 
     run_dir: Path
@@ -171,9 +179,8 @@ class AfterRound:
         return self.wall_before_s + time.time() - self.started
 
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if (
-            flower_round == 0
-        ):  # before training: nothing to book, the first round starts now
+        # before training: nothing to book, the first round starts now
+        if flower_round == 0:
             self._round_started = time.perf_counter()
             return None
         server_round = flower_round + self.first_round - 1

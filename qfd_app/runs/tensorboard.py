@@ -1,7 +1,8 @@
-"""TensorBoard event files of a run: what rounds.csv books, the sample grids, the assigned bit-widths.
+"""TensorBoard event files of a run: what rounds.csv books, the sample grids, the
+assigned bit-widths.
 
-Every run writes into `<run dir>/tensorboard/<label>/`, the label naming the strategy and
-the seed (e.g. `ondemand-seed0`, `fixed:4-seed1`, `fedavg:optimal-seed2`), so that
+Every run writes into `<run dir>/tensorboard/<label>/`, the label naming the strategy
+and the seed (e.g. `ondemand-seed0`, `fixed:4-seed1`, `fedavg:optimal-seed2`), so that
 `tensorboard --logdir ~/qfd-runs` lists the runs of a comparison side by side:
 
 - per round, every number of the rounds.csv row as the scalar `rounds/<column>`;
@@ -67,7 +68,8 @@ class TensorBoardLog:
             self._failed(err)
 
     def finish(self, settings: Mapping[str, Any], scores: Mapping[str, Any]) -> None:
-        """The run's settings as hparams, with its final scores; then close the files."""
+        """The run's settings as hparams, with its final scores;
+        then close the files."""
         if self.writer is None:
             return
         try:
@@ -87,7 +89,8 @@ class TensorBoardLog:
     def _failed(self, err: Exception) -> None:
         log(
             WARNING,
-            "[qfd] TensorBoard events are off for this run (%s: %s); the CSVs are complete",
+            "[qfd] TensorBoard events are off for this run (%s: %s); the "
+            "CSVs are complete",
             type(err).__name__,
             err,
         )

@@ -1,9 +1,11 @@
-"""From the devices' encoded replies to the next global model: decode, check, clip, average.
+"""From the devices' encoded replies to the next global model: decode,
+check, clip, average.
 
-Each update is decoded against the codec and bits assigned to *that* device and must carry
-the global model's tensor names and shapes and finite values; each may be clipped to an L2
-norm to cap one device's influence; the example-weighted mean is added to the global model
-in partition order, so that the sum does not depend on the order the replies came in.
+Each update is decoded against the codec and bits assigned to *that* device and must
+carry the global model's tensor names and shapes and finite values; each may be clipped
+to an L2 norm to cap one device's influence; the example-weighted mean is added to
+the global model in partition order, so that the sum does not depend on the order
+the replies came in.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ def sent_bytes(reply: Message) -> int:
 def decode_reply(
     reply: Message, plan: Assignment, shapes: dict[str, tuple[int, ...]]
 ) -> Update:
-    """The update a reply carries, as fp32 tensors; `ValueError` (`ReplyError`, `PayloadError`)
-    if the payload is not exactly `plan`'s codec and bits over `shapes`, or holds NaN or Inf."""
+    """The update a reply carries, as fp32 tensors; `ValueError`
+    (`ReplyError`, `PayloadError`) if the payload is not exactly `plan`'s codec and bits
+    over `shapes`, or holds NaN or Inf."""
     arrays = reply.content.array_records.get(UPDATE_KEY)
     meta = reply.content.config_records.get(UPDATE_META_KEY)
     if arrays is None or meta is None:
         raise ReplyError(
-            f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord {UPDATE_META_KEY!r}"
+            f"the reply lacks the ArrayRecord {UPDATE_KEY!r} or the ConfigRecord "
+            f"{UPDATE_META_KEY!r}"
         )
     update = decode_update(
         arrays,
@@ -64,8 +68,9 @@ def clipped(update: Update, max_norm: float) -> Update:
 def add_mean_update(
     global_model: Update, accepted: list[tuple[int, int, Update]]
 ) -> tuple[Update, float]:
-    """The global model plus the example-weighted mean of `accepted` (partition, examples,
-    update), summed in partition order; and ‖Δ̄‖² of that mean update."""
+    """The global model plus the example-weighted mean of `accepted`
+    (partition, examples, update), summed in partition order; and ‖Δ̄‖² of
+    that mean update."""
     accepted = sorted(accepted, key=lambda item: item[0])
     total = sum(n for _, n, _ in accepted)
     new_global, sq_norm = {}, 0.0

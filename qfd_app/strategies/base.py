@@ -1,4 +1,5 @@
-"""The one Flower strategy of qfd: query the devices, plan the round, average the updates, book the cost.
+"""The one Flower strategy of qfd: query the devices, plan the round, average the
+updates, book the cost.
 
 Each round (`configure_train`):
 
@@ -11,9 +12,9 @@ Each round (`configure_train`):
    booked with the solver's reason;
 4. send each scheduled device its own train message (`protocol.TrainConfig`).
 
-`aggregate_train` checks every reply (`protocol.reply_metrics`, `averaging.decode_reply`),
-books its energy from the plan and the **bytes actually received**, and adds the
-example-weighted mean update (`averaging`) to the global model.
+`aggregate_train` checks every reply (`protocol.reply_metrics`,
+`averaging.decode_reply`), books its energy from the plan and the **bytes actually
+received**, and adds the example-weighted mean update (`averaging`) to the global model.
 
 What the strategy learns across rounds (`planner.History`) is its `state()`, saved with
 every checkpoint; `restore` continues a killed run from one.
@@ -58,12 +59,14 @@ QUERY_TIMEOUT_S = 300.0
 
 
 class EdgeStrategy(FedAvg):
-    """Federated averaging over the mobile edge network: query, plan, train, decode, book.
+    """Federated averaging over the mobile edge network: query, plan,
+    train, decode, book.
 
     Parameters
     ----------
     rules : Strategy
-        The strategy's rules (bit-widths, codecs, resource policy, ε), from the registry.
+        The strategy's rules (bit-widths, codecs, resource policy,
+        ε), from the registry.
     ledger : Ledger
         Receives one `DeviceRecord` per sampled device and round.
     physics : RoundPhysics
@@ -73,7 +76,8 @@ class EdgeStrategy(FedAvg):
     seed : int
         Seed of the device sampling.
     max_update_norm : float
-        Clip each device's update to this L2 norm before averaging; 0 leaves updates as they are.
+        Clip each device's update to this L2 norm before averaging; 0 leaves
+        updates as they are.
     """
 
     def __init__(
@@ -90,7 +94,8 @@ class EdgeStrategy(FedAvg):
     ):
         super().__init__(
             fraction_train=fraction_train,
-            fraction_evaluate=0.0,  # quality is measured centrally on the held-out split
+            # quality is measured centrally on the held-out split
+            fraction_evaluate=0.0,
             min_train_nodes=min_train_nodes,
             min_evaluate_nodes=0,
             min_available_nodes=min_available_nodes,
@@ -98,20 +103,18 @@ class EdgeStrategy(FedAvg):
         self.rules, self.ledger, self.physics = rules, ledger, physics
         self.seed, self.max_update_norm = seed, max_update_norm
         self.history = History()
-        self.round_offset = (
-            0  # rounds done before a resume: Flower's round r is round r + offset
-        )
-        self._partition_of: dict[
-            int, int
-        ] = {}  # node id → partition id, learnt from queries
+        # rounds done before a resume: Flower's round r is round r + offset
+        self.round_offset = 0
+        # node id → partition id, learnt from queries
+        self._partition_of: dict[int, int] = {}
         self._global: dict[str, torch.Tensor] = {}
-        self._assigned: dict[
-            int, dict[int, Assignment]
-        ] = {}  # round → node → its assignment
+        # round → node → its assignment
+        self._assigned: dict[int, dict[int, Assignment]] = {}
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict:
-        """What the strategy learnt so far, as JSON-able values (saved with each checkpoint)."""
+        """What the strategy learnt so far, as JSON-able values (saved with
+        each checkpoint)."""
         return self.history.to_json()
 
     def restore(self, state: dict, completed_rounds: int) -> None:
@@ -119,18 +122,18 @@ class EdgeStrategy(FedAvg):
         self.history = History.from_json(state)
         self.round_offset = completed_rounds
 
-    # ------------------------------------------------------------------ sample, query, plan
+    # -------------------------------------------------------------- sample, query, plan
     def configure_train(
         self, flower_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample, query, plan; one train message per scheduled device."""
         server_round = flower_round + self.round_offset
         self._global = arrays.to_torch_state_dict()
-        _, nodes = sample_nodes(
-            grid, self.min_available_nodes, 0
-        )  # waits for min_available_nodes
+        # waits for min_available_nodes
+        _, nodes = sample_nodes(grid, self.min_available_nodes, 0)
         started = time.perf_counter()
-        # Devices never seen are asked who they are; their answers are also this round's states.
+        # Devices never seen are asked who they are; their answers are also
+        # this round's states.
         unknown = [n for n in sorted(nodes) if n not in self._partition_of]
         states = self._query(server_round, unknown, grid)
         node_of = {self._partition_of[n]: n for n in nodes if n in self._partition_of}
@@ -217,7 +220,8 @@ class EdgeStrategy(FedAvg):
     def _query(
         self, server_round: int, nodes: list[int], grid: Grid
     ) -> dict[int, DeviceState]:
-        """Ask `nodes` for their state; book those that fail or lie, return the others' states."""
+        """Ask `nodes` for their state; book those that fail or lie, return
+        the others' states."""
         if not nodes:
             return {}
         content = RecordDict(
@@ -250,9 +254,8 @@ class EdgeStrategy(FedAvg):
                 self._partition_of[node], states[node] = protocol.parse_state(record)
             except protocol.StateError as err:
                 partition = protocol.reported_partition(record or {})
-                if (
-                    partition is not None
-                ):  # known, so booked (and sampled) by its partition
+                # known, so booked (and sampled) by its partition
+                if partition is not None:
                     self._partition_of[node] = partition
                 log(
                     WARNING,
@@ -271,7 +274,8 @@ class EdgeStrategy(FedAvg):
     def _book_unplanned(
         self, server_round: int, node: int, status: str, reason: str
     ) -> None:
-        """Book a device that dropped out before it could be planned (nothing charged)."""
+        """Book a device that dropped out before it could be planned
+        (nothing charged)."""
         self.ledger.book(
             DeviceRecord(
                 server_round, node, self._partition_of.get(node, -1), "", status, reason
@@ -282,14 +286,14 @@ class EdgeStrategy(FedAvg):
     def aggregate_train(
         self, flower_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate and book each reply, then add the weighted mean update to the global model."""
+        """Validate and book each reply, then add the weighted mean update to
+        the global model."""
         server_round = flower_round + self.round_offset
         started = time.perf_counter()
         assigned = self._assigned.pop(server_round, {})
         shapes = {name: tuple(t.shape) for name, t in self._global.items()}
-        accepted: list[
-            tuple[int, int, averaging.Update]
-        ] = []  # (partition, examples, update)
+        # (partition, examples, update)
+        accepted: list[tuple[int, int, averaging.Update]] = []
         for reply in replies:
             node = reply.metadata.src_node_id
             plan = assigned.pop(node, None)
@@ -367,7 +371,8 @@ class EdgeStrategy(FedAvg):
         summary = self.ledger.summarise(server_round)
         log(
             INFO,
-            "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; device energy %.4g J",
+            "Round %d: %d updates aggregated, %d failed, %d rejected, %d excluded; "
+            "device energy %.4g J",
             server_round,
             summary["devices_ok"],
             summary["devices_failed"],
@@ -394,7 +399,8 @@ class EdgeStrategy(FedAvg):
         return ArrayRecord(torch_state_dict=new_global), metrics
 
     def _record(self, server_round, node, plan: Assignment, status, reason, **reply):
-        """The row of a planned device; `reply` holds what its reply said (`planned_record`)."""
+        """The row of a planned device; `reply` holds what its reply said
+        (`planned_record`)."""
         network = self.physics.network
         return planned_record(
             server_round,
@@ -409,7 +415,8 @@ class EdgeStrategy(FedAvg):
 
 
 def make_strategy(settings, ledger: Ledger, physics: RoundPhysics) -> EdgeStrategy:
-    """The run's `EdgeStrategy` under the rules of `settings.strategy`, booking into `ledger`."""
+    """The run's `EdgeStrategy` under the rules of `settings.strategy`,
+    booking into `ledger`."""
     return EdgeStrategy(
         settings.rules(),
         ledger,

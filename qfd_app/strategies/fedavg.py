@@ -6,10 +6,12 @@ from qfd_app.strategies.registry import RESOURCE_POLICIES, Strategy
 
 
 class FullPrecisionFedAvg(Strategy):
-    """Federated averaging of float32 updates (McMahan et al., 2017), every device alike.
+    """Federated averaging of float32 updates
+    (McMahan et al., 2017), every device alike.
 
-    Resource policy "race-to-idle" (the default) runs every device at f_max and p_max on an
-    equal share of the band (the classic FL client); "optimal" lets the solver set f, p and B.
+    Resource policy "race-to-idle" (the default) runs every device at f_max and
+    p_max on an equal share of the band (the classic FL client); "optimal" lets the
+    solver set f, p and B.
     """
 
     name = "fedavg"

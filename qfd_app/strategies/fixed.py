@@ -9,11 +9,15 @@ from qfd_app.strategies.registry import Strategy
 
 
 class FixedBits(Strategy):
-    """Every device trains at `bits` (fake-quantized weights below 16) and uploads its update
-    with `codec` at `bits`, whatever it would ask for; the solver sets f, p and B."""
+    """Every device trains at `bits` (fake-quantized weights below 16) and
+    uploads its update with `codec` at `bits`, whatever it would ask for; the
+    solver sets f, p and B."""
 
     name = "fixed"
-    summary = "every device trains at `bits` and uploads with `codec` at `bits`, demands ignored"
+    summary = (
+        "every device trains at `bits` and uploads with `codec` at "
+        "`bits`, demands ignored"
+    )
     option_help = "a bit-width, e.g. fixed:4 (plain `fixed`: --bits)"
     codecs = None  # any codec that sends `bits` (settings check the pair)
 

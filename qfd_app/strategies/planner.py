@@ -1,4 +1,5 @@
-"""The round planner: from the devices' states, a strategy's rules and the run's physics, the round's plan.
+"""The round planner: from the devices' states, a strategy's rules and the run's
+physics, the round's plan.
 
 One function, `plan_round`, plans every round of a run (`EdgeStrategy.configure_train`)
 and every `qfd plan`; neither knows Flower. It
@@ -8,13 +9,13 @@ and every `qfd plan`; neither knows Flower. It
    the mean of the others';
 2. prices every candidate bit-width of every device: the work W_n(b) of E epochs over
    D_n samples with φ the real model's training FLOPs, the exact payload S(b) of the
-   codec the strategy sends b with, and — when the strategy enforces ε and the history
-   knows ‖Δ̄‖² — the error bound V_n(b) of the uniform codec's blocks;
+   codec the strategy sends b with, and — when the strategy enforces ε and the
+   history knows ‖Δ̄‖² — the error bound V_n(b) of the uniform codec's blocks;
 3. solves: `edge.solve_round` for the "optimal" resource policy, `edge.race_to_idle`
    for "race-to-idle".
 
-`sample_partitions` is the run's seeded sampling: with the same seed every strategy trains
-the same devices in the same round.
+`sample_partitions` is the run's seeded sampling: with the same seed every strategy
+trains the same devices in the same round.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class RoundPhysics:
     """The run's fixed inputs to every round's plan.
 
     network : Network
-        Band, noise, deadline and ε (its `update_sq_norm` is set each round from the history).
+        Band, noise, deadline and ε (its `update_sq_norm` is set each
+        round from the history).
     epochs : int
         E, local epochs the devices really train.
     flops_per_sample : float
@@ -60,11 +62,11 @@ class RoundPhysics:
 
 
 def round_physics(settings: Any, scenario: Any, channels: int) -> RoundPhysics:
-    """The scenario's network with the run's model (`model`, `image-size`, `channels` of the
-    data) and `local-epochs`.
+    """The scenario's network with the run's model (`model`, `image-size`, `channels` of
+    the data) and `local-epochs`.
 
-    γ applies only when devices really train at their bits: with `quantized-training = false`
-    they compute in fp32 and ρ(b) = 1 (γ = 0).
+    γ applies only when devices really train at their bits: with
+    `quantized-training = false` they compute in fp32 and ρ(b) = 1 (γ = 0).
     """
     from qfd_app.diffusion.profile import model_profile  # measures the UNet: torch
 
@@ -84,8 +86,9 @@ def round_physics(settings: Any, scenario: Any, channels: int) -> RoundPhysics:
 
 @dataclass
 class History:
-    """What the server has learnt from earlier rounds: ‖Δ̄‖² of the last aggregate update
-    (NaN before the first) and each partition's range sums of its last update."""
+    """What the server has learnt from earlier rounds: ‖Δ̄‖² of the last
+    aggregate update (NaN before the first) and each partition's range sums
+    of its last update."""
 
     update_sq_norm: float = math.nan
     range_sq: dict[int, dict[int, float]] = field(default_factory=dict)
@@ -132,7 +135,8 @@ class Assignment:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """One round's plan: the solver's inputs and output, device row n being `partitions[n]`."""
+    """One round's plan: the solver's inputs and output, device row n
+    being `partitions[n]`."""
 
     partitions: list[int]
     states: list[DeviceState]
@@ -140,12 +144,12 @@ class RoundPlan:
     candidates: Candidates
     network: Network
     allocation: Allocation
-    assignments: dict[
-        int, Assignment
-    ]  # partition → its assignment, scheduled devices only
+    # partition → its assignment, scheduled devices only
+    assignments: dict[int, Assignment]
 
     def record(self) -> dict[str, Any]:
-        """`edge.round_record` with each device's partition id, class, distance, gain in dB and D_n."""
+        """`edge.round_record` with each device's partition id, class, distance,
+        gain in dB and D_n."""
         record = round_record(
             self.devices, self.candidates, self.network, self.allocation
         )
@@ -173,8 +177,9 @@ def sample_partitions(
     seed: int,
     server_round: int,
 ) -> list[int]:
-    """The partitions trained in `server_round`: max(⌊connected · fraction⌋, min_train) of the
-    known `partitions` (at most all), drawn by a generator seeded with (seed, round); sorted."""
+    """The partitions trained in `server_round`: max(⌊connected · fraction⌋,
+    min_train) of the known `partitions` (at most all), drawn by a generator seeded with
+    (seed, round); sorted."""
     known = sorted(partitions)
     size = min(max(int(connected * fraction), min_train), len(known))
     rng = np.random.default_rng([seed, server_round])
@@ -187,7 +192,8 @@ def plan_round(
     states: Mapping[int, DeviceState],
     history: History,
 ) -> RoundPlan:
-    """Plan the round of the devices in `states` (partition → its state) as `strategy` rules."""
+    """Plan the round of the devices in `states` (partition → its state) as
+    `strategy` rules."""
     partitions, rows, devices, candidates, network = round_inputs(
         strategy, physics, states, history
     )
@@ -225,8 +231,9 @@ def round_inputs(
     states: Mapping[int, DeviceState],
     history: History,
 ) -> tuple[list[int], list[DeviceState], Devices, Candidates, Network]:
-    """The solver's inputs for `plan_round`: the partitions in order, their states with the
-    history filled in, `Devices`, `Candidates` and the round's `Network` (ε off unless enforced)."""
+    """The solver's inputs for `plan_round`: the partitions in order, their states
+    with the history filled in, `Devices`, `Candidates` and the round's `Network`
+    (ε off unless enforced)."""
     partitions = sorted(states)
     rows = _with_history(
         [states[p] for p in partitions], [history.range_sq.get(p) for p in partitions]
@@ -267,8 +274,9 @@ def round_inputs(
 def _with_history(
     states: list[DeviceState], known: list[dict[int, float] | None]
 ) -> list[DeviceState]:
-    """A device that reports no range sums (it never trained, or it restarted) gets those of its
-    last update the server received, if any; one still without gets the mean of the others'."""
+    """A device that reports no range sums (it never trained, or it restarted) gets
+    those of its last update the server received, if any; one still without gets the
+    mean of the others'."""
     states = [
         replace(s, range_sq=k) if not s.range_sq and k else s
         for s, k in zip(states, known, strict=True)
@@ -282,19 +290,21 @@ def _with_history(
 
 @functools.lru_cache(maxsize=512)
 def payload_bits(codec: str, bits: int, shapes: tuple[tuple[int, ...], ...]) -> float:
-    """S(b): the exact size, in bits, of an update of tensors `shapes` encoded by `codec` at `bits`."""
+    """S(b): the exact size, in bits, of an update of tensors `shapes` encoded by
+    `codec` at `bits`."""
     from qfd_app.quant import get_codec  # the codec's own size: torch
 
     size = get_codec(codec, bits=bits).size_bytes
     return 8.0 * sum(int(size(shape)) for shape in shapes)
 
 
-# ----------------------------------------------------------------------------- stand-in history
+# --------------------------------------------------------------------- stand-in history
 
 
 @functools.lru_cache(maxsize=64)
 def gaussian_range(m: int) -> float:
-    """E[max − min] of m standard normal values: ∫ 1 − Φ(x)^m − (1 − Φ(x))^m dx."""
+    """E[max − min] of m standard normal values:
+    ∫ 1 − Φ(x)^m − (1 − Φ(x))^m dx."""
     from scipy.special import ndtr
 
     x = np.linspace(-12.0, 12.0, 24001)
@@ -309,8 +319,9 @@ def stand_in_history(
     update_coherence: float,
 ) -> History:
     """A history for planning before any training (docs/model.md, "error budget"): every
-    device's update is Gaussian with per-value RMS `update_rms`, so each block's range is the
-    expected range of that many Gaussian values, and ‖Δ̄‖² = `update_coherence` · d · rms²."""
+    device's update is Gaussian with per-value RMS `update_rms`, so each
+    block's range is the expected range of that many Gaussian values, and
+    ‖Δ̄‖² = `update_coherence` · d · rms²."""
     sums = {}
     for m in UNIFORM_BLOCK_SIZES:
         total = 0.0

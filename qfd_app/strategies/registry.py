@@ -1,20 +1,22 @@
-"""The strategy registry: every module of `qfd_app/strategies/` that declares a `Strategy` is one.
+"""The strategy registry: every module of `qfd_app/strategies/` that declares
+a `Strategy` is one.
 
 A strategy is a set of rules, nothing more (no Flower, no torch):
 
 - its `name`, a one-line `summary`, and what `name:<option>` means in `qfd compare`
   (`parse_option`);
-- which bit-widths a device may get (`widths`, and whether they stay within each device's
-  demand, `follows_demand`) and which codec sends each (`codec_for`);
-- its resource policies (`resource_policies`; the first is what `resource-policy = "auto"`
-  means): "optimal" lets the solver set clock, power and bandwidth, "race-to-idle" runs
-  every device flat out on an equal share of the band;
+- which bit-widths a device may get (`widths`, and whether they stay within each
+  device's demand, `follows_demand`) and which codec sends each (`codec_for`);
+- its resource policies (`resource_policies`; the first is what
+  `resource-policy = "auto"` means): "optimal" lets the solver set clock, power and
+  bandwidth, "race-to-idle" runs every device flat out on an equal share of the band;
 - whether the round's plan enforces the error budget ε (`enforces_error_budget`);
-- which values of the `codec` setting it accepts (`codecs`; None: it ignores the setting).
+- which values of the `codec` setting it accepts (`codecs`; None: it
+  ignores the setting).
 
-Settings validation, `qfd plan`, `qfd compare`, the ServerApp (through the round planner)
-and the docs' list read the rules from here; nothing else names a strategy. Adding a
-strategy is adding one file (docs/strategies.md).
+Settings validation, `qfd plan`, `qfd compare`, the ServerApp
+(through the round planner) and the docs' list read the rules from here; nothing else
+names a strategy. Adding a strategy is adding one file (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ RESOURCE_POLICIES = ("race-to-idle", "optimal")
 class Strategy:
     """The rules of one strategy, for the settings of one run.
 
-    Subclasses set the class attributes and `widths`/`codec_for`; see the module docstring.
+    Subclasses set the class attributes and `widths`/`codec_for`; see
+    the module docstring.
 
     Parameters
     ----------
@@ -52,9 +55,8 @@ class Strategy:
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    option_help: ClassVar[str] = (
-        ""  # what `name:<option>` takes in `qfd compare`, for the docs and errors
-    )
+    # what `name:<option>` takes in `qfd compare`, for the docs and errors
+    option_help: ClassVar[str] = ""
     resource_policies: ClassVar[tuple[str, ...]] = ("optimal",)
     enforces_error_budget: ClassVar[bool] = False
     follows_demand: ClassVar[bool] = False
@@ -81,7 +83,8 @@ class Strategy:
     def candidate_bits(
         self, bits_min: Sequence[int], bits_max: Sequence[int]
     ) -> NDArray[np.int64]:
-        """(N, C) candidate bit-widths of devices with demands [bits_min, bits_max], 0-padded."""
+        """(N, C) candidate bit-widths of devices with demands
+        [bits_min, bits_max], 0-padded."""
         widths = self.widths()
         if not self.follows_demand:
             bits_min, bits_max = (
@@ -91,7 +94,8 @@ class Strategy:
         return candidate_bits(bits_min, bits_max, widths)
 
     def label(self) -> str:
-        """How runs and plots name this strategy with its options, e.g. `fedavg:optimal`."""
+        """How runs and plots name this strategy with its options, e.g.
+        `fedavg:optimal`."""
         if len(self.resource_policies) > 1:
             return f"{self.name}:{self.resource_policy}"
         return self.name
@@ -100,10 +104,11 @@ class Strategy:
     def parse_option(
         cls, option: str, base: Mapping[str, Any]
     ) -> tuple[dict[str, Any], str]:
-        """The run-config overrides of `name:<option>` in `qfd compare`, and the option as its label shows it.
+        """The run-config overrides of `name:<option>` in `qfd compare`, and the option
+        as its label shows it.
 
-        `base` is the comparison's run config (defaults and overrides). The default takes a
-        resource policy when the strategy has more than one, and nothing else.
+        `base` is the comparison's run config (defaults and overrides). The default
+        takes a resource policy when the strategy has more than one, and nothing else.
         """
         if not option:
             return {}, ""
@@ -114,7 +119,10 @@ class Strategy:
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(codec={self.codec!r}, bits={self.bits}, resource_policy={self.resource_policy!r})"
+        return (
+            f"{type(self).__name__}(codec={self.codec!r}, bits={self.bits}, "
+            f"resource_policy={self.resource_policy!r})"
+        )
 
 
 @functools.cache
@@ -137,7 +145,8 @@ def strategies() -> dict[str, type[Strategy]]:
             ):
                 if value.name in found:
                     raise RuntimeError(
-                        f"Two strategies are named {value.name!r}: {found[value.name]} and {value}"
+                        f"Two strategies are named {value.name!r}: "
+                        f"{found[value.name]} and {value}"
                     )
                 found[value.name] = value
     return found
@@ -149,7 +158,8 @@ def strategy_names() -> tuple[str, ...]:
 
 
 def get_strategy(name: str) -> type[Strategy]:
-    """The strategy class named `name`; ValueError naming the known ones if there is none."""
+    """The strategy class named `name`; ValueError naming the known ones
+    if there is none."""
     known = strategies()
     if name not in known:
         raise ValueError(

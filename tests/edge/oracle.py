@@ -1,8 +1,9 @@
 """Random small populations and an independent reference solver (brute force + scipy).
 
-The reference shares no code with `qfd_app.edge`: it writes the energy of one device as a
-plain function of its upload time τ and minimises it with scipy's bounded scalar search,
-checks feasibility from the definitions, and enumerates every bit-width combination.
+The reference shares no code with `qfd_app.edge`: it writes the energy of one
+device as a plain function of its upload time τ and minimises it with scipy's
+bounded scalar search, checks feasibility from the definitions, and enumerates every
+bit-width combination.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def random_population(
     gamma: float | None = None,
     policy: str = "equal",
 ) -> tuple[Devices, Candidates, Network]:
-    """A population of 1…max_devices devices with random gains, demands, deadline and budget."""
+    """A population of 1…max_devices devices with random gains, demands,
+    deadline and budget."""
     n = int(rng.integers(1, max_devices + 1))
     bits_min = rng.integers(1, 15, n)
     bits_max = np.minimum(bits_min + rng.integers(0, max_width, n), 16)
@@ -141,7 +143,8 @@ class One:
         )
 
     def least_bandwidth(self, top_hz: float) -> float:
-        """Smallest bandwidth with a non-empty window, by bisection on log B (inf if even top_hz fails)."""
+        """Smallest bandwidth with a non-empty window, by bisection on log B
+        (inf if even top_hz fails)."""
         if self.window(top_hz) is None:
             return math.inf
         lo, hi = math.log(1e-6), math.log(top_hz)
@@ -158,8 +161,8 @@ def options(candidates: Candidates, n: int) -> list[int]:
 def best_bits(devices, candidates, network, rows, energy_of) -> tuple[float, bool]:
     """min Σ energy_of(combo) over all bit combinations of `rows` within the budget.
 
-    Returns (energy, budget_met); when no combination meets the budget, the energy of the
-    most precise feasible bits and False.
+    Returns (energy, budget_met); when no combination meets the budget, the energy of
+    the most precise feasible bits and False.
     """
     weight = devices.weight[rows] / devices.weight[rows].sum()
     limit = network.error_budget_abs * (1 + 1e-12)
@@ -175,7 +178,8 @@ def best_bits(devices, candidates, network, rows, energy_of) -> tuple[float, boo
 
 
 def equal_split_oracle(devices, candidates, network, rows) -> tuple[float, bool]:
-    """Least energy of `rows` sharing the band equally: brute force over bits × scipy over τ."""
+    """Least energy of `rows` sharing the band equally: brute force over
+    bits × scipy over τ."""
     share = network.bandwidth_hz / len(rows)
     table = {
         (n, k): One.of(devices, candidates, network, n, k).least_energy(share)
@@ -192,7 +196,8 @@ def equal_split_oracle(devices, candidates, network, rows) -> tuple[float, bool]
 
 
 def optimal_split_energy(devices, candidates, network, rows, combo) -> float:
-    """Least energy of `rows` at bits `combo` with the band split optimally (SLSQP over the shares)."""
+    """Least energy of `rows` at bits `combo` with the band split optimally
+    (SLSQP over the shares)."""
     ones = [
         One.of(devices, candidates, network, n, k)
         for n, k in zip(rows, combo, strict=True)

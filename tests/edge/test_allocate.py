@@ -1,4 +1,5 @@
-"""The round solver: optimality against an independent oracle, its constraints and properties."""
+"""The round solver: optimality against an independent oracle, its
+constraints and properties."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def assert_constraints(
 
 
 def assert_exclusions(plan, devices, candidates, network) -> None:
-    """A scheduled device can meet the deadline; an excluded one cannot, even at b_min, f_max, p_max."""
+    """A scheduled device can meet the deadline; an excluded one cannot, even at
+    b_min, f_max, p_max."""
     k = int(plan.scheduled.sum())
     for i in np.flatnonzero(~plan.scheduled):
         first = options(candidates, i)[0]
@@ -181,9 +183,8 @@ def test_optimal_split_matches_the_oracle_on_more_populations():
             if met:
                 assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
                 compared += 1
-    assert (
-        compared >= 45
-    )  # 50 of the 60 populations of this seed schedule a device and meet the budget
+    # 50 of the 60 populations of this seed schedule a device and meet the budget
+    assert compared >= 45
 
 
 @pytest.mark.parametrize("policy", ["equal", "optimal"])
@@ -207,13 +208,11 @@ def test_energy_never_increases_when_the_deadline_or_the_budget_is_relaxed(polic
             candidates,
             dataclasses.replace(network, error_budget=network.error_budget * 2),
         )
-        assert np.array_equal(
-            looser.scheduled, base.scheduled
-        )  # admission ignores the budget
+        # admission ignores the budget
+        assert np.array_equal(looser.scheduled, base.scheduled)
         assert looser.energy_j.sum() <= base.energy_j.sum() * (1 + 1e-9)
-        if np.array_equal(
-            later.scheduled, base.scheduled
-        ):  # same devices: compare like for like
+        # same devices: compare like for like
+        if np.array_equal(later.scheduled, base.scheduled):
             assert later.energy_j.sum() <= base.energy_j.sum() * (1 + 1e-9)
             checked += 1
     assert checked >= 30
@@ -256,9 +255,8 @@ def test_a_single_bit_width_demand_gets_exactly_that_bit_width(policy):
 def _identical_devices(
     n: int, gamma: float, bits: int, deadline_s: float = 30.0
 ) -> tuple:
-    work = (
-        100 * 9e7 * 0.5 * (bits / 32) ** gamma
-    )  # at the 0.3 GHz floor: 15 s of the 30 s
+    # at the 0.3 GHz floor: 15 s of the 30 s
+    work = 100 * 9e7 * 0.5 * (bits / 32) ** gamma
     devices = Devices(
         np.full(n, 3e8),
         np.full(n, 1e9),
@@ -276,7 +274,7 @@ def _identical_devices(
     return devices, candidates, Network(1e7, 10 ** (-20.4), deadline_s)
 
 
-def test_with_gamma_zero_compute_energy_at_the_clock_floor_or_at_f_max_does_not_depend_on_bits():
+def test_with_gamma_zero_compute_energy_at_the_clock_floor_or_at_f_max_does_not_depend_on_bits():  # noqa: E501
     for plan_of in (solve_round, race_to_idle):
         energies = []
         for bits in (2, 4, 8, 16):

@@ -66,9 +66,8 @@ def test_water_filling_equalises_the_marginal_value_of_bandwidth(n):
     )
     d1, _ = slopes(up, {**params, "bandwidth_hz": bw})
     free = bw > need * (1 + 1e-6)
-    np.testing.assert_allclose(
-        -d1[free], mu, rtol=1e-4
-    )  # KKT: −e'(B) = μ off the floor
+    # KKT: −e'(B) = μ off the floor
+    np.testing.assert_allclose(-d1[free], mu, rtol=1e-4)
     assert np.all(-d1[~free] <= mu * (1 + 1e-4))  # at the floor: worth less than μ
 
 
@@ -85,7 +84,6 @@ def test_slopes_are_the_derivatives_of_the_least_energy():
     fd1 = (plus.energy_j - minus.energy_j) / (2 * step)
     fd2 = (plus.energy_j - 2 * up.energy_j + minus.energy_j) / step**2
     np.testing.assert_allclose(d1[same], fd1[same], rtol=1e-4)
-    big = same & (
-        np.abs(fd2) > 1e-6 * np.abs(fd1) / bw
-    )  # where the difference quotient resolves it
+    # where the difference quotient resolves it
+    big = same & (np.abs(fd2) > 1e-6 * np.abs(fd1) / bw)
     assert np.median(np.abs(d2[big] / fd2[big] - 1)) < 1e-3

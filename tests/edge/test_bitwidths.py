@@ -1,4 +1,5 @@
-"""Choosing bit-widths under the error budget: exact on small rounds, feasible always."""
+"""Choosing bit-widths under the error budget: exact on small
+rounds, feasible always."""
 
 import itertools
 
@@ -46,7 +47,7 @@ def test_small_rounds_are_solved_exactly():
             assert energy[rows, choice.index].sum() == pytest.approx(best, rel=1e-12)
 
 
-def test_without_the_exact_core_the_choice_still_meets_the_budget_and_is_near_the_optimum():
+def test_without_the_exact_core_the_choice_still_meets_the_budget_and_is_near_the_optimum():  # noqa: E501
     rng = np.random.default_rng(1)
     gaps = []
     for _ in range(300):
@@ -92,7 +93,8 @@ def test_large_rounds_meet_the_budget_close_to_the_lagrangian_bound():
     choice = choose_bits(energy, error, budget)
     rows = np.arange(len(energy))
     assert choice.budget_met and error[rows, choice.index].sum() <= budget
-    # weak duality: any λ gives a lower bound Σ min(E + λQ) − λ·budget on the optimum
+    # weak duality: any λ gives a lower bound
+    # Σ min(E + λQ) − λ·budget on the optimum
     lam = choice.price
     bound = np.min(energy + lam * usable_error, axis=1).sum() - lam * budget
     assert energy[rows, choice.index].sum() <= bound * (1 + 1e-4)

@@ -50,9 +50,8 @@ def test_fading_is_exponential_with_mean_one_and_shadowing_has_the_given_sigma()
     f = fleet(0, n=50_000)
     fading = np.concatenate([f.fading(r) for r in range(4)])
     assert fading.mean() == pytest.approx(1.0, abs=0.01)
-    assert np.median(fading) == pytest.approx(
-        np.log(2), abs=0.01
-    )  # exponential's median
+    # exponential's median
+    assert np.median(fading) == pytest.approx(np.log(2), abs=0.01)
     assert f.shadowing_db.std() == pytest.approx(8.0, rel=0.02)
 
 

@@ -80,9 +80,8 @@ def test_the_bound_holds_for_actual_stochastic_rounding():
     rng = np.random.default_rng(1)
     x = rng.normal(size=256)
     lo, step = x.min(), (x.max() - x.min()) / 15
-    q = lo + step * np.floor(
-        (x - lo) / step + rng.random((2000, 256))
-    )  # unbiased rounding to 4 bits
+    # unbiased rounding to 4 bits
+    q = lo + step * np.floor((x - lo) / step + rng.random((2000, 256)))
     measured = np.mean(np.sum((q - x) ** 2, axis=1))
     assert measured <= quantization_error(4, [256], [x.max() - x.min()])
 
@@ -102,6 +101,7 @@ def test_training_flops_counts_forward_and_backward_with_torch():
         torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
     )
     x = torch.zeros(3, 8)
-    # forward: 2·3·(8·4 + 4·2) = 240; backward: weight grads of both layers (240) plus the
-    # input grad of the second layer (2·3·4·2 = 48); the input itself needs no grad
+    # forward: 2·3·(8·4 + 4·2) = 240; backward: weight grads of both layers (240)
+    # plus the input grad of the second layer (2·3·4·2 = 48); the input itself needs
+    # no grad
     assert training_flops(model, x) == 240 + 240 + 48

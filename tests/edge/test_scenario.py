@@ -1,4 +1,5 @@
-"""Scenario files: the default is DESIGN §2's, every shipped one loads, bad input names its key."""
+"""Scenario files: the default is DESIGN §2's, every shipped one loads, bad
+input names its key."""
 
 import math
 import os
@@ -31,7 +32,8 @@ def test_the_default_scenario_is_the_one_fixed_in_the_design():
         assert c.distance_m is None  # placed uniformly in the cell
     assert s.cell_radius_m == 500.0 and s.bandwidth_hz == 10e6
     assert s.noise_dbm_per_hz == -174.0 and s.shadowing_db == 8.0
-    # DESIGN's 1 epoch in 30 s, scaled to the 10 epochs the default run trains (docs/model.md)
+    # DESIGN's 1 epoch in 30 s, scaled to the 10 epochs the default run
+    # trains (docs/model.md)
     assert s.gamma == 1.0 and s.deadline_s == 300.0 and s.epsilon == 0.05
     assert s.noise_w_per_hz == pytest.approx(3.981e-21, rel=1e-3)
 
@@ -186,7 +188,10 @@ def test_a_bad_value_is_one_error_that_names_the_key(tmp_path, body, words):
 
 def test_missing_keys_in_a_standalone_file_are_named(tmp_path):
     text = (SCENARIO_DIR / "default.toml").read_text().replace("deadline_s = 300.0", "")
-    missing = "Scenario key 'network.deadline_s' is missing; it must be a float in the range (0, inf)."
+    missing = (
+        "Scenario key 'network.deadline_s' is missing; it must be a float in "
+        "the range (0, inf)."
+    )
     with pytest.raises(ScenarioError, match=re.escape(missing)):
         load_scenario(write(tmp_path, text))
 
@@ -202,7 +207,10 @@ def test_bad_toml_unknown_names_and_loops_are_errors(tmp_path):
     write(tmp_path, 'extends = "a.toml"', "b.toml")
     with pytest.raises(ScenarioError, match="loops"):
         load_scenario(tmp_path / "a.toml")
-    refusal = "c.toml: Scenario key 'extends' must be a scenario name or the path of a .toml file; got 3."
+    refusal = (
+        "c.toml: Scenario key 'extends' must be a scenario name or the path of a "
+        ".toml file; got 3."
+    )
     with pytest.raises(ScenarioError, match=re.escape(refusal)):
         load_scenario(write(tmp_path, "extends = 3", "c.toml"))
 
@@ -227,30 +235,26 @@ def test_a_scenario_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
         tmp_path, 'extends = "base.toml"\n[network]\ndeadline_s = 100.0\n', "child.toml"
     )
     first = load_scenario(path)
-    assert (
-        len(parsed) == 2 and first.deadline_s == 100.0
-    )  # the file and the one it extends
+    # the file and the one it extends
+    assert len(parsed) == 2 and first.deadline_s == 100.0
     monkeypatch.chdir(tmp_path)
     assert load_scenario(path) is first and load_scenario("child.toml") is first
     assert len(parsed) == 2
 
     stat = path.stat()
     path.write_text('extends = "base.toml"\n[network]\ndeadline_s = 200.0\n')
-    os.utime(
-        path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9)
-    )  # a new mtime, whatever the clock
+    # a new mtime, whatever the clock
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = load_scenario(path)
-    assert (
-        second is not first and second.deadline_s == 200.0 and len(parsed) == 3
-    )  # only the changed file
+    # only the changed file
+    assert second is not first and second.deadline_s == 200.0 and len(parsed) == 3
 
     stat = base.stat()
     base.write_text(base.read_text().replace("seed = 0", "seed = 7"))
     os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     third = load_scenario(path)
-    assert (
-        third is not second and third.seed == 7 and third.deadline_s == 200.0
-    )  # a changed base reloads too
+    # a changed base reloads too
+    assert third is not second and third.seed == 7 and third.deadline_s == 200.0
 
 
 def test_a_demand_that_no_codec_sends_is_refused_by_the_run_settings(tmp_path):

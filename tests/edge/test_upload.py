@@ -1,4 +1,5 @@
-"""One device, one bit-width: the optimal upload time against scipy, and the least bandwidth."""
+"""One device, one bit-width: the optimal upload time against scipy, and
+the least bandwidth."""
 
 import math
 
@@ -133,10 +134,10 @@ def test_min_bandwidth_is_the_feasibility_boundary():
     at = optimal_upload(bandwidth_hz=need, noise_w_per_hz=N0, **rest)
     below = optimal_upload(bandwidth_hz=need * (1 - 1e-4), noise_w_per_hz=N0, **rest)
     assert at.feasible[finite].all()
-    assert (
-        below.feasible[finite].mean() < 0.01
-    )  # (a saturated rate hardly moves with B)
-    # infinite need: even unlimited bandwidth fails (the compute alone or the rate ceiling g p / (N0 ln 2))
+    # (a saturated rate hardly moves with B)
+    assert below.feasible[finite].mean() < 0.01
+    # infinite need: even unlimited bandwidth fails (the compute alone or the rate
+    # ceiling g p / (N0 ln 2))
     huge = optimal_upload(bandwidth_hz=1e15, noise_w_per_hz=N0, **rest)
     assert not huge.feasible[~finite].any()
 

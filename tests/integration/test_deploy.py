@@ -1,8 +1,9 @@
-"""Deployment as on edge boxes, on loopback: the deploy/ scripts, TLS, SuperNode keys, one profile per node.
+"""Deployment as on edge boxes, on loopback: the deploy/ scripts, TLS, SuperNode keys,
+one profile per node.
 
-A SuperLink with TLS and SuperNode authentication, three registered SuperNodes that name their
-device profiles in `--node-config`, and one SuperNode whose key was never registered; then
-`flwr run` of this app for two rounds of `ondemand`.
+A SuperLink with TLS and SuperNode authentication, three registered SuperNodes that
+name their device profiles in `--node-config`, and one SuperNode whose key was never
+registered; then `flwr run` of this app for two rounds of `ondemand`.
 """
 
 import json
@@ -30,15 +31,17 @@ PROFILES = {
     1: ("phone", 4, 8),
     2: ("edge", 8, 16),
 }  # partition: class, bits-min, bits-max
-# min-available-nodes: round 1 waits for the three registered nodes (the rogue never gets in)
+# min-available-nodes: round 1 waits for the three registered nodes
+# (the rogue never gets in)
 RUN_CONFIG = (
-    "num-server-rounds=2 local-epochs=1 fraction-train=1.0 min-available-nodes=3 eval-interval=0 "
-    "eval-samples=64 sample-steps=5 output-dir='{out}'"
+    "num-server-rounds=2 local-epochs=1 fraction-train=1.0 min-available-nodes=3 "
+    "eval-interval=0 eval-samples=64 sample-steps=5 output-dir='{out}'"
 )
 
 
 class Processes:
-    """The processes this test starts, each in its own session, each with a log file; stopped by PID."""
+    """The processes this test starts, each in its own session, each with a
+    log file; stopped by PID."""
 
     def __init__(self, root, env):
         self.root, self.env, self.procs, self.logs = root, env, {}, []
@@ -59,7 +62,8 @@ class Processes:
         return (self.root / f"{name}.log").read_text()
 
     def stop_all(self):
-        """Stop every process we started and whatever it spawned (by PID; see `stop_group`)."""
+        """Stop every process we started and whatever it spawned
+        (by PID; see `stop_group`)."""
         for proc in self.procs.values():
             stop_group(proc, grace_s=10)
         for log in self.logs:
@@ -166,9 +170,8 @@ def deployment(tmp_path_factory):
                 stderr=subprocess.STDOUT,
                 timeout=900,
             )
-        runs = list(
-            (root / "out").glob("*/summary.json")
-        )  # `flwr run` exits 0 even when the ServerApp fails
+        # `flwr run` exits 0 even when the ServerApp fails
+        runs = list((root / "out").glob("*/summary.json"))
         assert len(runs) == 1, (root / "flwr-run.log").read_text()[-5000:]
         yield runs[0].parent, procs
     finally:

@@ -1,4 +1,5 @@
-"""Faulty devices in a real Flower simulation: each failure booked with its reason, the run goes on."""
+"""Faulty devices in a real Flower simulation: each failure booked with its
+reason, the run goes on."""
 
 import json
 import re
@@ -17,7 +18,8 @@ HERE = __import__("pathlib").Path(__file__).parent
 
 
 def faulty_app(root):
-    """This app with the ClientApp swapped for `faulty/faulty_client.py` (same server, same library)."""
+    """This app with the ClientApp swapped for `faulty/faulty_client.py`
+    (same server, same library)."""
     app = root / "app"
     shutil.copytree(
         APP_DIR / "qfd_app",
@@ -42,8 +44,8 @@ def faulty_app(root):
 def faulty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     config = (
-        "num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 eval-samples=64 "
-        f"sample-steps=5 output-dir='{root / 'out'}'"
+        "num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 "
+        f"eval-samples=64 sample-steps=5 output-dir='{root / 'out'}'"
     )
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
         done = flwr_run(
@@ -78,24 +80,20 @@ def test_a_hard_crash_is_booked_and_the_run_finishes(faulty_run):
 
 def test_a_corrupted_payload_is_rejected_with_its_reason(faulty_run):
     rows = rows_of(faulty_run, 2)
-    sent = [
-        r for r in rows.values() if r["status"] == "rejected"
-    ]  # round 3 may have hit the dead worker
+    # round 3 may have hit the dead worker
+    sent = [r for r in rows.values() if r["status"] == "rejected"]
     assert len(sent) >= 2 and all(re.search(r"truncat", r["reason"]) for r in sent)
-    assert all(
-        int(r["bytes_up"]) > 0 and float(r["energy_upload_j"]) > 0 for r in sent
-    )  # it did send
+    # it did send
+    assert all(int(r["bytes_up"]) > 0 and float(r["energy_upload_j"]) > 0 for r in sent)
 
 
 def test_a_nan_channel_gain_is_rejected_before_training(faulty_run):
     rows = read_csv(faulty_run / "devices.csv")
     mine = [r for r in rows if r["partition_id"] == "3"]
-    assert len(mine) == len(
-        {r["round"] for r in mine}
-    )  # one row a round, even in the discovery round
-    assert sorted(int(r["round"]) for r in mine) == [1, 2, 3], (
-        mine
-    )  # queried, and refused, in every round
+    # one row a round, even in the discovery round
+    assert len(mine) == len({r["round"] for r in mine})
+    # queried, and refused, in every round
+    assert sorted(int(r["round"]) for r in mine) == [1, 2, 3], mine
     assert all(
         r["status"] == "rejected" and "gain" in r["reason"] and int(r["bits"]) == 0
         for r in mine
@@ -112,9 +110,8 @@ def test_a_metric_of_the_wrong_type_is_rejected_naming_it(faulty_run):
 
 
 def test_healthy_devices_train_every_round_and_the_model_stays_finite(faulty_run):
-    rows = rows_of(
-        faulty_run, 4
-    )  # round 3 may have gone to the worker partition 1 killed
+    # round 3 may have gone to the worker partition 1 killed
+    rows = rows_of(faulty_run, 4)
     assert rows[1]["status"] == rows[2]["status"] == "ok"
     state = load_file(faulty_run / "checkpoints" / "round_003" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in state.values())

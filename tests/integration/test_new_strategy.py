@@ -1,5 +1,6 @@
-"""Adding a strategy is adding one file: a new module in a copy of the app is planned by `qfd plan`,
-accepted by the settings and run by Flower for a round — no other file touched."""
+"""Adding a strategy is adding one file: a new module in a copy of the app is
+planned by `qfd plan`, accepted by the settings and run by Flower for a round — no
+other file touched."""
 
 import json
 import os
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 # The worked example of docs/strategies.md, as a user would write it.
 HALFWAY = '''
-"""`halfway`: every device trains and uploads at the middle of its demand, with the uniform codec."""
+"""`halfway`: every device trains and uploads at the middle of its demand, with the \
+uniform codec."""
 
 from qfd_app.strategies.registry import Strategy
 
@@ -39,7 +41,10 @@ class Halfway(Strategy):
     def codec_for(self, bits):
         return "uniform"
 '''
-SETTINGS = "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 eval-interval=0 eval-samples=16"
+SETTINGS = (
+    "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 "
+    "eval-interval=0 eval-samples=16"
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +88,8 @@ def test_the_new_strategy_runs_a_round_in_a_flower_simulation(
     app_copy, tmp_path, monkeypatch
 ):
     out = tmp_path / "runs"
-    # Ray puts its driver's working directory first on its workers' path: from the checkout
-    # the ClientApps would import the checkout's qfd_app, not the copy's
+    # Ray puts its driver's working directory first on its workers' path: from the
+    # checkout the ClientApps would import the checkout's qfd_app, not the copy's
     monkeypatch.chdir(app_copy)
     with superlink(
         tmp_path / "flwr-home",

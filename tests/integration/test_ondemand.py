@@ -1,5 +1,5 @@
-"""End to end: `ondemand` in a real Flower simulation; its ledger checked against the physics, and
-`qfd compare` running strategies on the same devices and channels."""
+"""End to end: `ondemand` in a real Flower simulation; its ledger checked against the
+physics, and `qfd compare` running strategies on the same devices and channels."""
 
 import json
 import math
@@ -20,8 +20,8 @@ from qfd_app.runs.ledger import read_csv
 pytestmark = pytest.mark.slow
 
 RUN = (
-    "scenario='smoke' num-server-rounds=2 local-epochs=1 fraction-train=1.0 eval-interval=0 "
-    "eval-samples=64 sample-steps=10"
+    "scenario='smoke' num-server-rounds=2 local-epochs=1 fraction-train=1.0 "
+    "eval-interval=0 eval-samples=64 sample-steps=10"
 )
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 
@@ -41,7 +41,8 @@ def ondemand_run(tmp_path_factory):
 
 
 def expected_payload_bytes(bits: int) -> int:
-    """The uniform codec's size (ceil(n·b/8) codes + fp32 min and step per block), fp32 at 32 bits."""
+    """The uniform codec's size (ceil(n·b/8) codes + fp32 min and step per
+    block), fp32 at 32 bits."""
     torch.manual_seed(0)
     sizes = [v.numel() for v in ddpm.build_unet("tiny", 16).state_dict().values()]
     if bits == 32:
@@ -159,9 +160,8 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
         }
         for label in ("fedavg", "ondemand")
     ]
-    assert (
-        sampled[0] == sampled[1] and len(sampled[0]) == 2
-    )  # same 2 of 3 devices, same fading
+    # same 2 of 3 devices, same fading
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 2
     assert np.isfinite([float(r["fid"]) for r in table]).all()
     # `qfd report` redraws a comparison from its runs
     for png in (out / "plots").glob("*.png"):

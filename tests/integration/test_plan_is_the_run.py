@@ -1,8 +1,9 @@
-"""`qfd plan` plans exactly what round 1 of a run with the same settings plans: one planner for both.
+"""`qfd plan` plans exactly what round 1 of a run with the same settings plans:
+one planner for both.
 
 For each strategy a real 1-round Flower simulation of `smoke` (3 devices, all sampled)
-writes devices.csv; `qfd plan smoke --run-config "<the same settings>" --json` must give every
-device the same bits, clock, power and bandwidth, found by its partition id.
+writes devices.csv; `qfd plan smoke --run-config "<the same settings>" --json` must give
+every device the same bits, clock, power and bandwidth, found by its partition id.
 """
 
 import json
@@ -16,7 +17,10 @@ from qfd_app.runs.ledger import read_csv
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 eval-interval=0 eval-samples=16"
+SETTINGS = (
+    "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 "
+    "eval-interval=0 eval-samples=16"
+)
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 STRATEGIES = {
     "ondemand": "strategy='ondemand'",

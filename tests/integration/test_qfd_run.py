@@ -44,7 +44,8 @@ def test_a_run_that_completes_exits_0(qfd_run):
 
 
 def test_a_run_whose_server_app_fails_exits_1_with_its_status(qfd_run):
-    # valid as a setting (an hf: dataset by local path), but there is nothing to load: the ServerApp fails
+    # valid as a setting (an hf: dataset by local path), but there is nothing to
+    # load: the ServerApp fails
     done = qfd_run(f"{SMALL} dataset='hf:/no/such/dataset'")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "did not complete" in done.stderr and "finished:failed" in done.stderr

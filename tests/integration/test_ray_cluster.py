@@ -1,6 +1,6 @@
-"""The Ray-cluster recipe of docs/scaling.md, run as documented: a two-node Ray cluster on this machine,
-then `qfd run --ray-address ADDRESS`; the devices train on both nodes and every process the test
-started is stopped by PID, also when it fails."""
+"""The Ray-cluster recipe of docs/scaling.md, run as documented: a two-node Ray cluster
+on this machine, then `qfd run --ray-address ADDRESS`; the devices train on both nodes
+and every process the test started is stopped by PID, also when it fails."""
 
 import json
 import os
@@ -22,12 +22,12 @@ QFD = Path(sys.executable).parent / "qfd"
 
 @pytest.fixture
 def ray_cluster():
-    """A head and a worker node, one CPU each, bound to 127.0.0.1, in a private temp dir."""
+    """A head and a worker node, one CPU each, bound to 127.0.0.1, in a
+    private temp dir."""
     from ray.cluster_utils import Cluster
 
-    temp = tempfile.mkdtemp(
-        prefix="qr-", dir="/tmp"
-    )  # Ray's socket paths must stay short
+    # Ray's socket paths must stay short
+    temp = tempfile.mkdtemp(prefix="qr-", dir="/tmp")
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
                       head_node_args=node)  # fmt: skip
@@ -69,10 +69,13 @@ def test_qfd_run_with_a_ray_address_trains_devices_on_both_nodes(ray_cluster, tm
     }
     env.pop("RAY_ADDRESS", None)
     args = [str(QFD), "run", str(ROOT), "--ray-address", ray_cluster.address,
-            "--run-config", f"scenario='smoke' num-server-rounds=2 fraction-train=1.0 local-epochs=1 "
+            "--run-config",
+            f"scenario='smoke' num-server-rounds=2 fraction-train=1.0 local-epochs=1 "
             f"eval-interval=0 eval-samples=16 sample-steps=5 output-dir='{out}'",
-            "--federation-config", "num-supernodes=3 client-resources-num-cpus=1"]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            "--federation-config",
+            "num-supernodes=3 client-resources-num-cpus=1"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
     try:
         output, _ = proc.communicate(timeout=900)
@@ -94,7 +97,9 @@ def test_qfd_run_with_a_ray_address_trains_devices_on_both_nodes(ray_cluster, tm
 
 def test_a_named_superlink_with_a_ray_address_is_refused_before_anything_runs(tmp_path):
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
-    done = subprocess.run([str(QFD), "run", str(ROOT), "some-superlink", "--ray-address", "127.0.0.1:6390"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run([str(QFD), "run", str(ROOT), "some-superlink",
+                           "--ray-address", "127.0.0.1:6390"],
+                          env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--ray-address" in done.stderr and "some-superlink" in done.stderr

@@ -1,10 +1,11 @@
-"""Resume: SIGKILL a real simulation after round 2 of 4, resume it, and get the uninterrupted run.
+"""Resume: SIGKILL a real simulation after round 2 of 4, resume it, and get
+the uninterrupted run.
 
-Three real `flwr run`s of the default `ondemand` strategy on 4 virtual devices, 2 sampled a
-round (so devices train, sit out and come back, and the error budget prices them with
-the range sums the server remembers): one uninterrupted, one whose whole server side
-(SuperLink, ServerApp, Ray) is SIGKILLed as soon as round 2's checkpoint is committed, and
-one that resumes it (`resume = true`) on a fresh SuperLink.
+Three real `flwr run`s of the default `ondemand` strategy on 4 virtual devices, 2
+sampled a round (so devices train, sit out and come back, and the error budget prices
+them with the range sums the server remembers): one uninterrupted, one whose whole
+server side (SuperLink, ServerApp, Ray) is SIGKILLed as soon as round 2's checkpoint is
+committed, and one that resumes it (`resume = true`) on a fresh SuperLink.
 
 Why bitwise equality holds: every random draw of a round comes from generators seeded by
 (seed, round, partition), each device trains single-threaded, and the server adds the
@@ -24,8 +25,8 @@ from qfd_app.runs.ledger import PHASES, read_csv
 pytestmark = pytest.mark.slow
 
 CONFIG = (
-    "num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 eval-samples=64 "
-    "sample-steps=5 strategy='ondemand'"
+    "num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 "
+    "eval-samples=64 sample-steps=5 strategy='ondemand'"
 )
 FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 HOST_COLUMNS = {
@@ -39,7 +40,8 @@ HOST_COLUMNS = {
 
 
 def run(root, name, extra="", kill_after_round=None):
-    """One `flwr run` on its own SuperLink; returns (log, run dir, checkpoints present at the kill)."""
+    """One `flwr run` on its own SuperLink; returns (log, run dir, checkpoints
+    present at the kill)."""
     out = root / name
     proc, env = start_superlink(
         root / f"home-{name}", QFD_CACHE_DIR=str(root / "cache")
@@ -53,9 +55,8 @@ def run(root, name, extra="", kill_after_round=None):
                 p.name for p in out.glob(f"*/checkpoints/round_{kill_after_round:03d}")
             )
             if done:
-                kill_tree(
-                    proc
-                )  # the server side (SuperLink, ServerApp, Ray) dies mid-run, no cleanup
+                # the server side (SuperLink, ServerApp, Ray) dies mid-run, no cleanup
+                kill_tree(proc)
                 seen_at_kill.extend(p.name for p in out.glob("*/checkpoints/*"))
                 return
             time.sleep(0.02)
@@ -81,9 +82,8 @@ def runs(tmp_path_factory):
     _, full, _ = run(root, "full")
     _, killed, seen_at_kill = run(root, "killed", kill_after_round=2)
     killed_rounds = [r["round"] for r in read_csv(killed / "rounds.csv")]
-    log, resumed, _ = run(
-        root, "killed", extra="resume=true"
-    )  # the last unfinished run in output-dir
+    # the last unfinished run in output-dir
+    log, resumed, _ = run(root, "killed", extra="resume=true")
     return {
         "full": full,
         "killed": killed,
@@ -95,7 +95,8 @@ def runs(tmp_path_factory):
 
 
 def deterministic(rows):
-    """The rows without the host's timings, in (round, partition) order (replies come in any order)."""
+    """The rows without the host's timings, in (round, partition) order
+    (replies come in any order)."""
     rows = sorted(rows, key=lambda r: (int(r["round"]), int(r.get("partition_id", -1))))
     return [{k: v for k, v in row.items() if k not in HOST_COLUMNS} for row in rows]
 
@@ -117,9 +118,8 @@ def test_the_ledger_equals_the_uninterrupted_runs(runs):
     full = read_csv(runs["full"] / "devices.csv")
     resumed = read_csv(runs["resumed"] / "devices.csv")
     assert {r["round"] for r in full} == {"1", "2", "3", "4"}
-    assert deterministic(resumed) == deterministic(
-        full
-    )  # bits, plan, energy, bytes, losses: every value
+    # bits, plan, energy, bytes, losses: every value
+    assert deterministic(resumed) == deterministic(full)
     rounds = [
         deterministic(read_csv(runs[name] / "rounds.csv"))
         for name in ("resumed", "full")
@@ -133,6 +133,5 @@ def test_the_final_model_equals_the_uninterrupted_runs(runs):
         runs["resumed"] / "checkpoints" / "round_004" / "model.safetensors"
     )
     assert full.keys() == resumed.keys()
-    assert all(
-        torch.equal(full[k], resumed[k]) for k in full
-    )  # bitwise: see the module docstring
+    # bitwise: see the module docstring
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

@@ -16,13 +16,17 @@ from qfd_app.runs.ledger import read_csv
 pytestmark = pytest.mark.slow
 
 
-COMMON = "num-server-rounds=2 local-epochs=1 eval-interval=1 eval-samples=64 sample-steps=10 fraction-train=1.0"
+COMMON = (
+    "num-server-rounds=2 local-epochs=1 eval-interval=1 eval-samples=64 "
+    "sample-steps=10 fraction-train=1.0"
+)
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 
 
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory):
-    """One private SuperLink for the module's runs; yields a function that runs the app."""
+    """One private SuperLink for the module's runs; yields a function
+    that runs the app."""
     root = tmp_path_factory.mktemp("sim")
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
 
@@ -88,9 +92,8 @@ def test_every_device_trained_and_its_upload_was_booked(fedavg_run):
 def test_every_device_says_which_ray_node_it_trained_on(fedavg_run):
     run_dir, _ = fedavg_run
     nodes = {d["ray_node"] for d in read_csv(run_dir / "devices.csv")}
-    assert len(nodes) == 1 and re.fullmatch(
-        r"[0-9a-f]{56}", nodes.pop()
-    )  # one local Ray
+    # one local Ray
+    assert len(nodes) == 1 and re.fullmatch(r"[0-9a-f]{56}", nodes.pop())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["ray_nodes"]) == 1
 
@@ -139,7 +142,8 @@ def test_final_model_loads_as_a_diffusers_pipeline_and_samples(fedavg_run):
     pipeline = DDPMPipeline.from_pretrained(run_dir / "final")
     images = pipeline(batch_size=2, num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 16, 16, 1)
-    # the export is the moving average of the global models (ema-decay), checkpointed beside the last one
+    # the export is the moving average of the global models (ema-decay),
+    # checkpointed beside the last one
     averaged = load_file(run_dir / "checkpoints" / "round_002" / "average.safetensors")
     last = load_file(run_dir / "checkpoints" / "round_002" / "model.safetensors")
     exported = pipeline.unet.state_dict()

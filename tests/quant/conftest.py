@@ -63,11 +63,12 @@ def on_grid():
 def on_grid_tensor(codec, n, generator):
     """Values already on the codec's grid, so that decode(encode(x)) == x exactly.
 
-    uniform: per block ℓ + q·δ with ℓ a multiple of 1/16 in [−8, 8], δ a power of two and
-    q ∈ [0, L] including 0 and L (so the encoder finds this very ℓ and δ); all of it exact
-    in float32 and in bfloat16 scales. Casts: multiples of 2^-8 below 1 (8 significant
-    bits). bitsandbytes: block absmax a power of two times code-table entries, with the
-    entry 1.0 in each block (so absmax is that power of two).
+    uniform: per block ℓ + q·δ with ℓ a multiple of 1/16 in [−8, 8], δ a
+    power of two and q ∈ [0, L] including 0 and L (so the encoder finds this very
+    ℓ and δ); all of it exact in float32 and in bfloat16 scales. Casts: multiples
+    of 2^-8 below 1 (8 significant bits). bitsandbytes: block absmax a power of
+    two times code-table entries, with the entry 1.0 in each block (so absmax
+    is that power of two).
     """
     if codec.name == "uniform":
         levels = (1 << codec.bits) - 1
@@ -108,7 +109,8 @@ def code_table():
 
 
 def codec_table(name):
-    """The bitsandbytes code table of a `bnb-*` codec (256 or 16 values in [−1, 1])."""
+    """The bitsandbytes code table of a `bnb-*` codec (256 or 16
+    values in [−1, 1])."""
     import bitsandbytes.functional as bnbf
 
     if name == "bnb-blockwise8":
@@ -127,9 +129,10 @@ def check_unbiased(codec, generator, copies=1500):
 
     K copies of x are encoded in one call (x spans whole blocks, so every copy gets the
     same scales and independent rounding). Each decoded value has standard deviation at
-    most δ/2 (δ the block's step), so the mean of K has at most δ/(2√K): every per-value
-    deviation must stay below 5.5 of those (Bonferroni over 1024 values: P(false alarm)
-    < 1e-4), and the average signed deviation in steps below 5/(2√(K·n)).
+    most δ/2 (δ the block's step), so the mean of K has at most δ/(2√K):
+    every per-value deviation must stay below 5.5 of those (Bonferroni over 1024
+    values: P(false alarm) < 1e-4), and the average signed deviation in steps
+    below 5/(2√(K·n)).
     """
     n = 4 * codec.block_size if codec.block_size <= 256 else 1024
     x = torch.randn(n, generator=torch.Generator().manual_seed(99))
@@ -137,9 +140,8 @@ def check_unbiased(codec, generator, copies=1500):
     mean = decoded.double().mean(0)
     blocks = x.view(-1, codec.block_size)
     step = (blocks.amax(1) - blocks.amin(1)) / ((1 << codec.bits) - 1)
-    step = (
-        (step * 1.05).repeat_interleave(codec.block_size).double()
-    )  # bf16 scales: wider
+    # bf16 scales: wider
+    step = (step * 1.05).repeat_interleave(codec.block_size).double()
     deviation = (mean - x.double()) / step  # in steps
     assert deviation.abs().max() <= 5.5 / (2 * math.sqrt(copies))
     assert abs(deviation.mean()) <= 5 / (2 * math.sqrt(copies * n))

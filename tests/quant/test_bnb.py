@@ -1,4 +1,5 @@
-"""bitsandbytes codecs: bit-exact against bitsandbytes, QuantState round trip, CPU speed."""
+"""bitsandbytes codecs: bit-exact against bitsandbytes, QuantState
+round trip, CPU speed."""
 
 import bitsandbytes.backends.default.ops as bnb_default_ops
 import bitsandbytes.functional as bnbf
@@ -81,9 +82,9 @@ def test_odd_shapes_decode_without_the_compiled_fallback(name, monkeypatch, gene
 @pytest.mark.parametrize("name", ["bnb-blockwise8", *FOUR_BIT])
 def test_every_value_rounds_to_a_nearby_code(name, generator, code_table):
     # Each value lands within h·absmax of itself, h the farthest any point of [−1, 1]
-    # lies from its nearest table entry: the codes are nearest-entry roundings. (The 8-bit
-    # CPU kernel takes the second-nearest entry for ~0.15% of values close to a midpoint,
-    # hence 1% slack.)
+    # lies from its nearest table entry: the codes are nearest-entry roundings. (The
+    # 8-bit CPU kernel takes the second-nearest entry for ~0.15% of values close to a
+    # midpoint, hence 1% slack.)
     codec = get_codec(name)
     x = torch.randn(4096, generator=generator)
     table = torch.sort(code_table(name).double()).values

@@ -32,7 +32,8 @@ def random_shapes(count, seed):
 
 
 def reference_size(codec, shape):
-    """Wire size from the formats' specification, written independently of the codecs."""
+    """Wire size from the formats' specification, written
+    independently of the codecs."""
     n = math.prod(shape)
     if codec.name == "uniform":
         scale_bytes = {"float32": 4, "bfloat16": 2}[codec.scale_dtype]
@@ -90,8 +91,8 @@ class TestCodecContract:
         decoded = codec.decode(codec.encode(tensor, generator))
         error = (decoded.double() - tensor.double()).square().sum()
         bound = codec.error_bound(tensor)
-        # Assert: a single draw; for uniform E[error] ≈ 2/3 of the bound and its relative
-        # spread is ~1%, so 5% slack is far beyond sampling noise
+        # Assert: a single draw; for uniform E[error] ≈ 2/3 of the bound and its
+        # relative spread is ~1%, so 5% slack is far beyond sampling noise
         assert float(error) <= bound * 1.05 + 1e-30
         if not codec.stochastic:  # deterministic: the bound is the error itself
             assert float(error) == pytest.approx(bound, rel=1e-9, abs=1e-30)

@@ -1,4 +1,5 @@
-"""Quantized local training: quantized forward, straight-through gradients, plain restore."""
+"""Quantized local training: quantized forward, straight-through
+gradients, plain restore."""
 
 import pytest
 import torch
@@ -24,19 +25,22 @@ def unet():
 
 
 def quantizable(model):
-    """The layers that train quantized: every conv and linear but the first and the last."""
+    """The layers that train quantized: every conv and linear but the
+    first and the last."""
     return [m for m in model.modules() if isinstance(m, CONV_AND_LINEAR)][1:-1]
 
 
 def groups_of(weight):
-    """Each output channel's fan-in in consecutive groups of GROUP_SIZE, zero-padded: (groups, GROUP_SIZE)."""
+    """Each output channel's fan-in in consecutive groups of GROUP_SIZE, zero-padded:
+    (groups, GROUP_SIZE)."""
     rows = weight.reshape(weight.shape[0], -1)
     pad = torch.zeros(rows.shape[0], -rows.shape[1] % GROUP_SIZE)
     return torch.cat([rows, pad], 1).reshape(-1, GROUP_SIZE)
 
 
 def affine_grid(groups, bits, alpha):
-    """Each group's min/max grid shrunk by `alpha`, zero exactly on it (an independent reference)."""
+    """Each group's min/max grid shrunk by `alpha`, zero exactly on it
+    (an independent reference)."""
     levels = 2**bits - 1
     low, high = alpha * groups.amin(1).clamp(max=0), alpha * groups.amax(1).clamp(min=0)
     scale = ((high - low) / levels).clamp_min(torch.finfo(torch.float32).eps)
@@ -50,16 +54,16 @@ def affine_grid(groups, bits, alpha):
 def test_forward_reads_weights_with_at_most_2_to_the_b_values_per_group(unet, bits):
     with fake_quantized(unet, bits):
         for module in quantizable(unet):
-            groups = groups_of(
-                module.weight.detach()
-            )  # the parametrized (quantized) view
+            # the parametrized (quantized) view
+            groups = groups_of(module.weight.detach())
             assert max(len(torch.unique(group)) for group in groups) <= 2**bits
             assert module.parametrizations.weight.original.dtype == torch.float32
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_each_group_gets_the_clipped_grid_of_least_squared_error(unet, bits):
-    """Against brute force over the clipping factors: never worse than min/max, and the best one."""
+    """Against brute force over the clipping factors: never worse than min/max,
+    and the best one."""
     gained = 0
     with fake_quantized(unet, bits):
         for module in quantizable(unet):
@@ -74,15 +78,15 @@ def test_each_group_gets_the_clipped_grid_of_least_squared_error(unet, bits):
             torch.testing.assert_close(
                 error, candidates.min(0).values, rtol=1e-5, atol=1e-12
             )
-            assert torch.all(
-                error <= candidates[0] * (1 + 1e-5) + 1e-12
-            )  # α = 1 is min/max
+            # α = 1 is min/max
+            assert torch.all(error <= candidates[0] * (1 + 1e-5) + 1e-12)
             gained += int((error < candidates[0] * (1 - 1e-3)).sum())
     assert gained > 0 or bits == 8  # at 2–4 bits clipping beats min/max somewhere
 
 
 def least_error(groups, bits):
-    """Per group, the least squared error of any clipped grid (brute force over CLIP_FACTORS)."""
+    """Per group, the least squared error of any clipped grid (brute force
+    over CLIP_FACTORS)."""
     return (
         torch.stack(
             [
@@ -105,17 +109,15 @@ def test_clipping_factors_are_searched_again_every_few_passes_and_kept_in_betwee
         )
         module.weight  # pass 1 searches
         kept = quantizer.alpha.clone()
-        with (
-            torch.no_grad()
-        ):  # reshape every group's spread, as training might over many steps
+        # reshape every group's spread, as training might over many steps
+        with torch.no_grad():
             master.mul_(
                 torch.linspace(0.1, 3.0, master.numel()).reshape(master.shape) ** 3
             )
         groups = groups_of(master.detach())
         kept_passes = 0
-        while (
-            quantizer.forwards % CLIP_SEARCH_EVERY
-        ):  # until the next search: the kept α, current weights
+        # until the next search: the kept α, current weights
+        while quantizer.forwards % CLIP_SEARCH_EVERY:
             torch.testing.assert_close(
                 groups_of(module.weight.detach()),
                 affine_grid(groups, bits, kept),
@@ -123,9 +125,8 @@ def test_clipping_factors_are_searched_again_every_few_passes_and_kept_in_betwee
                 atol=0,
             )
             kept_passes += 1
-        assert (
-            kept_passes >= CLIP_SEARCH_EVERY - 2
-        )  # (registering the parametrization runs one pass)
+        # (registering the parametrization runs one pass)
+        assert kept_passes >= CLIP_SEARCH_EVERY - 2
         assert torch.equal(quantizer.alpha, kept)
         searched = groups_of(module.weight.detach())  # this pass searches again
         error = (searched - groups).square().sum(1)
@@ -193,9 +194,8 @@ def test_restores_a_plain_state_dict_with_the_trained_master_weights(unet):
     # Prepare
     keys = list(unet.state_dict())
     parameters = list(unet.parameters())
-    optimizer = torch.optim.SGD(
-        unet.parameters(), lr=0.1
-    )  # built before: same Parameters
+    # built before: same Parameters
+    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
     # Execute
     with fake_quantized(unet, 2):
         unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2])).sample.mean().backward()

@@ -1,4 +1,5 @@
-"""Update payloads: round trip through Flower's wire format, exact bytes, every rejection."""
+"""Update payloads: round trip through Flower's wire format, exact
+bytes, every rejection."""
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def test_encode_names_the_tensor_that_cannot_be_encoded(generator):
         encode_update(update, get_codec("uniform", 4), generator)
 
 
-# -- rejections ---------------------------------------------------------------------------------
+# -- rejections ------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -154,8 +155,9 @@ def small():
 
 
 def replaced(array, **fields):
-    """A copy of `array` with some fields changed (set after construction, since Flower's
-    constructor refuses some of the malformed values a hostile peer could still send)."""
+    """A copy of `array` with some fields changed (set after construction, since
+    Flower's constructor refuses some of the malformed values a hostile peer
+    could still send)."""
     copy = Array(
         dtype=array.dtype, shape=tuple(array.shape), stype=array.stype, data=array.data
     )

@@ -1,4 +1,5 @@
-"""Fuzzing the update decoder: malformed payloads are rejected with a reason, never crash.
+"""Fuzzing the update decoder: malformed payloads are rejected with a
+reason, never crash.
 
 The property for every input: `decode_update` either raises `PayloadError` (and not its
 catch-all "failed unexpectedly" form, which would mean a validation gap) or returns
@@ -131,9 +132,8 @@ def test_non_finite_scales_are_rejected(key, name, value, data):
     codec = CODECS[key]
     arrays, meta = PAYLOADS[key]
     blocks = math.ceil(math.prod(SHAPES[name]) / codec.block_size)
-    scales = (
-        2 * blocks if codec.name == "uniform" else blocks
-    )  # min and step, or absmax
+    # min and step, or absmax
+    scales = 2 * blocks if codec.name == "uniform" else blocks
     slot = data.draw(st.integers(min_value=0, max_value=scales - 1))
     raw = bytearray(arrays[name].data)
     raw[4 * slot : 4 * slot + 4] = struct.pack("<f", value)

@@ -83,7 +83,8 @@ def test_scale_overhead_in_bits_per_value(bits, scale_dtype, overhead):
 
 @pytest.mark.parametrize("fraction", [0.3, 1 / 3, 0.7, 0.999])
 def test_rounds_up_with_probability_equal_to_the_fraction(fraction, generator):
-    # Prepare: 1 bit, grid {0, 1} in every block (positions 0 and 1), the rest at `fraction`
+    # Prepare: 1 bit, grid {0, 1} in every block (positions 0 and 1),
+    # the rest at `fraction`
     codec = get_codec("uniform", 1)
     x = torch.full((4096, 64), fraction)
     x[:, 0], x[:, 1] = 0.0, 1.0
@@ -99,8 +100,8 @@ def test_rounds_up_with_probability_equal_to_the_fraction(fraction, generator):
 def test_unbiasedness_check_detects_round_to_nearest(
     monkeypatch, generator, assert_unbiased
 ):
-    # Draws fixed at 0 turn stochastic rounding into rounding to nearest, which is biased:
-    # the statistical check of the contract must catch it (power of the test)
+    # Draws fixed at 0 turn stochastic rounding into rounding to nearest, which is
+    # biased: the statistical check of the contract must catch it (power of the test)
     monkeypatch.setattr(
         uniform_module, "_int16_draws", lambda count, gen: torch.zeros(count)
     )
@@ -110,8 +111,8 @@ def test_unbiasedness_check_detects_round_to_nearest(
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_error_bound_is_attained_between_grid_points(bits):
-    # Prepare: each block holds its grid ends, then values exactly halfway between levels,
-    # where stochastic rounding errs by ±δ/2 whatever it draws
+    # Prepare: each block holds its grid ends, then values exactly halfway between
+    # levels, where stochastic rounding errs by ±δ/2 whatever it draws
     codec = get_codec("uniform", bits)
     m, levels, step = codec.block_size, (1 << bits) - 1, 2.0**-6
     halfway = (torch.arange(m - 2) % levels + 0.5) * step
@@ -183,7 +184,10 @@ def test_a_range_beyond_float32_is_rejected(generator):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"bits": 0}, "'bits' parameter of codec 'uniform' must be an integer in 1–16"),
+        (
+            {"bits": 0},
+            "'bits' parameter of codec 'uniform' must be an integer in 1–16",
+        ),
         ({"bits": 17}, "'bits' parameter"),
         ({"bits": True}, "'bits' parameter"),
         ({"bits": 4.0}, "'bits' parameter"),

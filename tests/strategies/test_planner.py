@@ -1,5 +1,5 @@
-"""The round planner: the measured model, exact payloads, the stand-in history, the record, and how a
-strategy's rules and the run's settings shape the plan."""
+"""The round planner: the measured model, exact payloads, the stand-in history, the
+record, and how a strategy's rules and the run's settings shape the plan."""
 
 import math
 from dataclasses import replace
@@ -29,7 +29,8 @@ def settings(**overrides):
 
 
 def inputs(**overrides):
-    """The solver's inputs of round 1 of a run with these settings, every device sampled."""
+    """The solver's inputs of round 1 of a run with these settings,
+    every device sampled."""
     s = settings(**{"fraction_train": 1.0, **overrides})
     record = plan_first_round(s)
     bits = [[c["bits"] for c in d["candidates"]] for d in record["devices"]]
@@ -47,16 +48,16 @@ def test_the_model_is_measured_not_guessed(tiny):
 
     real = build_unet("tiny", 16, 1)
     assert tiny.parameters == sum(p.numel() for p in real.parameters())
-    assert tiny.flops_per_sample == pytest.approx(
-        9.1e7, rel=0.1
-    )  # notes/cpu-ml.md: 9.1e7 fwd + bwd
+    # notes/cpu-ml.md: 9.1e7 fwd + bwd
+    assert tiny.flops_per_sample == pytest.approx(9.1e7, rel=0.1)
     small = model_profile("small", 16, 1)
     assert small.flops_per_sample == pytest.approx(3.6e8, rel=0.1)
 
 
 def uniform_size_bytes(shape, bits):
-    """An independent statement of the uniform codec's wire size: ⌈n·b/8⌉ packed codes plus an fp32
-    minimum and step per block of 256 values (64 at b ≤ 3); fp32 is 4 bytes a value."""
+    """An independent statement of the uniform codec's wire size: ⌈n·b/8⌉ packed
+    codes plus an fp32 minimum and step per block of 256 values (64 at b ≤ 3); fp32
+    is 4 bytes a value."""
     n = math.prod(shape)
     if bits == 32:
         return 4 * n
@@ -126,9 +127,8 @@ def test_the_plan_follows_the_scenario_the_strategy_and_the_run_settings():
         [4, 5, 6, 7, 8],
         list(range(8, 17)),
     ]
-    np.testing.assert_allclose(
-        [d["weight"] for d in record["devices"]], 0.1
-    )  # 4500 images, 450 each
+    # 4500 images, 450 each
+    np.testing.assert_allclose([d["weight"] for d in record["devices"]], 0.1)
     assert (
         record["network"]["bandwidth_hz"] == 10e6
         and record["network"]["deadline_s"] == 300.0
@@ -143,9 +143,8 @@ def test_the_plan_follows_the_scenario_the_strategy_and_the_run_settings():
     _, fixed, _ = inputs(strategy="fixed", bits=6)
     assert all(row == [6] for row in fixed)
     scaled = plan_first_round(settings(fraction_train=1.0), num_devices=30)
-    assert (
-        len(scaled["devices"]) == 30 and scaled["network"]["bandwidth_hz"] == 10e6
-    )  # as in a run: the band stays
+    # as in a run: the band stays
+    assert len(scaled["devices"]) == 30 and scaled["network"]["bandwidth_hz"] == 10e6
 
 
 def test_the_run_samples_a_fraction_of_the_devices_and_the_plan_the_same_ones():
@@ -246,7 +245,8 @@ def test_ondemand_uses_less_energy_than_fedavg_on_the_paper_model():
     [
         (
             {"strategy": "greedy"},
-            "The 'strategy' setting must be one of 'fedavg', 'fixed', 'ondemand'; got 'greedy'",
+            "The 'strategy' setting must be one of 'fedavg', 'fixed', "
+            "'ondemand'; got 'greedy'",
         ),
         (
             {"strategy": "fixed", "bits": 20},

@@ -1,4 +1,5 @@
-"""The registry finds every strategy module, and everything that names strategies reads it."""
+"""The registry finds every strategy module, and everything that names
+strategies reads it."""
 
 import re
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_reading_the_registry_loads_neither_flower_nor_torch():
 
     code = (
         "import sys; from qfd_app.strategies import strategies; strategies(); "
-        "bad = [m for m in ('torch', 'flwr', 'diffusers') if m in sys.modules]; assert not bad, bad"
+        "bad = [m for m in ('torch', 'flwr', 'diffusers') if m in sys.modules]; "
+        "assert not bad, bad"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
