@@ -22,13 +22,14 @@ QFD = Path(sys.executable).parent / "qfd"
 
 @pytest.fixture
 def ray_cluster():
-    """A head and a worker node, one CPU each, bound to 127.0.0.1, in a
-    private temp dir."""
+    """A head and a worker node, one CPU each, in a private temp dir. Ray binds them to
+    this machine's own address, as every simulation's Ray here does (a driver on another
+    address than its cluster's nodes waits for a raylet of its own that never comes)."""
     from ray.cluster_utils import Cluster
 
     # Ray's socket paths must stay short
     temp = tempfile.mkdtemp(prefix="qr-", dir="/tmp")
-    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": temp}
+    node = {"num_cpus": 1, "temp_dir": temp}
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
                       head_node_args=node)  # fmt: skip
     try:
