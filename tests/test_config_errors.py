@@ -138,3 +138,26 @@ def test_the_exit_code_is_real_from_the_command_line():
         done.stderr.strip()
     ]
     assert "'bits'" in done.stderr and done.stdout == ""
+
+
+def test_a_superlink_that_does_not_answer_is_not_taken_for_ready(tmp_path):
+    """`flwr ls --format json` exits 0 when it reaches no SuperLink: readiness
+    reads its JSON."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    port = launch.free_port()  # nothing listens there
+    (home / "config.toml").write_text(
+        f'[superlink.nowhere]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(RuntimeError, match="did not answer `flwr ls`.*still runs"):
+            launch.wait_for_control_api(
+                launch.flower_env(home), "nowhere", sleeper, timeout_s=3
+            )
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -207,12 +207,13 @@ def test_resume_true_means_the_last_unfinished_run(value, expected):
     assert with_overrides({"resume": value}).resume == expected
 
 
-def test_validating_a_run_config_imports_neither_the_model_nor_the_data():
+def test_validating_a_run_config_imports_neither_torch_nor_flower_nor_the_model():
     code = (
         "import sys\n"
         "from qfd_app.settings import default_run_config, Settings\n"
         "Settings.from_run_config(default_run_config())\n"
-        "heavy = ('diffusers', 'qfd_app.diffusion.ddpm', 'qfd_app.diffusion.data')\n"
+        "heavy = ('torch', 'flwr', 'diffusers',\n"
+        "         'qfd_app.diffusion.ddpm', 'qfd_app.diffusion.data')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     done = subprocess.run(

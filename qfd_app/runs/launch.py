@@ -120,7 +120,7 @@ def wait_for_control_api(
     answer = ""
     while proc.poll() is None and time.time() < deadline:
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-        if done.returncode == 0:
+        if done.returncode == 0 and _listed(done.stdout):
             return
         answer = (done.stdout + done.stderr).strip()[-300:]
         time.sleep(0.5)
@@ -240,6 +240,15 @@ def flwr_run(
     return subprocess.CompletedProcess(
         args, proc.returncode, stdout="".join(lines), stderr=""
     )
+
+
+def _listed(output: str) -> bool:
+    """Whether `flwr ls --format json` printed a listing: it exits 0 also when
+    the SuperLink is unreachable, with `"success": false` in its JSON."""
+    try:
+        return json.loads(output).get("success", True) is not False
+    except (ValueError, AttributeError):
+        return False
 
 
 def run_status(env: dict, output: str, connection: str | None = CONNECTION) -> str:
