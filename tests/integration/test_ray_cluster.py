@@ -30,8 +30,7 @@ def ray_cluster():
     # Ray's socket paths must stay short
     temp = tempfile.mkdtemp(prefix="qr-", dir="/tmp")
     node = {"num_cpus": 1, "temp_dir": temp}
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
-                      head_node_args=node)  # fmt: skip
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args=node)
     try:
         cluster.add_node(**node)
         yield cluster
@@ -69,15 +68,26 @@ def test_qfd_run_with_a_ray_address_trains_devices_on_both_nodes(ray_cluster, tm
         "QFD_CACHE_DIR": str(tmp_path / "c"),
     }
     env.pop("RAY_ADDRESS", None)
-    args = [str(QFD), "run", str(ROOT), "--ray-address", ray_cluster.address,
-            "--run-config",
-            f"scenario='smoke' num-server-rounds=2 fraction-train=1.0 local-epochs=1 "
-            f"eval-interval=0 eval-samples=16 sample-steps=5 output-dir='{out}'",
-            "--federation-config",
-            "num-supernodes=3 client-resources-num-cpus=1"]  # fmt: skip
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    args = [
+        str(QFD),
+        "run",
+        str(ROOT),
+        "--ray-address",
+        ray_cluster.address,
+        "--run-config",
+        f"scenario='smoke' num-server-rounds=2 fraction-train=1.0 local-epochs=1 "
+        f"eval-interval=0 eval-samples=16 sample-steps=5 output-dir='{out}'",
+        "--federation-config",
+        "num-supernodes=3 client-resources-num-cpus=1",
+    ]
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=900)
     finally:
@@ -98,9 +108,19 @@ def test_qfd_run_with_a_ray_address_trains_devices_on_both_nodes(ray_cluster, tm
 
 def test_a_named_superlink_with_a_ray_address_is_refused_before_anything_runs(tmp_path):
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
-    done = subprocess.run([str(QFD), "run", str(ROOT), "some-superlink",
-                           "--ray-address", "127.0.0.1:6390"],
-                          env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            str(QFD),
+            "run",
+            str(ROOT),
+            "some-superlink",
+            "--ray-address",
+            "127.0.0.1:6390",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--ray-address" in done.stderr and "some-superlink" in done.stderr
