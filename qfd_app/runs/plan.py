@@ -39,9 +39,6 @@ def plan_first_round(
     if bandwidth_policy is not None:
         scenario = dataclasses.replace(scenario, bandwidth_policy=bandwidth_policy)
     n = num_devices or scenario.num_devices
-    partitions = [settings.data.load_partition(p, n) for p in range(n)]
-    channels = int(partitions[0].pixels.shape[1])
-    physics = planner.round_physics(settings, scenario, channels)
     sampled = planner.sample_partitions(
         list(range(n)),
         connected=n,
@@ -50,6 +47,10 @@ def plan_first_round(
         seed=settings.seed,
         server_round=round_,
     )
+    # only the sampled devices are asked, as in a run: only their partitions load
+    partitions = {p: settings.data.load_partition(p, n) for p in sampled}
+    channels = int(partitions[sampled[0]].pixels.shape[1])
+    physics = planner.round_physics(settings, scenario, channels)
     states = {
         p: device_state(scenario, p, n, round_, len(partitions[p]), {}, {})
         for p in sampled
