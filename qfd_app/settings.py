@@ -24,6 +24,7 @@ from qfd_app.diffusion.catalog import (
 )
 from qfd_app.edge import Scenario, ScenarioError, load_scenario
 from qfd_app.quant.registry import codec_bits, codec_names
+from qfd_app.strategies.planner import DOWNLINKS
 from qfd_app.strategies.registry import RESOURCE_POLICIES as STRATEGY_RESOURCE_POLICIES
 from qfd_app.strategies.registry import (
     Strategy,
@@ -152,6 +153,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "bits": Interval(int, 1, 32),
     "quantized-training": Boolean(),
     "low-bit-compute": Options(("bf16", "fp32")),
+    "downlink": Options(DOWNLINKS),
     "num-server-rounds": Interval(int, 1, None),
     "fraction-train": Interval(float, 0, 1, closed="right"),
     "min-available-nodes": Interval(int, 1, None),
@@ -196,6 +198,7 @@ class Settings:
     bits: int
     quantized_training: bool
     low_bit_compute: str
+    downlink: str
     num_server_rounds: int
     fraction_train: float
     min_available_nodes: int

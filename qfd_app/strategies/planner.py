@@ -36,6 +36,23 @@ from qfd_app.strategies.registry import Strategy
 
 FULL_PRECISION = 32  # fp32 on the wire: exact, no quantization error
 
+# How the server sends a device the global model (the `downlink` setting):
+#   fp32      the model as it is (exact);
+#   fp16      cast to float16;
+#   assigned  the model encoded by the device's upload codec at its assigned bits;
+#   delta     the difference between the model and the device's last copy, encoded at
+#             its assigned bits, with the error left out kept for the next round (the
+#             first download, or one after the device lost its copy, is fp32).
+DOWNLINKS = ("fp32", "fp16", "assigned", "delta")
+
+
+def download_codec(downlink: str, codec: str, bits: int) -> tuple[str, int]:
+    """The (codec, bits) a device assigned `codec` at `bits` receives the
+    model as under `downlink` (a delta download, not a resync)."""
+    if downlink not in DOWNLINKS:
+        raise ValueError(f"downlink must be one of {DOWNLINKS}; got {downlink!r}.")
+    return {"fp32": ("fp32", 32), "fp16": ("fp16", 16)}.get(downlink, (codec, bits))
+
 
 @dataclass(frozen=True)
 class RoundPhysics:
