@@ -1,15 +1,22 @@
-"""qfd ClientApp: a device reports its state, trains the global DDPM at its assigned
-precision and replies with its encoded update."""
+"""qfd ClientApp: a device reports its state, rebuilds the global DDPM from its
+download, trains it at its assigned precision and replies with its encoded update."""
 
 from __future__ import annotations
 
 import time
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
-from qfd_app import protocol
+from qfd_app import downlink, protocol
 from qfd_app.diffusion import ddpm
 from qfd_app.edge.state import device_state
 from qfd_app.quant import encode_update, fake_quantized, get_codec, range_sq_sums
@@ -48,7 +55,12 @@ def query(msg: Message, context: Context) -> Message:
         node_config=context.node_config,
         range_sq={int(k): float(v) for k, v in ranges.items()},
     )
-    record = ConfigRecord(protocol.state_record(partition_id, state))
+    record = ConfigRecord(
+        {
+            **protocol.state_record(partition_id, state),
+            protocol.HELD_ROUND: _held_round(context),
+        }
+    )
     return Message(RecordDict({protocol.STATE_KEY: record}), reply_to=msg)
 
 
@@ -65,8 +77,13 @@ def train(msg: Message, context: Context) -> Message:
     codec = get_codec(config.codec, bits=bits)
     seed = settings.seed * 1_000_003 + server_round * 10_007 + partition_id
 
-    start = msg.content[protocol.ARRAYS_KEY].to_torch_state_dict()
     model = ddpm.build_unet(settings.model, settings.image_size, images.pixels.shape[1])
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    # DownlinkError: Flower replies with the error and its reason
+    start = downlink.received_model(msg.content, config, shapes, _held(context))
+    if config.downlink == "delta":
+        context.state[downlink.HELD_KEY] = ArrayRecord(torch_state_dict=start)
+        context.state[downlink.HELD_ROUND_KEY] = ConfigRecord({"round": server_round})
     model.load_state_dict(start)
     train_bits = bits if settings.quantized_training else 32
     started = time.perf_counter()
@@ -114,6 +131,20 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content, reply_to=msg)
+
+
+def _held_round(context: Context) -> int:
+    """The round of the model copy the device keeps (`delta` downlink); 0: none."""
+    record = context.state.config_records.get(downlink.HELD_ROUND_KEY)
+    return 0 if record is None else int(record["round"])
+
+
+def _held(context: Context) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The model copy the device keeps (`delta` downlink) and its round, if any."""
+    arrays = context.state.array_records.get(downlink.HELD_KEY)
+    if arrays is None:
+        return None
+    return _held_round(context), arrays.to_torch_state_dict()
 
 
 def _ray_node() -> str:

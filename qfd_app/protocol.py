@@ -6,10 +6,10 @@ A round has two exchanges per device:
 
 1. **query** (server → device: ``config`` {server-round}; device → server: the
    ConfigRecord `STATE_KEY`, its `DeviceState` as flat keys, `state_record`);
-2. **train** (server → device: ``arrays`` the global model and ``config``
-   `TrainConfig`; device → server: the ArrayRecord `UPDATE_KEY` and ConfigRecord
-   `UPDATE_META_KEY` of the encoded update (`qfd_app.quant.payload`), and the
-   MetricRecord `METRICS_KEY` of `REPLY_METRICS`).
+2. **train** (server → device: the download of the global model
+   (`qfd_app.downlink`) and ``config`` `TrainConfig`; device → server: the
+   ArrayRecord `UPDATE_KEY` and ConfigRecord `UPDATE_META_KEY` of the encoded update
+   (`qfd_app.quant.payload`), and the MetricRecord `METRICS_KEY` of `REPLY_METRICS`).
 
 Whatever a device sends is checked here before the server uses it (`parse_state`,
 `reply_metrics`): a bad value is refused with one sentence naming the key, what is
@@ -34,7 +34,7 @@ from qfd_app.validation import (
     refusal,
 )
 
-ARRAYS_KEY, CONFIG_KEY = "arrays", "config"
+CONFIG_KEY = "config"
 STATE_KEY = "device-state"
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
 # where the device's ClientApp ran: {"ray-node": Ray node id, "" outside Ray}
@@ -139,6 +139,24 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
     return values["partition-id"], state
 
 
+HELD_ROUND = "held-round"
+
+
+def reported_held_round(record: Mapping[str, Any]) -> int:
+    """The round of the model copy a device reports holding (`qfd_app.downlink`);
+    0 when it holds none or says nothing.
+
+    Raises
+    ------
+    StateError
+        When the value is not an integer ≥ 0.
+    """
+    if HELD_ROUND not in record:
+        return 0
+    label = f"Device state {HELD_ROUND!r}"
+    return check_value(label, record[HELD_ROUND], Interval(int, 0, None), StateError)
+
+
 def reported_partition(record: Mapping[str, Any]) -> int | None:
     """The partition id of a state record if that key alone is valid (so that a device
     whose state is refused is still booked under its partition), else None."""
@@ -160,6 +178,10 @@ class TrainConfig:
     cpu_hz: float
     power_w: float
     bandwidth_hz: float
+    # how the model comes down (`qfd_app.downlink`); base_round: the round of the
+    # device's copy a delta applies to, 0 for a full model
+    downlink: str = "fp32"
+    base_round: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {key.replace("_", "-"): value for key, value in self.__dict__.items()}
@@ -174,6 +196,8 @@ class TrainConfig:
             cpu_hz=float(record["cpu-hz"]),
             power_w=float(record["power-w"]),
             bandwidth_hz=float(record["bandwidth-hz"]),
+            downlink=str(record["downlink"]),
+            base_round=int(record["base-round"]),
         )
 
 

@@ -87,6 +87,7 @@ def main(grid: Grid, context: Context) -> None:
         settings.num_server_rounds,
         strategy_state=strategy.state,
         average=average,
+        strategy_tensors=strategy.tensors,
         started=started,
         tensorboard=TensorBoardLog(run_dir, settings.label),
     )
@@ -96,7 +97,11 @@ def main(grid: Grid, context: Context) -> None:
         model.load_state_dict(checkpoint.model)
         if checkpoint.average is not None:
             average.restore(checkpoint.average, checkpoint.state["average_rounds"])
-        strategy.restore(checkpoint.state["strategy"], completed_rounds=done)
+        strategy.restore(
+            checkpoint.state["strategy"],
+            completed_rounds=done,
+            tensors=checkpoint.strategy_tensors,
+        )
         after_round.first_round, after_round.wall_before_s = (
             done + 1,
             checkpoint.state["wall_s"],

@@ -6,6 +6,8 @@ the ledger, atomically.
     model.safetensors        the global model after round XXX
     average.safetensors      the moving average of the global models (`ema.py`), if the
                              run keeps one
+    strategy.safetensors     tensors the strategy keeps (the devices' model copies
+                             of the `delta` downlink), if any
     state.json               the round, the strategy's estimates, the wall time so far,
                              the last scores
     devices.csv, rounds.csv  the ledger up to and including round XXX
@@ -20,6 +22,7 @@ draws exactly what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,9 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LEDGER_FILES = ("devices.csv", "rounds.csv")
-MODEL_FILE, AVERAGE_FILE, STATE_FILE = (
+MODEL_FILE, AVERAGE_FILE, STRATEGY_FILE, STATE_FILE = (
     "model.safetensors",
     "average.safetensors",
+    "strategy.safetensors",
     "state.json",
 )
 
@@ -49,6 +53,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     state: dict
     average: dict[str, torch.Tensor] | None = None
+    strategy_tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def stage_checkpoint(
@@ -57,17 +62,17 @@ def stage_checkpoint(
     model: dict[str, torch.Tensor],
     state: dict,
     average: dict[str, torch.Tensor] | None = None,
+    strategy_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the model, its average and the state of `server_round` to a temporary
-    folder; `commit_checkpoint` finishes."""
+    """Write the model, its average, the strategy's tensors and the state of
+    `server_round` to a temporary folder; `commit_checkpoint` finishes."""
     staged = _folder(run_dir, server_round).with_suffix(".tmp")
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.items()}, staged / MODEL_FILE)
-    if average is not None:
-        save_file(
-            {k: v.contiguous() for k, v in average.items()}, staged / AVERAGE_FILE
-        )
+    for tensors, name in ((average, AVERAGE_FILE), (strategy_tensors, STRATEGY_FILE)):
+        if tensors:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, staged / name)
     (staged / STATE_FILE).write_text(
         json.dumps({"round": server_round, **state}, indent=1) + "\n"
     )
@@ -118,11 +123,15 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     average = (
         load_file(latest / AVERAGE_FILE) if (latest / AVERAGE_FILE).exists() else None
     )
+    strategy_tensors = (
+        load_file(latest / STRATEGY_FILE) if (latest / STRATEGY_FILE).exists() else {}
+    )
     return Checkpoint(
         round=int(state.pop("round")),
         model=load_file(latest / MODEL_FILE),
         state=state,
         average=average,
+        strategy_tensors=strategy_tensors,
     )
 
 

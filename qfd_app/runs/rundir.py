@@ -164,6 +164,8 @@ class AfterRound:
     num_rounds: int
     strategy_state: Callable[[], dict]
     average: RoundAverage
+    # tensors the strategy keeps (checkpointed beside the model)
+    strategy_tensors: Callable[[], dict[str, torch.Tensor]] = dict
     tensorboard: TensorBoardLog | None = None
     first_round: int = 1
     wall_before_s: float = 0.0  # what the run took before it was resumed
@@ -210,7 +212,12 @@ class AfterRound:
         if average is not None:
             run_state["average_rounds"] = average[1]
         staged = stage_checkpoint(
-            self.run_dir, server_round, state, run_state, average and average[0]
+            self.run_dir,
+            server_round,
+            state,
+            run_state,
+            average and average[0],
+            self.strategy_tensors(),
         )
         now = time.perf_counter()
         self.ledger.book_phases(

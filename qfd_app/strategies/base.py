@@ -10,7 +10,9 @@ Each round (`configure_train`):
    fails or reports an unusable state is booked `failed` / `rejected` and not trained;
 3. **plan** with `planner.plan_round` under the strategy's rules; excluded devices are
    booked with the solver's reason;
-4. send each scheduled device its own train message (`protocol.TrainConfig`).
+4. send each scheduled device its own train message (`protocol.TrainConfig`) with its
+   download of the global model (`downlink.Broadcaster`: encoded once per (codec, bits),
+   or per device as a difference from its copy).
 
 `aggregate_train` checks every reply (`protocol.reply_metrics`,
 `averaging.decode_reply`), books its energy from the plan and the **bytes actually
@@ -41,6 +43,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from qfd_app import protocol
+from qfd_app.downlink import Broadcaster
 from qfd_app.edge.state import DeviceState
 from qfd_app.runs.ledger import (
     EXCLUDED,
@@ -78,6 +81,8 @@ class EdgeStrategy(FedAvg):
     max_update_norm : float
         Clip each device's update to this L2 norm before averaging; 0 leaves
         updates as they are.
+    downlink : str
+        How the global model goes down (`planner.DOWNLINKS`).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class EdgeStrategy(FedAvg):
         fraction_train: float,
         seed: int,
         max_update_norm: float = 0.0,
+        downlink: str = "fp32",
         min_train_nodes: int = 1,
         min_available_nodes: int = 1,
     ):
@@ -103,6 +109,9 @@ class EdgeStrategy(FedAvg):
         self.rules, self.ledger, self.physics = rules, ledger, physics
         self.seed, self.max_update_norm = seed, max_update_norm
         self.history = History()
+        self.broadcaster = Broadcaster(downlink, seed)
+        # node id → the round of the model copy it reported holding
+        self._held: dict[int, int] = {}
         # rounds done before a resume: Flower's round r is round r + offset
         self.round_offset = 0
         # node id → partition id, learnt from queries
@@ -115,11 +124,19 @@ class EdgeStrategy(FedAvg):
     def state(self) -> dict:
         """What the strategy learnt so far, as JSON-able values (saved with
         each checkpoint)."""
-        return self.history.to_json()
+        return {**self.history.to_json(), "downlink": self.broadcaster.state()}
 
-    def restore(self, state: dict, completed_rounds: int) -> None:
-        """Go on after `completed_rounds` rounds from a `state()`."""
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The devices' model copies of a `delta` downlink (saved with each
+        checkpoint)."""
+        return self.broadcaster.tensors()
+
+    def restore(
+        self, state: dict, completed_rounds: int, tensors: dict | None = None
+    ) -> None:
+        """Go on after `completed_rounds` rounds from a `state()` and `tensors()`."""
         self.history = History.from_json(state)
+        self.broadcaster.restore(state.get("downlink", {}), tensors or {})
         self.round_offset = completed_rounds
 
     # -------------------------------------------------------------- sample, query, plan
@@ -189,8 +206,15 @@ class EdgeStrategy(FedAvg):
         )
         assigned = {node_of[p]: a for p, a in plan.assignments.items()}
         self._assigned[server_round] = assigned
+        downloads = self.broadcaster.downloads(
+            server_round,
+            self._global,
+            {p: (a.codec, a.bits) for p, a in plan.assignments.items()},
+            held={p: self._held.get(node_of[p], 0) for p in plan.assignments},
+        )
         messages = []
         for node, a in assigned.items():
+            download = downloads[a.partition_id]
             train = protocol.TrainConfig(
                 server_round,
                 int(config["local-epochs"]),
@@ -199,10 +223,12 @@ class EdgeStrategy(FedAvg):
                 a.cpu_hz,
                 a.power_w,
                 a.bandwidth_hz,
+                self.broadcaster.downlink,
+                download.base_round,
             )
             content = RecordDict(
                 {
-                    protocol.ARRAYS_KEY: arrays,
+                    **download.records(),
                     protocol.CONFIG_KEY: ConfigRecord(train.to_record()),
                 }
             )
@@ -214,7 +240,9 @@ class EdgeStrategy(FedAvg):
                     group_id=str(server_round),
                 )
             )
-        self.ledger.book_broadcast(server_round, arrays.count_bytes() * len(messages))
+        self.ledger.book_broadcast(
+            server_round, sum(d.num_bytes for d in downloads.values())
+        )
         return messages
 
     def _query(
@@ -252,6 +280,7 @@ class EdgeStrategy(FedAvg):
                         f"the query reply lacks the ConfigRecord {protocol.STATE_KEY!r}"
                     )
                 self._partition_of[node], states[node] = protocol.parse_state(record)
+                self._held[node] = protocol.reported_held_round(record)
             except protocol.StateError as err:
                 partition = protocol.reported_partition(record or {})
                 # known, so booked (and sampled) by its partition
@@ -424,5 +453,6 @@ def make_strategy(settings, ledger: Ledger, physics: RoundPhysics) -> EdgeStrate
         fraction_train=settings.fraction_train,
         seed=settings.seed,
         max_update_norm=settings.max_update_norm,
+        downlink=settings.downlink,
         min_available_nodes=settings.min_available_nodes,
     )
