@@ -128,6 +128,7 @@ def train(msg: Message, context: Context) -> Message:
             protocol.UPDATE_META_KEY: meta,
             protocol.METRICS_KEY: MetricRecord(metrics),
             protocol.HOST_KEY: ConfigRecord({"ray-node": _ray_node()}),
+            protocol.START_KEY: ConfigRecord({"digest": downlink.digest(start)}),
         }
     )
     return Message(content, reply_to=msg)

@@ -27,11 +27,15 @@ for a delta, the round of the copy it applies to, `base-round`, 0 for a full mod
     base, base-meta     delta only, to a device that lost its copy: the mirror, fp32
 
 The device keeps the model it trained from in its node state (`context.state`,
-`HELD_KEY`, and the round it came in) and reports that round when queried.
+`HELD_KEY`, and the round it came in) and reports that round when queried. Its train
+reply carries the `digest` of the model it trained from; the server refuses an update
+whose digest is not that of the model it sent (`Download.digest`): such an update is a
+difference from something else.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -60,6 +64,15 @@ def add_delta(model: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tenso
     return {name: model[name] + delta[name].float() for name in model}
 
 
+def digest(model: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's tensors (names and bytes, in name order), hex."""
+    sha = hashlib.sha256()
+    for name in sorted(model):
+        sha.update(name.encode())
+        sha.update(model[name].detach().cpu().contiguous().view(-1).numpy().tobytes())
+    return sha.hexdigest()
+
+
 def round_generator(seed: int, server_round: int, key: int) -> torch.Generator:
     """The rounding draws of one download: seeded by (seed, round, key), so a resumed
     round sends exactly what the uninterrupted one would have."""
@@ -76,6 +89,7 @@ class Download:
     bits: int
     base_round: int  # delta: the round of the copy it applies to; 0: a full model
     model: tuple[ArrayRecord, ConfigRecord]
+    digest: str  # of the model the device rebuilds from it
     base: tuple[ArrayRecord, ConfigRecord] | None = None
 
     @property
@@ -118,15 +132,16 @@ class Broadcaster:
         """Each assigned partition's download: `assigned` maps a partition to its
         (upload codec, bits), `held` to the round of the copy it reports holding."""
         if self.downlink != "delta":
-            shared: dict[tuple[str, int], tuple] = {}
+            shared: dict[tuple[str, int], Download] = {}
             for codec, bits in map(self._codec, assigned.values()):
                 if (codec, bits) not in shared:
                     generator = round_generator(self.seed, server_round, bits)
-                    shared[(codec, bits)] = self._encode(model, codec, bits, generator)
-            return {
-                p: Download(*self._codec(a), 0, shared[self._codec(a)])
-                for p, a in assigned.items()
-            }
+                    encoded = self._encode(model, codec, bits, generator)
+                    received = _decode(encoded, codec, bits, _shapes(model))
+                    shared[codec, bits] = Download(
+                        codec, bits, 0, encoded, digest(received)
+                    )
+            return {p: shared[self._codec(a)] for p, a in assigned.items()}
         return {
             p: self._delta(server_round, p, model, *assigned[p], held.get(p, 0))
             for p in assigned
@@ -138,28 +153,18 @@ class Broadcaster:
     def _delta(self, server_round, partition, model, codec, bits, held) -> Download:
         mirror = self.mirrors.get(partition)
         if mirror is None:  # first download: the model itself, exact
-            self.mirrors[partition] = (
-                server_round,
-                {k: v.clone() for k, v in model.items()},
-            )
-            return Download("fp32", 32, 0, self._encode(model, "fp32", 32))
+            copy = {k: v.clone() for k, v in model.items()}
+            self.mirrors[partition] = (server_round, copy)
+            encoded = self._encode(model, "fp32", 32)
+            return Download("fp32", 32, 0, encoded, digest(copy))
         sent_round, copy = mirror
         difference = {name: model[name] - copy[name] for name in model}
-        encoded = self._encode(
-            difference,
-            codec,
-            bits,
-            round_generator(self.seed, server_round, 1000 + partition),
-        )
-        decoded = decode_update(
-            *encoded,
-            expected_codec=codec,
-            expected_bits=bits,
-            expected_shapes={k: v.shape for k, v in model.items()},
-        )
-        self.mirrors[partition] = (server_round, add_delta(copy, decoded))
+        generator = round_generator(self.seed, server_round, 1000 + partition)
+        encoded = self._encode(difference, codec, bits, generator)
+        rebuilt = add_delta(copy, _decode(encoded, codec, bits, _shapes(model)))
+        self.mirrors[partition] = (server_round, rebuilt)
         base = None if held == sent_round else self._encode(copy, "fp32", 32)
-        return Download(codec, bits, sent_round, encoded, base)
+        return Download(codec, bits, sent_round, encoded, digest(rebuilt), base)
 
     @staticmethod
     def _encode(model, codec, bits, generator=None):
@@ -181,6 +186,26 @@ class Broadcaster:
             partition, name = key.split("/", 1)
             mirrors.setdefault(int(partition), {})[name] = tensor
         self.mirrors = {int(p): (int(r), mirrors[int(p)]) for p, r in state.items()}
+
+
+def _decode(encoded, codec: str, bits: int, shapes: Mapping) -> Model:
+    """A download decoded and validated against `codec`, `bits` and the model's
+    `shapes`, as fp32: what the device rebuilds from (the server decodes its own)."""
+    arrays, meta = encoded
+    return {
+        name: t.float()
+        for name, t in decode_update(
+            arrays,
+            meta,
+            expected_codec=codec,
+            expected_bits=bits,
+            expected_shapes=shapes,
+        ).items()
+    }
+
+
+def _shapes(model: Model) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.items()}
 
 
 # ------------------------------------------------------------------------ the device
@@ -241,13 +266,6 @@ def _decoded(content, key, meta_key, codec, bits, shapes) -> Model:
             f"{meta_key!r}"
         )
     try:
-        model = decode_update(
-            arrays,
-            meta,
-            expected_codec=codec,
-            expected_bits=bits,
-            expected_shapes=shapes,
-        )
+        return _decode((arrays, meta), codec, bits, shapes)
     except PayloadError as err:
         raise DownlinkError(f"the download {key!r} is refused: {err}") from err
-    return {name: t.float() for name, t in model.items()}

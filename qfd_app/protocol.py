@@ -39,6 +39,8 @@ STATE_KEY = "device-state"
 UPDATE_KEY, UPDATE_META_KEY, METRICS_KEY = "update", "update-meta", "metrics"
 # where the device's ClientApp ran: {"ray-node": Ray node id, "" outside Ray}
 HOST_KEY = "host"
+# the model the device trained from: {"digest": SHA-256 hex, `qfd_app.downlink.digest`}
+START_KEY = "start"
 
 
 class StateError(ValueError):
@@ -233,6 +235,27 @@ def reply_metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
         error=ReplyError,
         unknown="ignore",
     )
+
+
+DIGEST = Satisfies(
+    lambda v: (
+        isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+    ),
+    "a SHA-256 digest (64 hexadecimal characters)",
+)
+
+
+def reply_start_digest(record: Mapping[str, Any] | None) -> str:
+    """The digest of the model a train reply says the device trained from.
+
+    Raises
+    ------
+    ReplyError
+        When the record or its `digest` is missing or not a SHA-256 hex digest.
+    """
+    if record is None or "digest" not in record:
+        raise ReplyError(f"the reply lacks the ConfigRecord {START_KEY!r} 'digest'")
+    return check_value("Reply 'start' 'digest'", record["digest"], DIGEST, ReplyError)
 
 
 RAY_NODE = Satisfies(

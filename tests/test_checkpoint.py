@@ -66,6 +66,17 @@ def test_only_the_latest_complete_checkpoint_is_kept_and_loaded(tmp_path):
     assert torch.equal(loaded.model["w"], torch.full((3,), 2.0))
 
 
+def test_the_strategy_tensors_are_checkpointed_with_the_model(tmp_path):
+    mirrors = {"0/w": torch.arange(3.0), "5/w": torch.ones(3)}
+    staged = stage_checkpoint(tmp_path, 1, {"w": torch.zeros(3)}, {}, None, mirrors)
+    commit_checkpoint(tmp_path, staged)
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.strategy_tensors.keys() == mirrors.keys()
+    assert all(torch.equal(loaded.strategy_tensors[k], v) for k, v in mirrors.items())
+    checkpoint(tmp_path, 2, 1.0)  # a strategy without tensors saves none
+    assert load_checkpoint(tmp_path).strategy_tensors == {}
+
+
 def test_loading_rolls_the_ledger_back_to_the_checkpoint(tmp_path):
     ledger = Ledger(tmp_path)
     for r in (1, 2):

@@ -7,8 +7,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ConfigRecord,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 
+from qfd_app.downlink import Broadcaster, digest
 from qfd_app.edge import Network
 from qfd_app.edge.energy import uplink_rate_bps
 from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
@@ -35,7 +44,16 @@ def metadata(node):
     )
 
 
-def reply(node, update, num_examples, loss=0.5, metrics=None, codec="fp32", bits=32):
+def reply(
+    node,
+    update,
+    num_examples,
+    loss=0.5,
+    metrics=None,
+    codec="fp32",
+    bits=32,
+    start=None,
+):
     metrics = metrics or {
         "num-examples": num_examples,
         "train-loss": loss,
@@ -49,7 +67,13 @@ def reply(node, update, num_examples, loss=0.5, metrics=None, codec="fp32", bits
         update, get_codec(codec, bits=bits), torch.Generator().manual_seed(node)
     )
     content = RecordDict(
-        {"update": arrays, "update-meta": meta, "metrics": MetricRecord(metrics)}
+        {
+            "update": arrays,
+            "update-meta": meta,
+            "metrics": MetricRecord(metrics),
+            # trained from the model it was sent (the strategy's global, fp32)
+            "start": ConfigRecord({"digest": start or digest(random_state(0))}),
+        }
     )
     return Message(content=content, metadata=metadata(node))
 
@@ -102,6 +126,9 @@ def make_strategy(tmp_path, codec="fp32", bits=32, **plan):
     s._assigned[1] = {
         node: assignment(node, codec, bits, **plan) for node in range(1, 7)
     }
+    s._downloads[1] = Broadcaster("fp32", seed=0).downloads(
+        1, s._global, {node: (codec, bits) for node in range(1, 7)}, held={}
+    )
     return s
 
 
@@ -150,7 +177,11 @@ def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on(
         reply(3, wrong_shape, 10),
         reply(4, random_state(10), 10, metrics=missing_metric),
         error_reply(5, "device crashed"),
+        # a device that trained from another model than the one it was sent
+        reply(7, random_state(11), 10, start=digest(random_state(12))),
     ]  # node 6 never answers
+    strategy._assigned[1][7] = assignment(7, "fp32", 32)
+    strategy._downloads[1][7] = strategy._downloads[1][1]
     arrays, _ = strategy.aggregate_train(1, replies)
     new = arrays.to_torch_state_dict()
     for name in SHAPES:  # only node 1's update counts
@@ -162,6 +193,8 @@ def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on(
     assert rows[4]["status"] == "rejected" and "partition-id" in rows[4]["reason"]
     assert rows[5]["status"] == "failed" and rows[5]["reason"] == "device crashed"
     assert rows[6]["status"] == "failed" and "no reply" in rows[6]["reason"]
+    assert rows[7]["status"] == "rejected"
+    assert "trained from a model" in rows[7]["reason"]
 
 
 def test_a_round_without_usable_updates_keeps_the_model(strategy):

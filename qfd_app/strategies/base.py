@@ -43,7 +43,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from qfd_app import protocol
-from qfd_app.downlink import Broadcaster
+from qfd_app.downlink import Broadcaster, Download
 from qfd_app.edge.state import DeviceState
 from qfd_app.runs.ledger import (
     EXCLUDED,
@@ -117,8 +117,9 @@ class EdgeStrategy(FedAvg):
         # node id → partition id, learnt from queries
         self._partition_of: dict[int, int] = {}
         self._global: dict[str, torch.Tensor] = {}
-        # round → node → its assignment
+        # round → node → its assignment; round → partition → its download
         self._assigned: dict[int, dict[int, Assignment]] = {}
+        self._downloads: dict[int, dict[int, Download]] = {}
 
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict:
@@ -206,7 +207,7 @@ class EdgeStrategy(FedAvg):
         )
         assigned = {node_of[p]: a for p, a in plan.assignments.items()}
         self._assigned[server_round] = assigned
-        downloads = self.broadcaster.downloads(
+        self._downloads[server_round] = downloads = self.broadcaster.downloads(
             server_round,
             self._global,
             {p: (a.codec, a.bits) for p, a in plan.assignments.items()},
@@ -320,6 +321,7 @@ class EdgeStrategy(FedAvg):
         server_round = flower_round + self.round_offset
         started = time.perf_counter()
         assigned = self._assigned.pop(server_round, {})
+        downloads = self._downloads.pop(server_round, {})
         shapes = {name: tuple(t.shape) for name, t in self._global.items()}
         # (partition, examples, update)
         accepted: list[tuple[int, int, averaging.Update]] = []
@@ -340,6 +342,10 @@ class EdgeStrategy(FedAvg):
                 )
                 metrics = protocol.reply_metrics(
                     reply.content.metric_records.get(protocol.METRICS_KEY)
+                )
+                _check_start(
+                    reply.content.config_records.get(protocol.START_KEY),
+                    downloads[plan.partition_id],
                 )
                 update = averaging.decode_reply(reply, plan, shapes)
             except (KeyError, TypeError, ValueError) as err:  # ReplyError, PayloadError
@@ -440,6 +446,16 @@ class EdgeStrategy(FedAvg):
             noise_w_per_hz=network.noise_w_per_hz,
             deadline_s=network.deadline_s,
             **reply,
+        )
+
+
+def _check_start(record, download: Download) -> None:
+    """Refuse an update that is a difference from another model than the one sent."""
+    trained_from = protocol.reply_start_digest(record)
+    if trained_from != download.digest:
+        raise protocol.ReplyError(
+            f"the device trained from a model (digest {trained_from[:12]}…) other "
+            f"than the one it was sent ({download.digest[:12]}…)"
         )
 
 
