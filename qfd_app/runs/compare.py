@@ -6,7 +6,9 @@ simulation engine, one virtual device per scenario device). Variants are written
 `name[:option]`, each strategy saying what its option is (docs/strategies.md): `fedavg`,
 `fedavg:optimal` (the solver sets its f, p, B), `fixed:4` (fixed at 4 bits;
 plain `fixed` takes `--bits`), `ondemand`, and `ondemand:fp32-training` or
-`fixed:4:fp32-training` (train in fp32, quantize only the upload; then γ = 0). Every
+`fixed:4:fp32-training` (train in fp32, quantize only the upload; then γ = 0); and
+`@<downlink>` after any of them sends the model down that way (`ondemand@delta`;
+without it the `downlink` setting holds). Every
 run gets the same `seed`, so the same devices are sampled, hold the same data, see the
 same fading and draw the same noise; only the strategy differs.
 
@@ -26,19 +28,26 @@ from pathlib import Path
 from qfd_app.runs.ledger import read_csv
 from qfd_app.settings import Settings, SettingsError, default_run_config
 from qfd_app.strategies import get_strategy, strategy_names
+from qfd_app.strategies.planner import DOWNLINKS
 
 FP32_TRAINING = "fp32-training"
 
 TABLE_FIELDS = (
     "strategy",
     "resource_policy",
+    "downlink",
     "rounds",
     "energy_j",
     "energy_compute_j",
     "energy_upload_j",
+    "energy_download_j",
+    "energy_without_download_j",
     "bytes_up",
+    "bytes_down",
+    "bytes_total",
     "energy_vs_first",
-    "bytes_vs_first",
+    "bytes_up_vs_first",
+    "bytes_total_vs_first",
     "fid",
     "coverage",
     "class_entropy",
@@ -70,8 +79,16 @@ def parse_variants(spec: str, base: dict) -> list[Variant]:
     """
     variants = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
+        item, _, downlink = item.partition("@")
         name, _, option = item.partition(":")
         overrides: dict = {"strategy": name}
+        if downlink:
+            if downlink not in DOWNLINKS:
+                raise CompareError(
+                    f"--strategies: {item}@{downlink}: the downlink must be one of "
+                    f"{', '.join(DOWNLINKS)}."
+                )
+            overrides["downlink"] = downlink
         if option.endswith(FP32_TRAINING):
             overrides["quantized-training"] = False
             option = option.removesuffix(FP32_TRAINING).rstrip(":")
@@ -91,7 +108,7 @@ def parse_variants(spec: str, base: dict) -> list[Variant]:
                 *([option] if option else []),
                 *([FP32_TRAINING] if "quantized-training" in overrides else []),
             ]
-        )
+        ) + (f"@{downlink}" if downlink else "")
         variants.append(Variant(label, overrides))
     if not variants:
         raise CompareError("--strategies lists no strategy.")
@@ -179,8 +196,9 @@ def write_comparison(out: Path, runs: dict[str, Path]) -> list[dict]:
     rows = [_row(label, Path(run)) for label, run in runs.items()]
     first = rows[0]
     for row in rows:
-        row["energy_vs_first"] = _ratio(row["energy_j"], first["energy_j"])
-        row["bytes_vs_first"] = _ratio(row["bytes_up"], first["bytes_up"])
+        for key in ("energy", "bytes_up", "bytes_total"):
+            column = "energy_j" if key == "energy" else key
+            row[f"{key}_vs_first"] = _ratio(row[column], first[column])
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
         writer.writeheader()
@@ -197,9 +215,13 @@ def _ratio(a: float, b: float) -> float:
 def _row(label: str, run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     devices = read_csv(run_dir / "devices.csv")
+    config = json.loads((run_dir / "config.json").read_text())
+    # runs from before the downlink was counted: fp32, its bytes and energy unknown
+    down = {k: summary.get(k, 0) for k in ("bytes_down", "energy_download_j")}
     return {
         "strategy": label,
         "resource_policy": summary["resource_policy"],
+        "downlink": config.get("downlink", "fp32"),
         "rounds": summary["rounds"],
         **{
             k: summary[k]
@@ -213,6 +235,9 @@ def _row(label: str, run_dir: Path) -> dict:
                 "wall_s",
             )
         },
+        **down,
+        "energy_without_download_j": summary["energy_j"] - down["energy_download_j"],
+        "bytes_total": summary["bytes_up"] + down["bytes_down"],
         "fid": summary.get("final_fid", float("nan")),
         "coverage": summary.get("final_coverage", float("nan")),
         "class_entropy": summary.get("final_class_entropy", float("nan")),
@@ -229,17 +254,21 @@ def format_table(rows: list[dict]) -> str:
     """The comparison as a markdown table; ratios are against the first strategy."""
     first = rows[0]["strategy"]
     lines = [
-        f"| strategy | rounds | energy J (compute / upload) | energy vs {first} "
-        f"| uplink MB | bytes vs {first} | final FID | coverage | class entropy | "
-        "excluded | deadline misses | demand violations | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | downlink | rounds | energy J (compute / upload / download) "
+        f"| energy vs {first} | uplink MB | downlink MB | total MB "
+        f"| uplink vs {first} | total vs {first} | final FID | coverage "
+        "| class entropy | excluded | deadline misses | demand violations | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['strategy']} ({r['resource_policy']}) | {r['rounds']} "
-            f"| {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
-            f"{r['energy_upload_j']:.3g}) | {100 * r['energy_vs_first']:.1f} % "
-            f"| {r['bytes_up'] / 1e6:.3f} | {100 * r['bytes_vs_first']:.1f} % "
+            f"| {r['strategy']} ({r['resource_policy']}) | {r['downlink']} "
+            f"| {r['rounds']} | {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
+            f"{r['energy_upload_j']:.3g} / {r['energy_download_j']:.3g}) "
+            f"| {100 * r['energy_vs_first']:.1f} % | {r['bytes_up'] / 1e6:.3f} "
+            f"| {r['bytes_down'] / 1e6:.3f} | {r['bytes_total'] / 1e6:.3f} "
+            f"| {100 * r['bytes_up_vs_first']:.1f} % "
+            f"| {100 * r['bytes_total_vs_first']:.1f} % "
             f"| {r['fid']:.3f} | {r['coverage']:.2f} | {r['class_entropy']:.3f} "
             f"| {r['devices_excluded']} | {r['deadline_misses']} | "
             f"{r['demand_violations']} | {r['wall_s']:.0f} |"

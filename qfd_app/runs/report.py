@@ -124,19 +124,23 @@ def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6), constrained_layout=True)
     for label, run in runs.items():
         x, energy = _rounds(run, "energy_j")
-        axes[0].plot(x, energy, label=label)
+        line = axes[0].plot(x, energy, label=label)[0]
         axes[1].plot(x, np.cumsum(energy), label=label)
-        x, sent = _rounds(run, "bytes_up")
-        axes[2].plot(x, sent / 1e6, label=label)
+        x, up = _rounds(run, "bytes_up")
+        axes[2].plot(x, up / 1e6, label=label)
+        x, down = _rounds(run, "bytes_down")
+        axes[3].plot(x, np.cumsum(up + down) / 1e6, color=line.get_color())
+        axes[3].plot(x, np.cumsum(up) / 1e6, color=line.get_color(), ls=":")
     for ax, title in zip(
         axes,
         (
             "device energy per round (J)",
             "cumulative device energy (J)",
             "uplink MB per round",
+            "cumulative MB: up + down (solid), up (dotted)",
         ),
     ):
         ax.set_title(title, fontsize=10)

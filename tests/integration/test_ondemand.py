@@ -123,9 +123,9 @@ def test_the_run_summary_totals_the_ledger(ondemand_run):
 
 
 def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
-    variants = parse_variants("fedavg,ondemand", {"bits": 8})
+    variants = parse_variants("fedavg,ondemand@delta", {"bits": 8})
     base = {
-        "num-server-rounds": 1,
+        "num-server-rounds": 2,
         "local-epochs": 1,
         "fraction-train": 0.67,
         "eval-interval": 0,
@@ -141,9 +141,13 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
         echo=lambda _: None,
     )
     table = read_csv(out / "comparison.csv")
-    assert [r["strategy"] for r in table] == ["fedavg", "ondemand"]
+    assert [r["strategy"] for r in table] == ["fedavg", "ondemand@delta"]
     fedavg, ondemand = table
     assert float(ondemand["bytes_up"]) < 0.5 * float(fedavg["bytes_up"])
+    # 2 of 3 devices a round: one trains twice and gets a delta the second time
+    assert ondemand["downlink"] == "delta"
+    assert float(ondemand["bytes_down"]) < float(fedavg["bytes_down"])
+    assert float(ondemand["bytes_total_vs_first"]) < 1
     assert float(ondemand["energy_j"]) < float(fedavg["energy_j"])
     assert int(ondemand["demand_violations"]) == 0
     for name in (
@@ -158,10 +162,10 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
             (d["partition_id"], d["gain"])
             for d in read_csv(next((out / "runs" / label).iterdir()) / "devices.csv")
         }
-        for label in ("fedavg", "ondemand")
+        for label in ("fedavg", "ondemand@delta")
     ]
-    # same 2 of 3 devices, same fading
-    assert sampled[0] == sampled[1] and len(sampled[0]) == 2
+    # same devices (2 of 3 a round), same fading
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 4
     assert np.isfinite([float(r["fid"]) for r in table]).all()
     # `qfd report` redraws a comparison from its runs
     for png in (out / "plots").glob("*.png"):
