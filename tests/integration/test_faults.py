@@ -18,8 +18,8 @@ HERE = __import__("pathlib").Path(__file__).parent
 
 
 def faulty_app(root):
-    """This app with the ClientApp swapped for `faulty/faulty_client.py`
-    (same server, same library)."""
+    """This app with the ClientApp and the ServerApp swapped for
+    `faulty/faulty_client.py` and `faulty/faulty_server.py` (same library)."""
     app = root / "app"
     shutil.copytree(
         APP_DIR / "qfd_app",
@@ -27,14 +27,17 @@ def faulty_app(root):
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     shutil.copytree(APP_DIR / "scenarios", app / "scenarios")
-    shutil.copy(HERE / "faulty" / "faulty_client.py", app / "faulty_client.py")
+    for name in ("faulty_client.py", "faulty_server.py"):
+        shutil.copy(HERE / "faulty" / name, app / name)
     shutil.copy(APP_DIR / "README.md", app / "README.md")
     pyproject = (APP_DIR / "pyproject.toml").read_text()
     pyproject = pyproject.replace(
         'clientapp = "qfd_app.client_app:app"', 'clientapp = "faulty_client:app"'
-    )
+    ).replace('serverapp = "qfd_app.server_app:app"', 'serverapp = "faulty_server:app"')
     pyproject = re.sub(
-        r"fab-include = \[", 'fab-include = ["faulty_client.py", ', pyproject
+        r"fab-include = \[",
+        'fab-include = ["faulty_client.py", "faulty_server.py", ',
+        pyproject,
     )
     (app / "pyproject.toml").write_text(pyproject)
     return app
@@ -45,13 +48,14 @@ def faulty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     config = (
         "num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 "
-        f"eval-samples=64 sample-steps=5 output-dir='{root / 'out'}'"
+        "eval-samples=64 sample-steps=5 downlink='assigned' "
+        f"output-dir='{root / 'out'}'"
     )
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
         done = flwr_run(
             env,
             config,
-            "num-supernodes=6 client-resources-num-cpus=1",
+            "num-supernodes=7 client-resources-num-cpus=1",
             app=faulty_app(root),
         )
     runs = list((root / "out").glob("*/summary.json"))
@@ -107,6 +111,18 @@ def test_a_metric_of_the_wrong_type_is_rejected_naming_it(faulty_run):
         and "'train-loss' must be a float" in rows[1]["reason"]
     )
     assert rows[2]["status"] == "ok"
+
+
+def test_a_hostile_download_is_refused_on_the_device_and_its_reply_says_why(
+    faulty_run,
+):
+    rows = rows_of(faulty_run, 6)
+    assert rows[1]["status"] == "failed"
+    assert re.search(r"download 'model' is refused.*truncated", rows[1]["reason"])
+    assert rows[2]["status"] == "failed"
+    assert re.search(r"refused.*Bits \d+ differ", rows[2]["reason"])
+    # nothing trained, nothing uploaded
+    assert int(rows[1]["bytes_up"]) == 0 == int(rows[2]["bytes_up"])
 
 
 def test_healthy_devices_train_every_round_and_the_model_stays_finite(faulty_run):

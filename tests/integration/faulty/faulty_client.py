@@ -4,8 +4,8 @@ partition 0 raises in round 2; partition 1 kills its own process (a hard crash) 
 last round (3: in Flower 1.42's simulation the Ray worker dies with it and the engine
 keeps sending later devices to the dead worker, so a crash earlier would fail healthy
 devices too); partition 2 truncates one tensor of its payload; partition 3 reports a
-NaN channel gain; partition 5 reports its train loss as a list in round 1. The others
-behave.
+NaN channel gain; partition 5 reports its train loss as a list in round 1; partition 6
+receives hostile downloads (`faulty_server.py`) and refuses them. The others behave.
 """
 
 import math
