@@ -65,6 +65,7 @@ STATE_FIELDS = {
         ("cpu-hz-min", "cpu-hz-max", "cycles-per-flop", "kappa", "power-w-max"),
         _POSITIVE,
     ),
+    "receive-power-w": Interval(float, 0, None),
     "distance-m": _POSITIVE,
     "gain": _POSITIVE,
     "num-examples": Interval(int, 1, None),
@@ -86,6 +87,7 @@ def state_record(partition_id: int, state: DeviceState) -> dict[str, Any]:
         "cycles-per-flop": float(profile.cycles_per_flop),
         "kappa": float(profile.kappa),
         "power-w-max": float(profile.power_w_max),
+        "receive-power-w": float(profile.receive_power_w),
         "distance-m": float(state.distance_m),
         "gain": float(state.gain),
         "num-examples": int(state.num_examples),
@@ -129,6 +131,7 @@ def parse_state(record: Mapping[str, Any]) -> tuple[int, DeviceState]:
         cycles_per_flop=values["cycles-per-flop"],
         kappa=values["kappa"],
         power_w_max=values["power-w-max"],
+        receive_power_w=values["receive-power-w"],
     )
     range_sq = {
         int(key.removeprefix("range-sq-")): values[key]

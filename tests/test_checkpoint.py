@@ -187,12 +187,20 @@ def test_a_ledger_written_before_the_ray_node_column_is_read_back(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     lines = (tmp_path / "devices.csv").read_text().splitlines()
-    # an older run's devices.csv: the same rows without the last column
+    # an older run's devices.csv: the same rows without the last four columns
+    # (ray_node, then bytes_down, download_s, energy_download_j)
     (old / "devices.csv").write_text(
-        "\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n"
+        "\n".join(line.rsplit(",", 4)[0] for line in lines) + "\n"
     )
     resumed = Ledger(old)
     assert [r.ray_node for r in resumed.records] == ["", ""]
     assert [r.bits for r in resumed.records] == [4, 8]
+    assert [r.bytes_down for r in resumed.records] == [0, 0]
     assert [r.ray_node for r in Ledger(tmp_path).records] == ["ab" * 28, ""]
     assert ledger.totals()["ray_nodes"] == ["ab" * 28]
+    # a resumed run books on: the old file takes the new header, its old rows the
+    # defaults, and the new row keeps every column
+    resumed.book(DeviceRecord(2, 5, 0, "iot", "ok", "", bits=4, bytes_down=1000))
+    again = Ledger(old).records
+    assert [r.bits for r in again] == [4, 8, 4]
+    assert [r.bytes_down for r in again] == [0, 0, 1000]

@@ -6,16 +6,25 @@ device, one column per candidate bit-width) and gets an `Allocation` back;
 `race_to_idle` plans the classic FL client (fp32, f_max, p_max, equal split).
 docs/model.md states the problem:
 
-    minimise   Σ_n E_cmp,n + E_com,n
+    minimise   Σ_n E_rx,n(b_n) + E_cmp,n + E_com,n
     over       b_n ∈ [b_min,n, b_max,n], f_min,n ≤ f_n ≤ f_max,n,
                p_n ≤ p_max,n, B_n ≥ 0
-    subject to t_cmp,n + τ_n ≤ T,  Σ_n w_n² V_n(b_n) ≤ ε ‖Δ̄‖²,
+    subject to t_down,n(b_n) + t_cmp,n + τ_n ≤ T,  Σ_n w_n² V_n(b_n) ≤ ε ‖Δ̄‖²,
                Σ_n B_n ≤ B.
+
+The download comes first and does not depend on f, p or B: the base station splits its
+band and power equally among the round's N devices (`downlink_rates`), so device n
+receives S_down,n(b) bits in t_down,n(b) = S_down,n(b) / r_down,n and spends
+E_rx,n(b) = p_rx,n t_down,n(b). For each bit-width the device then plans compute and
+upload within the time left, T − t_down,n(b), and E_rx,n(b) is added to the energy of
+that bit-width: a (device, bit-width) cell is the upload problem of `upload.py` with a
+deadline of its own.
 
 Steps:
 
 1. **Admission** (`bandwidth.admit_*`): a device that cannot meet the deadline even at
-   b_min, f_max and p_max on the bandwidth it could get is excluded, with that reason.
+   b_min, f_max and p_max on the bandwidth it could get, after its download, is
+   excluded, with that reason.
    The aggregate averages the admitted devices only, so their weights are renormalised
    to sum to 1 (`weight_used`).
 2. **Per candidate** (`upload.optimal_upload`): the optimal τ (hence f, p and energy)
@@ -39,7 +48,7 @@ from numpy.typing import NDArray
 
 from qfd_app.edge.bandwidth import admit_equal, admit_optimal, water_fill
 from qfd_app.edge.bitwidths import BUDGET_RTOL, choose_bits
-from qfd_app.edge.energy import uplink_rate_bps
+from qfd_app.edge.energy import downlink_rate_bps, uplink_rate_bps
 from qfd_app.edge.problem import (
     BANDWIDTH_POLICIES,
     EXCLUDED,
@@ -59,11 +68,32 @@ __all__ = [
     "Devices",
     "Network",
     "candidate_bits",
+    "downlink_rates",
     "race_to_idle",
     "solve_round",
 ]
 
 # ----------------------------------------------------------------------------- solver
+
+
+def downlink_rates(devices: Devices, network: Network) -> NDArray[np.float64]:
+    """r_down,n (bit/s) of each of the round's N devices: B_dl and P_bs split equally
+    among them (`energy.downlink_rate_bps`)."""
+    return downlink_rate_bps(
+        network.downlink_bandwidth_hz,
+        network.bs_power_w,
+        devices.gain,
+        network.noise_w_per_hz,
+        max(len(devices), 1),
+    )
+
+
+def _download(devices: Devices, candidates: Candidates, network: Network):
+    """t_down,n(b) = S_down,n(b) / r_down,n and E_rx,n(b) = p_rx,n t_down,n(b), (N, C)
+    (0 for padding)."""
+    rate = downlink_rates(devices, network)[:, None]
+    t_down = np.where(candidates.valid, candidates.download_bits / rate, 0.0)
+    return t_down, devices.receive_power_w[:, None] * t_down
 
 
 def solve_round(
@@ -104,15 +134,17 @@ def solve_round(
     valid = candidates.valid
     rows = np.arange(n)
     first = np.argmax(valid, axis=1)  # column of b_min
+    t_down, e_down = _download(devices, candidates, network)
+    left = network.deadline_s - t_down  # (N, C): time for compute and upload
     need_min = min_bandwidth_hz(
         payload_bits=candidates.payload_bits[rows, first],
         work_cycles=candidates.work_cycles[rows, first],
-        **_radio(devices, network),
+        **_radio(devices, network, left[rows, first]),
     )
     admit = admit_equal if network.bandwidth_policy == "equal" else admit_optimal
     admitted = admit(need_min, network.bandwidth_hz)
     idx = np.flatnonzero(admitted)
-    builder = _Builder(devices, candidates, network, admitted)
+    builder = _Builder(devices, candidates, network, admitted, t_down, e_down)
     builder.exclusion_reasons(need_min, first)
     if idx.size == 0:
         return builder.finish(started)
@@ -120,10 +152,11 @@ def solve_round(
     weight = devices.weight[idx] / devices.weight[idx].sum()
     werr = np.where(valid[idx], weight[:, None] ** 2 * candidates.error[idx], np.inf)
     per_device = _per_device(devices, network, idx)
+    cells = _Cells(candidates, idx, per_device, left, e_down)
     budget = network.error_budget_abs
     if network.bandwidth_policy == "equal":
         share = network.bandwidth_hz / idx.size
-        table = _Cells(candidates, idx, per_device).table(np.full(idx.size, share))
+        table = cells.table(np.full(idx.size, share))
         choice = choose_bits(table.energy_j, werr, budget, exact_limit=exact_limit)
         col = choice.index
         plan = table.plan(col)
@@ -135,6 +168,8 @@ def solve_round(
             network,
             idx,
             per_device,
+            cells,
+            left[idx],
             werr,
             need_min[idx],
             first[idx],
@@ -150,6 +185,8 @@ def _alternate(
     network,
     idx,
     per_device,
+    cells,
+    left,
     werr,
     need_min,
     first,
@@ -165,9 +202,8 @@ def _alternate(
     col = first
     radio = {
         key: per_device[key]
-        for key in ("gain", "noise_w_per_hz", "deadline_s", "cpu_hz_max", "power_w_max")
+        for key in ("gain", "noise_w_per_hz", "cpu_hz_max", "power_w_max")
     }
-    cells = _Cells(candidates, idx, per_device)
     choice, table = None, None
     for _ in range(max_alternations):
         table = cells.table(bandwidth, guess=table)
@@ -191,10 +227,12 @@ def _alternate(
             "payload_bits": s_all[rows, col],
             "work_cycles": w_all[rows, col],
             **per_device,
+            "deadline_s": left[rows, col],  # T − t_down at the chosen bits
         }
         need = min_bandwidth_hz(
             payload_bits=fixed["payload_bits"],
             work_cycles=fixed["work_cycles"],
+            deadline_s=fixed["deadline_s"],
             **radio,
         )
         bandwidth, up, mu = water_fill(
@@ -210,11 +248,20 @@ def _alternate(
 class _Cells:
     """The admitted devices' real candidates (padding skipped), gathered once per solve.
 
+    Each cell's deadline is the time its download leaves, T − t_down,n(b) (`left`,
+    (N, C)), and its receive energy E_rx,n(b) (`e_down`, (N, C)) is added to its energy.
     `table(bandwidth)` solves every cell on its device's bandwidth
     and returns a `_Table`.
     """
 
-    def __init__(self, candidates: Candidates, idx: NDArray, per_device: dict) -> None:
+    def __init__(
+        self,
+        candidates: Candidates,
+        idx: NDArray,
+        per_device: dict,
+        left: NDArray,
+        e_down: NDArray,
+    ) -> None:
         valid = candidates.valid[idx]
         self.shape = valid.shape
         self.rows, cols = np.nonzero(valid)
@@ -225,6 +272,8 @@ class _Cells:
         }
         self.args["payload_bits"] = candidates.payload_bits[at, cols]
         self.args["work_cycles"] = candidates.work_cycles[at, cols]
+        self.args["deadline_s"] = left[at, cols]
+        self.e_down = e_down[at, cols]
         # (K, C) → cell, −1 for padding
         self.flat = np.full(self.shape, -1, dtype=np.int64)
         self.flat[self.rows, cols] = np.arange(self.rows.size)
@@ -237,14 +286,14 @@ class _Cells:
             **self.args,
         )
         energy = np.full(self.shape, np.inf)
-        energy[self.rows, self.cols] = up.energy_j
+        energy[self.rows, self.cols] = up.energy_j + self.e_down
         return _Table(self, up, energy)
 
 
 @dataclass(frozen=True)
 class _Table:
     """`optimal_upload` of every cell; `energy_j` is the (K, C) table
-    for `choose_bits`."""
+    for `choose_bits` (receive energy included)."""
 
     cells: _Cells
     up: Upload
@@ -269,8 +318,9 @@ def race_to_idle(
     """The classic FL client: highest candidate bit-width, f = f_max,
     p = p_max, equal split.
 
-    Devices that miss the deadline this way are excluded (same admission as
-    `solve_round` with an equal split). The error budget is reported, not enforced.
+    Devices that miss the deadline this way (download, then training and upload) are
+    excluded (same admission as `solve_round` with an equal split). The error budget is
+    reported, not enforced.
     """
     started = time.perf_counter()
     _check_shapes(devices, candidates)
@@ -278,10 +328,15 @@ def race_to_idle(
     rows = np.arange(n)
     top = candidates.valid.sum(axis=1) - 1  # column of b_max
     s, w = candidates.payload_bits[rows, top], candidates.work_cycles[rows, top]
-    need = min_bandwidth_hz(payload_bits=s, work_cycles=w, **_radio(devices, network))
+    t_down, e_down = _download(devices, candidates, network)
+    need = min_bandwidth_hz(
+        payload_bits=s,
+        work_cycles=w,
+        **_radio(devices, network, network.deadline_s - t_down[rows, top]),
+    )
     admitted = admit_equal(need, network.bandwidth_hz)
     idx = np.flatnonzero(admitted)
-    builder = _Builder(devices, candidates, network, admitted)
+    builder = _Builder(devices, candidates, network, admitted, t_down, e_down)
     builder.exclusion_reasons(need, top, at="b_max")
     if idx.size == 0:
         return builder.finish(started, enforced=False)
@@ -315,13 +370,21 @@ def _check_shapes(devices: Devices, candidates: Candidates) -> None:
     if len(shape) != 2:
         raise ValueError(f"candidates.bits must have shape (N, C); got {shape}.")
     n = shape[0]
-    for name in ("cpu_hz_min", "cpu_hz_max", "kappa", "power_w_max", "gain", "weight"):
+    for name in (
+        "cpu_hz_min",
+        "cpu_hz_max",
+        "kappa",
+        "power_w_max",
+        "gain",
+        "weight",
+        "receive_power_w",
+    ):
         if np.shape(getattr(devices, name)) != (n,):
             raise ValueError(
                 f"devices.{name} must have shape ({n},), one value per row of "
                 f"candidates.bits; got {np.shape(getattr(devices, name))}."
             )
-    for name in ("work_cycles", "payload_bits", "error"):
+    for name in ("work_cycles", "payload_bits", "error", "download_bits"):
         if np.shape(getattr(candidates, name)) != shape:
             raise ValueError(
                 f"candidates.{name} must have shape {shape}; got "
@@ -333,24 +396,24 @@ def _check_shapes(devices: Devices, candidates: Candidates) -> None:
         )
 
 
-def _radio(devices: Devices, network: Network) -> dict:
-    """Arguments of `min_bandwidth_hz` other than the payload and the work."""
+def _radio(devices: Devices, network: Network, left: NDArray) -> dict:
+    """Arguments of `min_bandwidth_hz` other than the payload and the work; `left` is
+    each device's deadline for compute and upload, T − t_down."""
     return {
         "gain": devices.gain,
         "noise_w_per_hz": network.noise_w_per_hz,
-        "deadline_s": network.deadline_s,
+        "deadline_s": left,
         "cpu_hz_max": devices.cpu_hz_max,
         "power_w_max": devices.power_w_max,
     }
 
 
 def _per_device(devices: Devices, network: Network, idx: NDArray) -> dict:
-    """Arguments of `optimal_upload` other than payload, work and
-    bandwidth, for rows `idx`."""
+    """Arguments of `optimal_upload` other than payload, work, deadline (per cell:
+    T − t_down) and bandwidth, for rows `idx`."""
     return {
         "gain": devices.gain[idx],
         "noise_w_per_hz": network.noise_w_per_hz,
-        "deadline_s": network.deadline_s,
         "cpu_hz_min": devices.cpu_hz_min[idx],
         "cpu_hz_max": devices.cpu_hz_max[idx],
         "power_w_max": devices.power_w_max[idx],
@@ -373,6 +436,9 @@ class _Builder:
         "payload_bits",
         "error",
         "weight_used",
+        "download_s",
+        "energy_download_j",
+        "download_bits",
     )
 
     def __init__(
@@ -381,9 +447,12 @@ class _Builder:
         candidates: Candidates,
         network: Network,
         admitted: NDArray,
+        t_down: NDArray,
+        e_down: NDArray,
     ) -> None:
         n = len(devices)
         self.devices, self.candidates, self.network = devices, candidates, network
+        self.t_down, self.e_down = t_down, e_down
         self.status = np.where(admitted, SCHEDULED, EXCLUDED)
         self.reason = [""] * n
         self.bits = np.zeros(n, dtype=np.int64)
@@ -406,7 +475,22 @@ class _Builder:
                 c.payload_bits[i, col[i]],
             )
             compute_s = w / d.cpu_hz_max[i]
-            if compute_s >= net.deadline_s:
+            t_down = self.t_down[i, col[i]]
+            # what the download leaves of the deadline, when there is one
+            after = f" after its {t_down:.3g} s download" if t_down > 0 else ""
+            if t_down >= net.deadline_s:
+                why = (
+                    f"the download alone ({c.download_bits[i, col[i]]:.3g} bits of "
+                    f"the model at {at}={b}) takes {t_down:.3g} s, over the "
+                    f"{net.deadline_s:g} s deadline"
+                )
+            elif compute_s >= net.deadline_s - t_down and t_down > 0:
+                why = (
+                    f"the download takes {t_down:.3g} s and training "
+                    f"{compute_s:.3g} s at {at}={b} and f_max: together over the "
+                    f"{net.deadline_s:g} s deadline"
+                )
+            elif compute_s >= net.deadline_s:
                 why = (
                     f"training alone takes {compute_s:.3g} s at {at}={b} and f_max, "
                     f"over the {net.deadline_s:g} s deadline"
@@ -414,21 +498,21 @@ class _Builder:
             elif not np.isfinite(need[i]):
                 why = (
                     f"even unlimited bandwidth cannot upload {s:.3g} bits at {at}={b} "
-                    "and p_max within the deadline"
+                    f"and p_max within the deadline{after}"
                 )
             elif self.network.bandwidth_policy == "equal" or at == "b_max":
                 k = int((self.status == SCHEDULED).sum()) + 1
                 why = (
                     f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, "
-                    "p_max to meet the deadline; an equal share would be "
+                    f"p_max to meet the deadline{after}; an equal share would be "
                     f"{net.bandwidth_hz / k / 1e6:.3g} MHz"
                 )
             else:
                 used = float(np.sum(need[self.status == SCHEDULED]))
                 why = (
                     f"needs {need[i] / 1e6:.3g} MHz at {at}={b}, f_max, p_max to meet "
-                    f"the deadline; {(net.bandwidth_hz - used) / 1e6:.3g} MHz is left "
-                    "after the devices that need less"
+                    f"the deadline{after}; {(net.bandwidth_hz - used) / 1e6:.3g} MHz "
+                    "is left after the devices that need less"
                 )
             self.reason[i] = why
 
@@ -446,6 +530,10 @@ class _Builder:
         ):
             self.out[key][idx] = plan[key]
         self.out["bandwidth_hz"][idx] = bandwidth
+        self.out["download_s"][idx] = self.t_down[idx, col]
+        self.out["energy_download_j"][idx] = self.e_down[idx, col]
+        self.out["energy_j"][idx] += self.e_down[idx, col]
+        self.out["download_bits"][idx] = c.download_bits[idx, col]
         self.out["payload_bits"][idx] = c.payload_bits[idx, col]
         self.out["error"][idx] = c.error[idx, col]
         self.out["weight_used"][idx] = weight

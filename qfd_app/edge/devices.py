@@ -1,7 +1,8 @@
 """Device classes, their placement in the cell, and the uplink channel (seeded).
 
 A `DeviceClass` is a profile shared by many devices (`iot`, `phone`, `edge`, …):
-CPU range, cycles per FLOP, κ, maximum transmit power and the bit-width demand
+CPU range, cycles per FLOP, κ, maximum transmit power, receive power and the bit-width
+demand
 [b_min, b_max]. A `Fleet` is one row per device: its class, distance to the base
 station and log-normal shadowing, both fixed for the whole run. `Fleet.gains(round)`
 adds Rayleigh fading drawn anew each round. Everything random comes from
@@ -42,6 +43,9 @@ class DeviceClass:
     distance_m : float or None
         Fixed distance to the base station, or None to place the device
         uniformly in the cell.
+    receive_power_w : float
+        p_rx, the power the device draws while it receives the model (0: not
+        charged).
     """
 
     name: str
@@ -53,6 +57,7 @@ class DeviceClass:
     kappa: float
     power_w_max: float
     distance_m: float | None = None
+    receive_power_w: float = 0.0
 
 
 def path_loss_db(distance_m: ArrayLike) -> NDArray[np.float64]:

@@ -1,23 +1,28 @@
-"""The per-device energy model of docs/model.md: work, compute, uplink
+"""The per-device energy model of docs/model.md: work, compute, uplink, downlink
 and quantization error.
 
 Every function is plain numpy, broadcasts over its array arguments and takes SI units
 (Hz, W, s, J, bits) — except `training_flops`, which counts a torch model's FLOPs with
 torch's own counter (torch is imported only there). Symbols follow docs/model.md:
 
-==============  =====================================  ==========================
-code            symbol                                 unit
-==============  =====================================  ==========================
-bits            b                                      bits per value
-work_cycles     W_n(b) = E · D_n · φ · c_n · ρ(b)       CPU cycles
-cpu_hz          f_n                                    Hz
-kappa           κ_n (effective switched capacitance)   J·s²  (E = κ W f²)
-payload_bits    S_n(b)                                 bits
-bandwidth_hz    B_n                                    Hz
-gain            g_n (linear power gain)                1
-power_w         p_n                                    W
-noise_w_per_hz  N0                                     W/Hz
-==============  =====================================  ==========================
+=====================  ======================================  ==================
+code                   symbol                                  unit
+=====================  ======================================  ==================
+bits                   b                                       bits per value
+work_cycles            W_n(b) = E · D_n · φ · c_n · ρ(b)       CPU cycles
+cpu_hz                 f_n                                     Hz
+kappa                  κ_n (effective switched capacitance)    J·s²  (E = κ W f²)
+payload_bits           S_n(b)                                  bits
+bandwidth_hz           B_n                                     Hz
+gain                   g_n (linear power gain)                 1
+power_w                p_n                                     W
+noise_w_per_hz         N0                                      W/Hz
+download_bits          S_down,n(b) (what the device receives)  bits
+downlink_bandwidth_hz  B_dl (the downlink band)                Hz
+bs_power_w             P_bs (the base station's power)         W
+receive_power_w        p_rx,n (the device's receive power)     W
+download_s             t_down,n = S_down,n / r_down,n          s
+=====================  ======================================  ==================
 """
 
 from __future__ import annotations
@@ -152,6 +157,29 @@ def power_for_rate_w(
     b = np.asarray(bandwidth_hz, float)
     scale = np.asarray(noise_w_per_hz, float) * b / np.asarray(gain, float)
     return scale * np.expm1(LN2 * np.asarray(rate_bps, float) / b)
+
+
+def downlink_rate_bps(
+    bandwidth_hz: ArrayLike,
+    bs_power_w: ArrayLike,
+    gain: ArrayLike,
+    noise_w_per_hz: ArrayLike,
+    num_devices: ArrayLike,
+) -> NDArray[np.float64]:
+    """FDMA downlink rate of each of K devices: r_down = (B_dl/K) log2(1 + g P_bs /
+    (N0 B_dl)).
+
+    The band B_dl and the power P_bs are split equally among the K devices (constant
+    power spectral density), so each gets B_dl/K at P_bs/K and its SNR
+    g (P_bs/K) / (N0 B_dl/K) = g P_bs / (N0 B_dl) does not depend on K.
+    """
+    k = np.asarray(num_devices, float)
+    return uplink_rate_bps(
+        np.asarray(bandwidth_hz, float) / k,
+        gain,
+        np.asarray(bs_power_w, float) / k,
+        noise_w_per_hz,
+    )
 
 
 def upload_energy_j(power_w: ArrayLike, upload_s: ArrayLike) -> NDArray[np.float64]:

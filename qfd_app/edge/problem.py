@@ -16,6 +16,10 @@ from numpy.typing import ArrayLike, NDArray
 BANDWIDTH_POLICIES = ("equal", "optimal")
 SCHEDULED, EXCLUDED = "scheduled", "excluded"
 
+# A macro cell's downlink (3GPP TR 36.814, Table A.2.1.1-2): 46 dBm over 10 MHz.
+DOWNLINK_BANDWIDTH_HZ = 10e6
+BS_POWER_W = 39.81  # 46 dBm
+
 
 @dataclass(frozen=True)
 class Network:
@@ -28,7 +32,7 @@ class Network:
     noise_w_per_hz : float
         N0, noise power spectral density.
     deadline_s : float
-        T, time for local training plus upload.
+        T, time for the download, local training and upload.
     error_budget : float
         ε, the bound on the aggregate's quantization variance relative to
         `update_sq_norm`; inf switches the budget off.
@@ -37,6 +41,10 @@ class Network:
         (the unit of `error`).
     bandwidth_policy : str
         "equal" (B/K each) or "optimal" (water-filling).
+    downlink_bandwidth_hz : float
+        B_dl, the downlink band, split equally among the round's N devices.
+    bs_power_w : float
+        P_bs, the base station's transmit power, split with the band.
     """
 
     bandwidth_hz: float
@@ -45,6 +53,8 @@ class Network:
     error_budget: float = math.inf
     update_sq_norm: float = 1.0
     bandwidth_policy: str = "equal"
+    downlink_bandwidth_hz: float = DOWNLINK_BANDWIDTH_HZ
+    bs_power_w: float = BS_POWER_W
 
     def __post_init__(self) -> None:
         if self.bandwidth_policy not in BANDWIDTH_POLICIES:
@@ -52,7 +62,14 @@ class Network:
                 f"bandwidth_policy must be one of {BANDWIDTH_POLICIES}; got "
                 f"{self.bandwidth_policy!r}."
             )
-        for name in ("bandwidth_hz", "noise_w_per_hz", "deadline_s", "update_sq_norm"):
+        for name in (
+            "bandwidth_hz",
+            "noise_w_per_hz",
+            "deadline_s",
+            "update_sq_norm",
+            "downlink_bandwidth_hz",
+            "bs_power_w",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}.")
         if not self.error_budget >= 0:
@@ -78,6 +95,8 @@ class Devices:
     gain : g, linear power gain of this round's channel.
     weight : D_n / D, the device's share of the round's data
         (renormalised over the admitted).
+    receive_power_w : p_rx, the power the device draws while it receives (W);
+        None: 0 (downloads not charged).
     """
 
     cpu_hz_min: NDArray[np.float64]
@@ -86,6 +105,11 @@ class Devices:
     power_w_max: NDArray[np.float64]
     gain: NDArray[np.float64]
     weight: NDArray[np.float64]
+    receive_power_w: NDArray[np.float64] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.receive_power_w is None:
+            object.__setattr__(self, "receive_power_w", np.zeros(np.shape(self.gain)))
 
     def __len__(self) -> int:
         return len(self.gain)
@@ -104,12 +128,20 @@ class Candidates:
     work_cycles : W_n(b), CPU cycles of the local training.
     payload_bits : S_n(b), exact size of the encoded update.
     error : V_n(b), quantization variance bound of the update (unweighted).
+    download_bits : S_down,n(b), exact size of the model the device receives when it
+        is assigned b (it depends on b under the `assigned` and `delta` downlinks);
+        None: 0 (no download).
     """
 
     bits: NDArray[np.int64]
     work_cycles: NDArray[np.float64]
     payload_bits: NDArray[np.float64]
     error: NDArray[np.float64]
+    download_bits: NDArray[np.float64] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.download_bits is None:
+            object.__setattr__(self, "download_bits", np.zeros(np.shape(self.bits)))
 
     @property
     def valid(self) -> NDArray[np.bool_]:
@@ -147,8 +179,13 @@ class Allocation:
     reason : tuple of str, why a device is excluded
         (or a note on a scheduled one), else "".
     bits, cpu_hz, power_w, bandwidth_hz, compute_s, upload_s : the device's plan.
-    energy_compute_j, energy_upload_j, energy_j : its energy this round.
+    download_s : t_down,n, the time it takes to receive the model
+        (download_s + compute_s + upload_s ≤ T).
+    energy_compute_j, energy_upload_j, energy_download_j : κ W f², p τ and
+        p_rx t_down.
+    energy_j : their sum, its energy this round.
     payload_bits : S_n(b_n), what it uploads.
+    download_bits : S_down,n(b_n), what it receives.
     error : V_n(b_n), unweighted.
     weight_used : w_n renormalised over the scheduled devices (0 for the excluded).
     total_error : Σ w_n² V_n(b_n).
@@ -174,6 +211,9 @@ class Allocation:
     payload_bits: NDArray[np.float64]
     error: NDArray[np.float64]
     weight_used: NDArray[np.float64]
+    download_s: NDArray[np.float64]
+    energy_download_j: NDArray[np.float64]
+    download_bits: NDArray[np.float64]
     total_error: float
     error_budget_abs: float
     budget_met: bool

@@ -5,16 +5,18 @@ used and every output.
 re-solved or audited from its record alone. Layout (SI units, numbers only):
 
     network: bandwidth_hz, noise_w_per_hz, deadline_s, error_budget (ε),
-             update_sq_norm, bandwidth_policy
+             update_sq_norm, bandwidth_policy, downlink_bandwidth_hz, bs_power_w
     devices: one object per device —
              inputs:  bits_min, bits_max, cpu_hz_min, cpu_hz_max, power_w_max, kappa,
-                      gain, weight,
-                      candidates [{bits, work_cycles, payload_bits, error}]
-             outputs: status, reason, bits, cpu_hz, power_w, bandwidth_hz, compute_s,
-                      upload_s, energy_compute_j, energy_upload_j, energy_j, weight_used
-    totals:  energy_j, energy_compute_j, energy_upload_j, payload_bits, error,
-             error_budget_abs, budget_met, scheduled, excluded, price_error,
-             price_bandwidth, solve_s
+                      gain, weight, receive_power_w, download_rate_bps,
+                      candidates [{bits, work_cycles, payload_bits, error,
+                      download_bits}]
+             outputs: status, reason, bits, cpu_hz, power_w, bandwidth_hz, download_s,
+                      compute_s, upload_s, energy_download_j, energy_compute_j,
+                      energy_upload_j, energy_j, download_bits, weight_used
+    totals:  energy_j, energy_download_j, energy_compute_j, energy_upload_j,
+             download_bits, payload_bits, error, error_budget_abs, budget_met,
+             scheduled, excluded, price_error, price_bandwidth, solve_s
     warnings: [str]
 
 `error` in a candidate is the unweighted V_n(b), so the budget reads
@@ -28,19 +30,31 @@ from typing import Any
 
 import numpy as np
 
+from qfd_app.edge.allocate import downlink_rates
 from qfd_app.edge.problem import Allocation, Candidates, Devices, Network
 
-DEVICE_INPUTS = ("cpu_hz_min", "cpu_hz_max", "power_w_max", "kappa", "gain", "weight")
+DEVICE_INPUTS = (
+    "cpu_hz_min",
+    "cpu_hz_max",
+    "power_w_max",
+    "kappa",
+    "gain",
+    "weight",
+    "receive_power_w",
+)
 DEVICE_OUTPUTS = (
     "bits",
     "cpu_hz",
     "power_w",
     "bandwidth_hz",
+    "download_s",
     "compute_s",
     "upload_s",
+    "energy_download_j",
     "energy_compute_j",
     "energy_upload_j",
     "energy_j",
+    "download_bits",
     "weight_used",
 )
 
@@ -58,6 +72,7 @@ def round_record(
 ) -> dict:
     """The record of one round (see the module docstring for its keys)."""
     valid = candidates.valid
+    rate = downlink_rates(devices, network)
     rows = []
     for n in range(len(devices)):
         cols = np.flatnonzero(valid[n])
@@ -66,12 +81,14 @@ def round_record(
             "bits_max": int(candidates.bits[n, cols[-1]]),
         }
         row.update({key: _num(getattr(devices, key)[n]) for key in DEVICE_INPUTS})
+        row["download_rate_bps"] = _num(rate[n])
         row["candidates"] = [
             {
                 "bits": int(candidates.bits[n, k]),
                 "work_cycles": _num(candidates.work_cycles[n, k]),
                 "payload_bits": _num(candidates.payload_bits[n, k]),
                 "error": _num(candidates.error[n, k]),
+                "download_bits": _num(candidates.download_bits[n, k]),
             }
             for k in cols
         ]
@@ -88,12 +105,16 @@ def round_record(
             "error_budget": _num(network.error_budget),
             "update_sq_norm": _num(network.update_sq_norm),
             "bandwidth_policy": network.bandwidth_policy,
+            "downlink_bandwidth_hz": _num(network.downlink_bandwidth_hz),
+            "bs_power_w": _num(network.bs_power_w),
         },
         "devices": rows,
         "totals": {
             "energy_j": _num(allocation.energy_j.sum()),
+            "energy_download_j": _num(allocation.energy_download_j.sum()),
             "energy_compute_j": _num(allocation.energy_compute_j.sum()),
             "energy_upload_j": _num(allocation.energy_upload_j.sum()),
+            "download_bits": _num(allocation.download_bits.sum()),
             "payload_bits": _num(allocation.payload_bits.sum()),
             "error": _num(allocation.total_error),
             "error_budget_abs": _num(allocation.error_budget_abs),

@@ -82,6 +82,8 @@ KEYS: dict[str, Constraint] = {
     "network.shadowing_db": Interval(float, 0.0, None),
     "network.deadline_s": POSITIVE,
     "network.bandwidth_policy": Options(tuple(BANDWIDTH_POLICIES)),
+    "network.downlink_bandwidth_hz": POSITIVE,
+    "network.bs_power_w": POSITIVE,
     "budget.epsilon": _UpToInfinity(float, 0.0, None),
     "plan.update_rms": POSITIVE,
     "plan.update_coherence": Interval(float, 0.0, 1.0, closed="right"),
@@ -92,6 +94,7 @@ KEYS: dict[str, Constraint] = {
     "classes.*.cycles_per_flop": POSITIVE,
     "classes.*.kappa": POSITIVE,
     "classes.*.power_w_max": POSITIVE,
+    "classes.*.receive_power_w": Interval(float, 0.0, None),
     "classes.*.distance_m": POSITIVE,
     "devices.*": Interval(int, 0, None),
 }
@@ -138,6 +141,9 @@ class Scenario:
         [min_distance_m, cell_radius_m].
     bandwidth_policy : str
         "equal" or "optimal".
+    downlink_bandwidth_hz, bs_power_w : float
+        B_dl and P_bs of the base station's downlink, split equally among the
+        round's devices.
     epsilon : float
         ε, the error budget relative to ‖Δ̄‖² (inf: off).
     update_rms, update_coherence : float
@@ -163,6 +169,8 @@ class Scenario:
     update_coherence: float
     classes: tuple[DeviceClass, ...]
     counts: tuple[int, ...]
+    downlink_bandwidth_hz: float
+    bs_power_w: float
     description: str = ""
 
     @property
@@ -368,6 +376,8 @@ def _build(name: str, data: Mapping[str, Any]) -> Scenario:
         update_coherence=values["plan.update_coherence"],
         classes=tuple(c for c, _ in used),
         counts=tuple(n for _, n in used),
+        downlink_bandwidth_hz=values["network.downlink_bandwidth_hz"],
+        bs_power_w=values["network.bs_power_w"],
     )
 
 
@@ -409,6 +419,7 @@ def _device_class(name: str, values: dict[str, Any]) -> DeviceClass:
         kappa=get("kappa"),
         power_w_max=get("power_w_max"),
         distance_m=get("distance_m"),
+        receive_power_w=get("receive_power_w"),
     )
 
 

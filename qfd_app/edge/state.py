@@ -157,6 +157,7 @@ def solver_inputs(
     gamma: float,
     payload_bits: Callable[[int], float],
     error: Callable[[int, int], float],
+    download_bits: Callable[[int, int], float] | None = None,
 ) -> tuple[Devices, Candidates]:
     """The solver's `Devices` and `Candidates` for the devices in `states`.
 
@@ -170,6 +171,9 @@ def solver_inputs(
         b ↦ S(b), the exact size of an encoded update.
     error : callable
         (device row n, b) ↦ V_n(b).
+    download_bits : callable, optional
+        (device row n, b) ↦ S_down,n(b), the exact size of the model device n
+        receives when assigned b; None: no download.
     """
 
     def column(name: str) -> NDArray[np.float64]:
@@ -195,6 +199,14 @@ def solver_inputs(
             for n, row in enumerate(bits.tolist())
         ]
     ).reshape(bits.shape)
+    down = None
+    if download_bits is not None:
+        down = np.array(
+            [
+                [download_bits(n, b) if b else 0.0 for b in row]
+                for n, row in enumerate(bits.tolist())
+            ]
+        ).reshape(bits.shape)
     devices = Devices(
         cpu_hz_min=column("cpu_hz_min"),
         cpu_hz_max=column("cpu_hz_max"),
@@ -202,5 +214,6 @@ def solver_inputs(
         power_w_max=column("power_w_max"),
         gain=np.array([s.gain for s in states], dtype=float),
         weight=samples / samples.sum(),
+        receive_power_w=column("receive_power_w"),
     )
-    return devices, Candidates(bits, np.where(valid, work, 0.0), size, err)
+    return devices, Candidates(bits, np.where(valid, work, 0.0), size, err, down)

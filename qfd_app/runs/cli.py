@@ -132,6 +132,15 @@ def plan(
             )
         ),
     ] = None,
+    downlink: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Shorthand for the `downlink` setting (fp32, fp16, assigned, delta): "
+                "how the model is sent to the devices."
+            )
+        ),
+    ] = None,
     round_: Annotated[
         int,
         typer.Option(
@@ -171,7 +180,12 @@ def plan(
     from qfd_app.runs.plan import format_plan, plan_first_round
     from qfd_app.validation import Options, check_value
 
-    given = {"strategy": strategy, "bits": bits, "resource-policy": resource_policy}
+    given = {
+        "strategy": strategy,
+        "bits": bits,
+        "resource-policy": resource_policy,
+        "downlink": downlink,
+    }
     shorthands = {k: v for k, v in given.items() if v is not None}
     settings = _checked_settings(
         app_dir, run_config, {"scenario": scenario, **shorthands}

@@ -32,11 +32,14 @@ class DeviceRecord:
     cpu_hz, power_w, bandwidth_hz) are what the server assigned. `bytes_up` counts the
     payload bytes of the update the server received; `upload_s` and `energy_upload_j`
     are computed from those bytes at the assigned rate, `energy_compute_j` from the
-    assigned clock. `deadline_missed` flags compute_s + upload_s > the deadline.
+    assigned clock. `bytes_down` counts the bytes of the model the server sent the
+    device; `download_s` and `energy_download_j` are computed from them at the planned
+    downlink rate and the device's receive power. `deadline_missed` flags
+    download_s + compute_s + upload_s > the deadline.
     host_train_s and host_encode_s are the wall times the simulation host really took to
     train and encode (not the modelled device's); `ray_node` the Ray node its ClientApp
     ran on (empty outside Ray). A device whose reply never came is charged nothing
-    (nothing is known of it).
+    (nothing is known of it), though the bytes sent to it are booked.
     """
 
     round: int
@@ -63,10 +66,13 @@ class DeviceRecord:
     host_train_s: float = 0.0
     host_encode_s: float = 0.0
     ray_node: str = ""
+    bytes_down: int = 0
+    download_s: float = 0.0
+    energy_download_j: float = 0.0
 
     @property
     def energy_j(self) -> float:
-        return self.energy_compute_j + self.energy_upload_j
+        return self.energy_download_j + self.energy_compute_j + self.energy_upload_j
 
 
 def planned_record(
@@ -81,15 +87,20 @@ def planned_record(
     sent: int = 0,
     metrics: dict | None = None,
     ray_node: str = "",
+    bytes_down: int = 0,
 ) -> DeviceRecord:
     """The row of a device that was planned (`strategies.planner.Assignment`):
-    energy from its plan and the bytes the server received, upload
-    time = bits / the assigned rate.
+    energy from its plan and the bytes exchanged — upload time = bits the server
+    received / the assigned rate, download time = bits the server sent (`bytes_down`)
+    / the planned downlink rate, receive energy = the receive power × that time.
 
     A device whose reply never came (`failed`) is charged nothing:
     nothing is known of it.
     """
     charged = status != FAILED
+    download_s = 0.0
+    if bytes_down and charged:
+        download_s = 8.0 * bytes_down / plan.download_rate_bps
     upload_s = 0.0
     if sent:
         upload_s = float(
@@ -121,12 +132,15 @@ def planned_record(
         energy_upload_j=plan.power_w * upload_s,
         bytes_up=sent,
         deadline_missed=charged
-        and compute_s + upload_s > deadline_s * (1 + DEADLINE_RTOL),
+        and download_s + compute_s + upload_s > deadline_s * (1 + DEADLINE_RTOL),
         num_examples=metrics.get("num-examples", 0),
         train_loss=metrics.get("train-loss", math.nan),
         host_train_s=metrics.get("train-s", 0.0),
         host_encode_s=metrics.get("encode-s", 0.0),
         ray_node=ray_node,
+        bytes_down=bytes_down,
+        download_s=download_s,
+        energy_download_j=plan.receive_power_w * download_s,
     )
 
 
@@ -156,6 +170,7 @@ ROUND_FIELDS = (
     "energy_j",
     "energy_compute_j",
     "energy_upload_j",
+    "energy_download_j",
     "bytes_up",
     "bytes_down",
     *PHASES,
@@ -191,8 +206,9 @@ class Ledger:
         )
 
     def book_broadcast(self, server_round: int, num_bytes: int) -> None:
-        """The bytes of the global model sent down to the sampled devices
-        (not charged to them)."""
+        """The bytes of the global model sent down to the sampled devices, for a data
+        path that does not book them per device (`DeviceRecord.bytes_down`): a round's
+        `bytes_down` is the devices' sum when any booked some, else this."""
         self.broadcast_bytes[server_round] = num_bytes
 
     def book_phases(self, server_round: int, **seconds: float) -> None:
@@ -226,22 +242,26 @@ class Ledger:
             "energy_j": sum(r.energy_j for r in rows),
             "energy_compute_j": sum(r.energy_compute_j for r in rows),
             "energy_upload_j": sum(r.energy_upload_j for r in rows),
+            "energy_download_j": sum(r.energy_download_j for r in rows),
             "bytes_up": sum(r.bytes_up for r in rows),
-            "bytes_down": self.broadcast_bytes.get(server_round, 0),
+            "bytes_down": sum(r.bytes_down for r in rows)
+            or self.broadcast_bytes.get(server_round, 0),
             "train_s": max((r.host_train_s for r in rows), default=0.0),
             "encode_s": max((r.host_encode_s for r in rows), default=0.0),
             **self.phases.get(server_round, {}),
         }
 
     def totals(self) -> dict:
-        """Sums over the whole run: device energy, uplink bytes,
+        """Sums over the whole run: device energy, uplink and downlink bytes,
         exclusions, deadline misses."""
         rows = self.records
         return {
             "energy_j": sum(r.energy_j for r in rows),
             "energy_compute_j": sum(r.energy_compute_j for r in rows),
             "energy_upload_j": sum(r.energy_upload_j for r in rows),
+            "energy_download_j": sum(r.energy_download_j for r in rows),
             "bytes_up": sum(r.bytes_up for r in rows),
+            "bytes_down": sum(r.bytes_down for r in rows),
             "devices_excluded": sum(r.status == EXCLUDED for r in rows),
             "deadline_misses": sum(r.deadline_missed for r in rows),
             "ray_nodes": sorted({r.ray_node for r in rows if r.ray_node}),
@@ -268,11 +288,28 @@ def one_line(reason: str, limit: int = 300) -> str:
 
 def _append(path: Path, fields: list[str], row: dict) -> None:
     new = not path.exists()
+    if not new:
+        _upgrade(path, fields)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _upgrade(path: Path, fields: list[str]) -> None:
+    """Rewrite a CSV an older run wrote with fewer columns under the header `fields`,
+    its rows' new cells empty (read back as the field's default), so that the rows
+    appended next line up with the header."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header == fields or not set(header) < set(fields):
+        return
+    rows = read_csv(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 _FROM_CSV = {
@@ -285,12 +322,12 @@ _FROM_CSV = {
 
 def _parse_record(row: dict[str, str]) -> DeviceRecord:
     """A devices.csv row back as the record that wrote it (a column that an older run
-    did not write takes its default)."""
+    did not write, or left empty, takes its default)."""
     return DeviceRecord(
         **{
             f.name: _FROM_CSV[f.type](row[f.name])
             for f in dataclasses.fields(DeviceRecord)
-            if f.name in row
+            if f.name in row and (row[f.name] != "" or f.type == "str")
         }
     )
 

@@ -5,8 +5,10 @@ record and as a table.
 the same settings and number of devices: the same physics (`planner.round_physics`: the
 run's model, E and γ), the same sampled devices (`planner.sample_partitions`), each
 device's state as its ClientApp would report it (D_n from the run's data partition), and
-the same `planner.plan_round`. Before any training a run has no update history, so ε
-is not enforced in round 1; `stand_in=True` plans with the scenario's stand-in history
+the same `planner.plan_round`. Under `downlink = "delta"` round 1 is every device's
+first download (fp32, a resync); later rounds are planned as if each device held its
+copy. Before any training a run has no update history, so ε is not enforced in round 1;
+`stand_in=True` plans with the scenario's stand-in history
 instead (docs/model.md, "error budget").
 """
 
@@ -61,11 +63,14 @@ def plan_first_round(
             sampled, physics.shapes, scenario.update_rms, scenario.update_coherence
         )
     rules = settings.rules()
-    plan = planner.plan_round(rules, physics, states, history)
+    # a `delta` device's first download is the full model in fp32: in round 1 everyone's
+    resync = sampled if settings.downlink == "delta" and round_ == 1 else ()
+    plan = planner.plan_round(rules, physics, states, history, resync)
     return {
         "scenario": scenario.name,
         "strategy": settings.strategy,
         "resource_policy": rules.resource_policy,
+        "downlink": physics.downlink,
         "round": round_,
         "seed": scenario.seed,
         "devices_total": n,
@@ -97,7 +102,10 @@ def format_plan(record: dict[str, Any]) -> str:
         f"{model['parameters']:,} parameters, {model['flops_per_sample']:.3g} training "
         f"FLOPs per sample, E = {model['epochs']}, γ = {model['gamma']:g}",
         f"band {net['bandwidth_hz'] / 1e6:g} MHz ({net['bandwidth_policy']} "
-        f"split) · deadline {net['deadline_s']:g} s · error budget ε = "
+        f"split) · downlink {record['downlink']} over "
+        f"{net['downlink_bandwidth_hz'] / 1e6:g} MHz at "
+        f"{float(w_to_dbm(net['bs_power_w'])):.0f} dBm · deadline "
+        f"{net['deadline_s']:g} s · error budget ε = "
         f"{'off' if budget is None else format(budget, 'g')}"
         + (
             " (no update history yet: a run enforces ε from round 2)"
@@ -115,8 +123,11 @@ def format_plan(record: dict[str, Any]) -> str:
         "CPU GHz",
         "P dBm",
         "B kHz",
+        "MB down",
+        "down s",
         "compute s",
         "upload s",
+        "E_rx J",
         "energy J",
         "status",
     )
@@ -133,8 +144,11 @@ def format_plan(record: dict[str, Any]) -> str:
                 f"{d['cpu_hz'] / 1e9:.3f}" if on else "-",
                 f"{float(w_to_dbm(d['power_w'])):.1f}" if on else "-",
                 f"{d['bandwidth_hz'] / 1e3:.1f}" if on else "-",
+                f"{d['download_bits'] / 8e6:.3g}" if on else "-",
+                f"{d['download_s']:.3g}" if on else "-",
                 f"{d['compute_s']:.3g}" if on else "-",
                 f"{d['upload_s']:.3g}" if on else "-",
+                f"{d['energy_download_j']:.3g}" if on else "-",
                 f"{d['energy_j']:.4g}" if on else "-",
                 d["status"] + (f": {d['reason']}" if d["reason"] else ""),
             )
@@ -149,8 +163,10 @@ def format_plan(record: dict[str, Any]) -> str:
     budget_abs = tot["error_budget_abs"]
     lines += [
         "",
-        f"total energy {tot['energy_j']:.4g} J (compute {tot['energy_compute_j']:.4g} "
-        f"J, upload {tot['energy_upload_j']:.4g} J) · payload "
+        f"total energy {tot['energy_j']:.4g} J (download "
+        f"{tot['energy_download_j']:.4g} J, compute {tot['energy_compute_j']:.4g} "
+        f"J, upload {tot['energy_upload_j']:.4g} J) · down "
+        f"{tot['download_bits'] / 8e6:.4g} MB, payload "
         f"{tot['payload_bits'] / 8e6:.4g} MB · {tot['scheduled']} scheduled, "
         f"{tot['excluded']} excluded",
         f"error {tot['error']:.4g} / budget "

@@ -9,8 +9,10 @@ and every `qfd plan`; neither knows Flower. It
    the mean of the others';
 2. prices every candidate bit-width of every device: the work W_n(b) of E epochs over
    D_n samples with φ the real model's training FLOPs, the exact payload S(b) of the
-   codec the strategy sends b with, and — when the strategy enforces ε and the
-   history knows ‖Δ̄‖² — the error bound V_n(b) of the uniform codec's blocks;
+   codec the strategy sends b with, the exact size S_down(b) of the model the device
+   receives under the run's `downlink` (`download_codec`; fp32 for a partition named
+   in `resync`), and — when the strategy enforces ε and the history knows ‖Δ̄‖² — the
+   error bound V_n(b) of the uniform codec's blocks;
 3. solves: `edge.solve_round` for the "optimal" resource policy, `edge.race_to_idle`
    for "race-to-idle".
 
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from qfd_app.edge import Network, race_to_idle, round_record, solve_round
+from qfd_app.edge.allocate import downlink_rates
 from qfd_app.edge.problem import Allocation, Candidates, Devices
 from qfd_app.edge.state import DeviceState, solver_inputs
 from qfd_app.quant.registry import UNIFORM_BLOCK_SIZES, default_block_size
@@ -59,8 +62,8 @@ class RoundPhysics:
     """The run's fixed inputs to every round's plan.
 
     network : Network
-        Band, noise, deadline and ε (its `update_sq_norm` is set each
-        round from the history).
+        Band, noise, deadline, ε (its `update_sq_norm` is set each
+        round from the history) and the downlink's band and base station power.
     epochs : int
         E, local epochs the devices really train.
     flops_per_sample : float
@@ -69,6 +72,8 @@ class RoundPhysics:
         γ of the compute-precision factor.
     shapes : tuple of shapes
         The model's tensors, for exact payload sizes.
+    downlink : str
+        How the server sends the model, one of `DOWNLINKS` (the `downlink` setting).
     """
 
     network: Network
@@ -76,6 +81,7 @@ class RoundPhysics:
     flops_per_sample: float
     gamma: float
     shapes: tuple[tuple[int, ...], ...]
+    downlink: str = "fp32"
 
 
 def round_physics(settings: Any, scenario: Any, channels: int) -> RoundPhysics:
@@ -94,10 +100,17 @@ def round_physics(settings: Any, scenario: Any, channels: int) -> RoundPhysics:
         deadline_s=scenario.deadline_s,
         error_budget=scenario.epsilon,
         bandwidth_policy=scenario.bandwidth_policy,
+        downlink_bandwidth_hz=scenario.downlink_bandwidth_hz,
+        bs_power_w=scenario.bs_power_w,
     )
     gamma = scenario.gamma if settings.quantized_training else 0.0
     return RoundPhysics(
-        network, settings.local_epochs, profile.flops_per_sample, gamma, profile.shapes
+        network,
+        settings.local_epochs,
+        profile.flops_per_sample,
+        gamma,
+        profile.shapes,
+        settings.downlink,
     )
 
 
@@ -134,7 +147,13 @@ class History:
 
 @dataclass(frozen=True)
 class Assignment:
-    """What the server asks of one scheduled device this round (SI units)."""
+    """What the server asks of one scheduled device this round (SI units).
+
+    The download fields are the plan's: the device receives the model encoded by
+    `download_codec` at `download_bits` bits per value (fp32/32 for a resync), at
+    `download_rate_bps`, in `download_s`, spending `energy_download_j` =
+    `receive_power_w` · `download_s`; the ledger books the bytes really sent.
+    """
 
     partition_id: int
     device_class: str
@@ -148,6 +167,12 @@ class Assignment:
     gain: float
     compute_s: float
     energy_compute_j: float
+    download_codec: str = "fp32"
+    download_bits: int = 32
+    download_rate_bps: float = math.inf
+    receive_power_w: float = 0.0
+    download_s: float = 0.0
+    energy_download_j: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -208,25 +233,30 @@ def plan_round(
     physics: RoundPhysics,
     states: Mapping[int, DeviceState],
     history: History,
+    resync: Collection[int] = (),
 ) -> RoundPlan:
     """Plan the round of the devices in `states` (partition → its state) as
-    `strategy` rules."""
+    `strategy` rules; the partitions in `resync` receive the full model in fp32 this
+    round whatever the `downlink` (e.g. a `delta` device's first download)."""
     partitions, rows, devices, candidates, network = round_inputs(
-        strategy, physics, states, history
+        strategy, physics, states, history, resync
     )
     if strategy.resource_policy == "race-to-idle":
         network = replace(network, bandwidth_policy="equal")
         allocation = race_to_idle(devices, candidates, network)
     else:
         allocation = solve_round(devices, candidates, network)
+    rates = downlink_rates(devices, network)
     assignments = {}
     for n, (partition, state) in enumerate(zip(partitions, rows, strict=True)):
         if allocation.scheduled[n]:
             bits = int(allocation.bits[n])
+            codec = strategy.codec_for(bits)
+            down = _download(physics.downlink, codec, bits, partition in resync)
             assignments[partition] = Assignment(
                 partition_id=partition,
                 device_class=state.device_class.name,
-                codec=strategy.codec_for(bits),
+                codec=codec,
                 bits=bits,
                 bits_min=state.device_class.bits_min,
                 bits_max=state.device_class.bits_max,
@@ -236,6 +266,12 @@ def plan_round(
                 gain=state.gain,
                 compute_s=float(allocation.compute_s[n]),
                 energy_compute_j=float(allocation.energy_compute_j[n]),
+                download_codec=down[0],
+                download_bits=down[1],
+                download_rate_bps=float(rates[n]),
+                receive_power_w=state.device_class.receive_power_w,
+                download_s=float(allocation.download_s[n]),
+                energy_download_j=float(allocation.energy_download_j[n]),
             )
     return RoundPlan(
         partitions, rows, devices, candidates, network, allocation, assignments
@@ -247,11 +283,14 @@ def round_inputs(
     physics: RoundPhysics,
     states: Mapping[int, DeviceState],
     history: History,
+    resync: Collection[int] = (),
 ) -> tuple[list[int], list[DeviceState], Devices, Candidates, Network]:
     """The solver's inputs for `plan_round`: the partitions in order, their states
-    with the history filled in, `Devices`, `Candidates` and the round's `Network`
+    with the history filled in, `Devices`, `Candidates` (with S_down(b) of the run's
+    `downlink`, fp32 for the partitions in `resync`) and the round's `Network`
     (ε off unless enforced)."""
     partitions = sorted(states)
+    resync = frozenset(resync)
     rows = _with_history(
         [states[p] for p in partitions], [history.range_sq.get(p) for p in partitions]
     )
@@ -284,8 +323,20 @@ def round_inputs(
         gamma=physics.gamma,
         payload_bits=lambda b: payload_bits(strategy.codec_for(b), b, physics.shapes),
         error=error,
+        download_bits=lambda n, b: payload_bits(
+            *_download(
+                physics.downlink, strategy.codec_for(b), b, partitions[n] in resync
+            ),
+            physics.shapes,
+        ),
     )
     return partitions, rows, devices, candidates, network
+
+
+def _download(downlink: str, codec: str, bits: int, resync: bool) -> tuple[str, int]:
+    """The (codec, bits) of a device's download: fp32 for a resync, else
+    `download_codec`."""
+    return ("fp32", FULL_PRECISION) if resync else download_codec(downlink, codec, bits)
 
 
 def _with_history(

@@ -30,9 +30,12 @@ def random_population(
     max_width: int = 4,
     gamma: float | None = None,
     policy: str = "equal",
+    downlink: bool = False,
 ) -> tuple[Devices, Candidates, Network]:
     """A population of 1…max_devices devices with random gains, demands,
-    deadline and budget."""
+    deadline and budget; with `downlink`, also a random downlink (band, base station
+    power), receive powers and download sizes, either the same at every bit-width (as
+    fp32) or the upload's (as `assigned`), device by device."""
     n = int(rng.integers(1, max_devices + 1))
     bits_min = rng.integers(1, 15, n)
     bits_max = np.minimum(bits_min + rng.integers(0, max_width, n), 16)
@@ -60,11 +63,25 @@ def random_population(
         power_w_max=rng.uniform(0.01, 0.3, n),
         gain=10 ** rng.uniform(-13, -8, n),
         weight=samples / samples.sum(),
+        receive_power_w=rng.uniform(0.05, 2.0, n) if downlink else None,
     )
+    download = None
+    if downlink:
+        as_assigned = rng.random(n) < 0.5
+        full = 32 * params + np.zeros(bits.shape)
+        download = np.where(valid, np.where(as_assigned[:, None], payload, full), 0.0)
     candidates = Candidates(
-        bits, np.where(valid, work, 0.0), np.where(valid, payload, 0.0), error
+        bits, np.where(valid, work, 0.0), np.where(valid, payload, 0.0), error, download
     )
     budget = math.inf if rng.random() < 0.2 else float(rng.uniform(0.0005, 0.05))
+    radio = (
+        {
+            "downlink_bandwidth_hz": 10 ** rng.uniform(5, 7.3),
+            "bs_power_w": rng.uniform(1.0, 80.0),
+        }
+        if downlink
+        else {}
+    )
     network = Network(
         bandwidth_hz=10 ** rng.uniform(5, 7),
         noise_w_per_hz=N0,
@@ -72,8 +89,18 @@ def random_population(
         error_budget=budget,
         update_sq_norm=params,
         bandwidth_policy=policy,
+        **radio,
     )
     return devices, candidates, network
+
+
+def download_s(devices: Devices, network: Network, n: int, bits: float) -> float:
+    """t_down of `bits` to device n: the base station's band and power split equally
+    among all the devices, r = (B_dl/N) log2(1 + g (P_bs/N) / (N0 B_dl/N))."""
+    k = len(devices.gain)
+    band, power = network.downlink_bandwidth_hz / k, network.bs_power_w / k
+    snr = float(devices.gain[n]) * power / (network.noise_w_per_hz * band)
+    return bits / (band * math.log2(1 + snr))
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,8 @@ class One:
     kappa: float
     deadline_s: float
     noise_w_per_hz: float
+    download_s: float = 0.0
+    receive_power_w: float = 0.0
 
     @classmethod
     def of(
@@ -104,25 +133,30 @@ class One:
             float(devices.kappa[n]),
             network.deadline_s,
             network.noise_w_per_hz,
+            download_s(devices, network, n, float(candidates.download_bits[n, k])),
+            float(devices.receive_power_w[n]),
         )
 
     def window(self, bandwidth_hz: float) -> tuple[float, float] | None:
-        """[τ_lo, τ_hi] from p ≤ p_max and f ≤ f_max, or None when it is empty."""
+        """[τ_lo, τ_hi] from p ≤ p_max and f ≤ f_max after the download, or None when
+        it is empty."""
         snr = self.gain * self.power_w_max / (self.noise_w_per_hz * bandwidth_hz)
         tau_lo = self.payload_bits / (bandwidth_hz * math.log2(1 + snr))
-        tau_hi = self.deadline_s - self.work_cycles / self.cpu_hz_max
+        tau_hi = self.deadline_s - self.download_s - self.work_cycles / self.cpu_hz_max
         return (tau_lo, tau_hi) if 0 < tau_hi and tau_lo <= tau_hi else None
 
     def energy_at(self, tau: float, bandwidth_hz: float) -> float:
-        """τ p(τ) + κ W f(τ)², straight from the definitions."""
+        """p_rx t_down + τ p(τ) + κ W f(τ)², straight from the definitions."""
         power = (
             self.noise_w_per_hz
             * bandwidth_hz
             / self.gain
             * (2 ** (self.payload_bits / (bandwidth_hz * tau)) - 1)
         )
-        cpu = max(self.cpu_hz_min, self.work_cycles / (self.deadline_s - tau))
-        return tau * power + self.kappa * self.work_cycles * cpu**2
+        left = self.deadline_s - self.download_s
+        cpu = max(self.cpu_hz_min, self.work_cycles / (left - tau))
+        receive = self.receive_power_w * self.download_s
+        return receive + tau * power + self.kappa * self.work_cycles * cpu**2
 
     def least_energy(self, bandwidth_hz: float) -> float:
         """min over the window of `energy_at` (inf if the deadline cannot be met)."""

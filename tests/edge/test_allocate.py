@@ -14,6 +14,7 @@ from qfd_app.edge.allocate import (
     Devices,
     Network,
     candidate_bits,
+    downlink_rates,
     race_to_idle,
     solve_round,
 )
@@ -22,6 +23,7 @@ from tests.edge.oracle import (
     ONDEMAND_WIDTHS,
     One,
     best_bits,
+    download_s,
     equal_split_oracle,
     optimal_split_energy,
     options,
@@ -45,9 +47,22 @@ def assert_constraints(
         [int(np.flatnonzero(candidates.bits[i] == plan.bits[i])[0]) for i in n]
     )
     work, payload = candidates.work_cycles[n, col], candidates.payload_bits[n, col]
-    # deadline, clock and power limits
+    # the download, at the oracle's rate, and its energy
+    t_down = [
+        download_s(devices, network, i, candidates.download_bits[i, k])
+        for i, k in zip(n, col, strict=True)
+    ]
+    np.testing.assert_allclose(plan.download_s[n], t_down, rtol=1e-12)
+    np.testing.assert_allclose(
+        plan.energy_download_j[n], devices.receive_power_w[n] * plan.download_s[n]
+    )
+    np.testing.assert_array_equal(
+        plan.download_bits[n], candidates.download_bits[n, col]
+    )
+    # deadline (download, training, upload), clock and power limits
     assert np.all(
-        plan.compute_s[n] + plan.upload_s[n] <= network.deadline_s * (1 + RTOL)
+        plan.download_s[n] + plan.compute_s[n] + plan.upload_s[n]
+        <= network.deadline_s * (1 + RTOL)
     )
     assert np.all(plan.cpu_hz[n] <= devices.cpu_hz_max[n] * (1 + RTOL))
     assert np.all(plan.cpu_hz[n] >= devices.cpu_hz_min[n] * (1 - RTOL))
@@ -67,6 +82,11 @@ def assert_constraints(
     )
     np.testing.assert_allclose(
         plan.energy_upload_j[n], plan.power_w[n] * plan.upload_s[n], rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        plan.energy_j[n],
+        plan.energy_download_j[n] + plan.energy_compute_j[n] + plan.energy_upload_j[n],
+        rtol=1e-12,
     )
     # the error budget, with weights renormalised over the scheduled devices
     weight = devices.weight[n] / devices.weight[n].sum()
@@ -157,6 +177,75 @@ def test_optimal_split_matches_brute_force_over_bits_and_scipy_over_the_shares()
             assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
             compared += 1
     assert compared >= 8
+
+
+def test_with_downloads_the_equal_split_matches_the_oracle():
+    """The deadline holds the download (t_down + t_cmp + τ ≤ T, per bit-width when
+    S_down depends on b) and the receive energy is charged: checked against the oracle,
+    which adds both from the definitions."""
+    rng = np.random.default_rng(31)
+    compared = excluded = 0
+    for case in range(160):
+        devices, candidates, network = random_population(rng, downlink=True)
+        plan = solve_round(devices, candidates, network)
+        assert_constraints(plan, devices, candidates, network)
+        assert_exclusions(plan, devices, candidates, network)
+        excluded += int((~plan.scheduled).sum())
+        rows = [int(i) for i in np.flatnonzero(plan.scheduled)]
+        if not rows:
+            continue
+        best, met = equal_split_oracle(devices, candidates, network, rows)
+        assert plan.budget_met == met, f"case {case}"
+        if met:
+            assert plan.energy_j.sum() <= best * (1 + 1e-4), (
+                f"case {case}: {plan.energy_j.sum()} > {best}"
+            )
+            assert plan.energy_download_j.sum() > 0
+            compared += 1
+    assert compared >= 100 and excluded >= 10
+
+
+def test_with_downloads_the_optimal_split_matches_the_oracle():
+    rng = np.random.default_rng(8)
+    compared = 0
+    for case in range(12):
+        devices, candidates, network = random_population(
+            rng, max_devices=3, max_width=2, policy="optimal", downlink=True
+        )
+        plan = solve_round(devices, candidates, network)
+        assert_constraints(plan, devices, candidates, network)
+        assert_exclusions(plan, devices, candidates, network)
+        rows = [int(i) for i in np.flatnonzero(plan.scheduled)]
+        if not rows:
+            continue
+        best, met = best_bits(
+            devices,
+            candidates,
+            network,
+            rows,
+            lambda combo: optimal_split_energy(
+                devices, candidates, network, rows, combo
+            ),
+        )
+        if met:
+            assert plan.energy_j.sum() <= best * (1 + 1e-4), f"case {case}"
+            compared += 1
+    assert compared >= 6
+
+
+def test_race_to_idle_counts_the_download_in_its_deadline_and_energy():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        devices, candidates, network = random_population(
+            rng, max_devices=6, downlink=True
+        )
+        plan = race_to_idle(devices, candidates, network)
+        assert_constraints(plan, devices, candidates, network)
+        k = int(plan.scheduled.sum())
+        for i in np.flatnonzero(~plan.scheduled):
+            top = options(candidates, i)[-1]
+            one = One.of(devices, candidates, network, i, top)
+            assert one.window(network.bandwidth_hz / (k + 1)) is None
 
 
 @pytest.mark.slow
@@ -302,6 +391,51 @@ def test_a_device_that_cannot_train_in_time_is_excluded_with_the_reason():
     assert "training alone takes" in plan.reason[2] and "deadline" in plan.reason[2]
     assert plan.weight_used[:2].sum() == pytest.approx(1.0)
     assert any("cannot meet" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize("plan_of", [solve_round, race_to_idle])
+def test_a_device_whose_download_alone_exceeds_the_deadline_is_excluded_saying_so(
+    plan_of,
+):
+    devices, candidates, network = _identical_devices(3, gamma=1.0, bits=8)
+    devices = dataclasses.replace(devices, receive_power_w=np.full(3, 1.3))
+    # device 2 receives 10 Gbit: at ~4 Mbit/s that alone is far over the 30 s
+    sizes = np.array([[3.2e7], [3.2e7], [1e10]])
+    candidates = dataclasses.replace(candidates, download_bits=sizes)
+    plan = plan_of(devices, candidates, network)
+    assert list(plan.status) == ["scheduled", "scheduled", "excluded"]
+    assert "the download alone" in plan.reason[2]
+    assert "over the 30 s deadline" in plan.reason[2]
+    assert plan.energy_download_j[2] == 0 and plan.download_s[2] == 0
+    assert np.all(plan.energy_download_j[:2] > 0)
+
+
+def test_a_download_that_leaves_too_little_time_to_train_excludes_saying_so():
+    devices, candidates, network = _identical_devices(3, gamma=1.0, bits=8)
+    # training at 8 bits takes 1.1 s at f_max; device 2's download takes ~29.5 s
+    rate = float(downlink_rates(devices, network)[2])
+    sizes = np.array([[1e6], [1e6], [29.5 * rate]])
+    candidates = dataclasses.replace(candidates, download_bits=sizes)
+    plan = solve_round(devices, candidates, network)
+    assert plan.status[2] == "excluded"
+    assert "the download takes 29.5 s and training" in plan.reason[2]
+
+
+def test_a_download_that_grows_with_the_bits_pushes_the_device_to_fewer_bits():
+    devices, candidates, network = _identical_devices(1, gamma=0.0, bits=8)
+    # the same device at 4 or 8 bits; receiving the 8-bit model would not leave time
+    bits = np.array([[4, 8]])
+    rate = float(downlink_rates(devices, network)[0])
+    candidates = Candidates(
+        bits,
+        np.repeat(candidates.work_cycles, 2, axis=1),
+        np.array([[4 * 2.6e5, 8 * 2.6e5]]),
+        np.array([[1e-4, 1e-6]]),
+        np.array([[10 * rate, 40 * rate]]),  # 10 s and 40 s of a 30 s deadline
+    )
+    plan = solve_round(devices, candidates, network)
+    assert plan.scheduled[0] and plan.bits[0] == 4
+    assert plan.download_s[0] == pytest.approx(10.0)
 
 
 def test_a_round_nobody_can_make_excludes_everyone_without_raising():

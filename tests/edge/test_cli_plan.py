@@ -17,6 +17,8 @@ NETWORK_KEYS = {
     "deadline_s",
     "error_budget",
     "bandwidth_policy",
+    "downlink_bandwidth_hz",
+    "bs_power_w",
 }
 DEVICE_INPUTS = {
     "bits_min",
@@ -27,6 +29,8 @@ DEVICE_INPUTS = {
     "kappa",
     "gain",
     "weight",
+    "receive_power_w",
+    "download_rate_bps",
     "candidates",
 }
 DEVICE_OUTPUTS = {
@@ -36,13 +40,24 @@ DEVICE_OUTPUTS = {
     "cpu_hz",
     "power_w",
     "bandwidth_hz",
+    "download_s",
     "compute_s",
     "upload_s",
+    "energy_download_j",
     "energy_compute_j",
     "energy_upload_j",
     "energy_j",
+    "download_bits",
 }
-TOTALS = {"energy_j", "payload_bits", "error", "error_budget_abs", "solve_s"}
+TOTALS = {
+    "energy_j",
+    "energy_download_j",
+    "download_bits",
+    "payload_bits",
+    "error",
+    "error_budget_abs",
+    "solve_s",
+}
 
 
 def plan(*args):
@@ -67,8 +82,11 @@ def test_the_table_has_a_row_per_device_and_totals():
         "CPU GHz",
         "P dBm",
         "B kHz",
+        "MB down",
+        "down s",
         "compute s",
         "upload s",
+        "E_rx J",
         "energy J",
         "status",
     ):
@@ -91,9 +109,13 @@ def test_json_holds_every_input_and_output_the_solver_used():
         assert [c["bits"] for c in device["candidates"]] == list(
             range(device["bits_min"], device["bits_max"] + 1)
         )
-        assert {"bits", "work_cycles", "payload_bits", "error"} == device["candidates"][
-            0
-        ].keys()
+        assert {
+            "bits",
+            "work_cycles",
+            "payload_bits",
+            "error",
+            "download_bits",
+        } == device["candidates"][0].keys()
 
 
 def test_devices_replicates_the_scenario():
@@ -171,3 +193,29 @@ def test_unknown_scenario_and_bad_options_fail_cleanly(args, words):
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit
     )
+
+
+@pytest.mark.parametrize("downlink", ["fp32", "fp16", "assigned", "delta"])
+def test_downlink_shorthand_plans_each_scheme(downlink):
+    result = plan("smoke", "--json", *ALL, "--downlink", downlink)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["downlink"] == downlink
+    for d in record["devices"]:
+        sizes = [c["download_bits"] for c in d["candidates"]]
+        if downlink == "assigned":  # the update's codec at each bit-width
+            assert sizes == [c["payload_bits"] for c in d["candidates"]]
+        else:  # fp32, fp16, and delta in round 1 (every device's first download)
+            assert len(set(sizes)) == 1
+        if d["status"] == "scheduled":
+            rate = d["download_rate_bps"]
+            assert d["download_s"] == pytest.approx(d["download_bits"] / rate)
+            assert d["energy_download_j"] == pytest.approx(
+                d["receive_power_w"] * d["download_s"]
+            )
+
+
+def test_a_bad_downlink_is_one_line_naming_the_setting():
+    result = plan("smoke", "--downlink", "int8")
+    assert result.exit_code == 2
+    assert "downlink" in result.output and "int8" in result.output

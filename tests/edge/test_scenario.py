@@ -36,6 +36,18 @@ def test_the_default_scenario_is_the_one_fixed_in_the_design():
     # trains (docs/model.md)
     assert s.gamma == 1.0 and s.deadline_s == 300.0 and s.epsilon == 0.05
     assert s.noise_w_per_hz == pytest.approx(3.981e-21, rel=1e-3)
+    # the downlink (docs/model.md §5): a macro cell's 46 dBm over 10 MHz (3GPP TR
+    # 36.814) and each class's receive power
+    assert s.downlink_bandwidth_hz == 10e6
+    assert s.bs_power_w == pytest.approx(10 ** (46 / 10) / 1000, rel=1e-3)
+    receive = {name: c.receive_power_w for name, c in classes.items()}
+    assert receive == {"iot": 0.1, "phone": 1.3, "edge": 1.3}
+
+
+def test_the_paper_scenario_has_a_20_mhz_downlink_at_49_dbm():
+    s = load_scenario("paper")
+    assert s.downlink_bandwidth_hz == 20e6
+    assert s.bs_power_w == pytest.approx(10 ** (49 / 10) / 1000, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +87,35 @@ POSITIVE = "must be a float in the range (0, inf)"
 BITS = "must be an int in the range [1, 32]"
 
 BAD = [  # (TOML after `extends = "default"`, words the message must hold)
+    (
+        "[network]\nbs_power_w = -40.0",
+        ["Scenario key 'network.bs_power_w'", POSITIVE, "; got -40.0."],
+    ),
+    (
+        "[network]\ndownlink_bandwidth_hz = 0.0",
+        ["Scenario key 'network.downlink_bandwidth_hz'", POSITIVE, "; got 0.0."],
+    ),
+    (
+        '[network]\nbs_power_w = "46 dBm"',
+        ["Scenario key 'network.bs_power_w'", POSITIVE, "; got '46 dBm'."],
+    ),
+    (
+        "[classes.iot]\nreceive_power_w = -0.1",
+        [
+            "Scenario key 'classes.iot.receive_power_w'",
+            "must be a float in the range [0, inf)",
+            "; got -0.1.",
+        ],
+    ),
+    (
+        "[classes.tablet]\nbits_min = 4\nbits_max = 8\ncpu_hz_min = 5e8\n"
+        "cpu_hz_max = 2e9\ncycles_per_flop = 0.2\npower_w_max = 0.2\nkappa = 1e-28\n"
+        "[devices]\ntablet = 1",
+        [
+            "Scenario key 'classes.tablet.receive_power_w' is missing",
+            "; it must be a float in the range [0, inf).",
+        ],
+    ),
     (
         "[classes.iot]\npower_w_max = -0.1",
         ["Scenario key 'classes.iot.power_w_max'", POSITIVE, "; got -0.1."],

@@ -295,3 +295,57 @@ def test_every_strategy_plans_with_its_own_codec_sizes():
                 assert c["payload_bits"] == payload_bits(
                     rules.codec_for(c["bits"]), c["bits"], shapes
                 )
+
+
+def _downlink_plan(downlink, resync=()):
+    """Round 1 of the smoke scenario's three devices under `downlink`."""
+    from qfd_app.edge.state import device_state
+
+    s = settings(scenario="smoke", fraction_train=1.0, downlink=downlink)
+    scenario = s.load_scenario()
+    physics = planner.round_physics(s, scenario, 1)
+    states = {p: device_state(scenario, p, 3, 1, 450, {}, {}) for p in range(3)}
+    plan = planner.plan_round(s.rules(), physics, states, planner.History(), resync)
+    return physics, plan
+
+
+@pytest.mark.parametrize("downlink", planner.DOWNLINKS)
+def test_the_download_size_follows_the_downlink_and_resync_sends_fp32(downlink):
+    physics, plan = _downlink_plan(downlink, resync={1})
+    assert physics.downlink == downlink
+    c = plan.candidates
+    valid = c.valid
+    fp32 = payload_bits("fp32", 32, physics.shapes)
+    fixed = {"fp32": fp32, "fp16": payload_bits("fp16", 16, physics.shapes)}
+    for n, partition in enumerate(plan.partitions):
+        sizes = c.download_bits[n, valid[n]]
+        if partition == 1:  # a resync: the full model in fp32 whatever the scheme
+            assert np.all(sizes == fp32)
+        elif downlink in fixed:  # the same model at every bit-width
+            assert np.all(sizes == fixed[downlink])
+        else:  # assigned, delta: encoded as the device's update at its bits
+            np.testing.assert_array_equal(sizes, c.payload_bits[n, valid[n]])
+    # the assignment carries the download the data path and the ledger need
+    a = plan.allocation
+    for n, partition in enumerate(plan.partitions):
+        job = plan.assignments.get(partition)
+        if job is None:
+            continue
+        expected = planner.download_codec(downlink, job.codec, job.bits)
+        assert (job.download_codec, job.download_bits) == (
+            ("fp32", 32) if partition == 1 else expected
+        )
+        assert job.download_s == a.download_s[n] > 0
+        rate = job.download_rate_bps
+        assert job.download_s == pytest.approx(a.download_bits[n] / rate)
+        assert job.energy_download_j == pytest.approx(
+            job.receive_power_w * job.download_s
+        )
+        assert job.receive_power_w == plan.states[n].device_class.receive_power_w
+
+
+def test_the_scenario_downlink_reaches_the_network():
+    physics, _ = _downlink_plan("fp32")
+    scenario = load_scenario("smoke")
+    assert physics.network.downlink_bandwidth_hz == scenario.downlink_bandwidth_hz
+    assert physics.network.bs_power_w == scenario.bs_power_w
