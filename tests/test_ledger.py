@@ -68,7 +68,6 @@ def test_round_and_run_totals_sum_the_devices_downloads(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.book(record())
     ledger.book(record(bytes_down=1_000_000))
-    ledger.book_broadcast(1, 123)  # ignored once devices book their own bytes
     round_row = ledger.summarise(1)
     assert round_row["bytes_down"] == 3_000_000
     assert round_row["energy_download_j"] == pytest.approx(1.3 * 3.0)
@@ -79,14 +78,6 @@ def test_round_and_run_totals_sum_the_devices_downloads(tmp_path):
     ledger.write_round(round_row)
     header = (tmp_path / "rounds.csv").read_text().splitlines()[0].split(",")
     assert "energy_download_j" in header and "bytes_down" in header
-
-
-def test_a_data_path_that_books_no_bytes_down_keeps_the_broadcast_count(tmp_path):
-    ledger = Ledger(tmp_path)
-    ledger.book(record(bytes_down=0))
-    ledger.book_broadcast(1, 4_000)
-    assert ledger.summarise(1)["bytes_down"] == 4_000
-    assert ledger.summarise(1)["energy_download_j"] == 0
 
 
 def test_an_old_rounds_csv_takes_the_new_columns_when_a_resumed_run_appends(tmp_path):

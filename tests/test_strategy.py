@@ -2,6 +2,7 @@
 booked, never fatal, and each device's energy booked from its plan and the
 bytes it really sent."""
 
+import math
 import time
 
 import numpy as np
@@ -154,6 +155,10 @@ def test_global_model_moves_by_the_example_weighted_mean_update(strategy):
     assert metrics["bytes-up"] == sum(
         4 * sum(v.numel() for v in updates[n].values()) for n in updates
     )
+    # each device is booked the fp32 model it was sent, answered or not
+    model_bytes = 4 * sum(math.prod(s) for s in SHAPES.values())
+    rows = strategy.ledger.of_round(1)
+    assert len(rows) == 6 and all(r.bytes_down == model_bytes for r in rows)
 
 
 def test_bad_replies_are_rejected_with_reasons_and_the_round_goes_on(

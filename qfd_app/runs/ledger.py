@@ -193,7 +193,6 @@ class Ledger:
             if self.devices_csv.exists()
             else []
         )
-        self.broadcast_bytes: dict[int, int] = {}
         self.phases: dict[int, dict[str, float]] = {}
 
     def book(self, record: DeviceRecord) -> None:
@@ -204,12 +203,6 @@ class Ledger:
             [f.name for f in dataclasses.fields(DeviceRecord)],
             dataclasses.asdict(record),
         )
-
-    def book_broadcast(self, server_round: int, num_bytes: int) -> None:
-        """The bytes of the global model sent down to the sampled devices, for a data
-        path that does not book them per device (`DeviceRecord.bytes_down`): a round's
-        `bytes_down` is the devices' sum when any booked some, else this."""
-        self.broadcast_bytes[server_round] = num_bytes
 
     def book_phases(self, server_round: int, **seconds: float) -> None:
         """Wall times of phases of a round (keys of `PHASES`)."""
@@ -244,8 +237,7 @@ class Ledger:
             "energy_upload_j": sum(r.energy_upload_j for r in rows),
             "energy_download_j": sum(r.energy_download_j for r in rows),
             "bytes_up": sum(r.bytes_up for r in rows),
-            "bytes_down": sum(r.bytes_down for r in rows)
-            or self.broadcast_bytes.get(server_round, 0),
+            "bytes_down": sum(r.bytes_down for r in rows),
             "train_s": max((r.host_train_s for r in rows), default=0.0),
             "encode_s": max((r.host_encode_s for r in rows), default=0.0),
             **self.phases.get(server_round, {}),

@@ -179,7 +179,13 @@ class EdgeStrategy(FedAvg):
             len(nodes),
         )
         queried = time.perf_counter()
-        plan = planner.plan_round(self.rules, self.physics, by_partition, self.history)
+        plan = planner.plan_round(
+            self.rules,
+            self.physics,
+            by_partition,
+            self.history,
+            resync=self.broadcaster.resync(by_partition),
+        )
         for warning in plan.allocation.warnings:
             log(WARNING, "Round %d: %s", server_round, warning)
         for n, (partition, state) in enumerate(
@@ -241,9 +247,6 @@ class EdgeStrategy(FedAvg):
                     group_id=str(server_round),
                 )
             )
-        self.ledger.book_broadcast(
-            server_round, sum(d.num_bytes for d in downloads.values())
-        )
         return messages
 
     def _query(
@@ -332,7 +335,14 @@ class EdgeStrategy(FedAvg):
                 continue  # not a device this round asked; nothing to book against
             if reply.has_error():
                 self.ledger.book(
-                    self._record(server_round, node, plan, FAILED, reply.error.reason)
+                    self._record(
+                        server_round,
+                        node,
+                        plan,
+                        downloads[plan.partition_id],
+                        FAILED,
+                        reply.error.reason,
+                    )
                 )
                 continue
             sent, host = averaging.sent_bytes(reply), ""
@@ -361,6 +371,7 @@ class EdgeStrategy(FedAvg):
                         server_round,
                         node,
                         plan,
+                        downloads[plan.partition_id],
                         REJECTED,
                         str(err),
                         sent=sent,
@@ -373,6 +384,7 @@ class EdgeStrategy(FedAvg):
                     server_round,
                     node,
                     plan,
+                    downloads[plan.partition_id],
                     OK,
                     "",
                     sent=sent,
@@ -398,6 +410,7 @@ class EdgeStrategy(FedAvg):
                     server_round,
                     node,
                     plan,
+                    downloads[plan.partition_id],
                     FAILED,
                     "no reply before the round's timeout",
                 )
@@ -433,9 +446,18 @@ class EdgeStrategy(FedAvg):
         self.ledger.book_phases(server_round, aggregate_s=time.perf_counter() - decoded)
         return ArrayRecord(torch_state_dict=new_global), metrics
 
-    def _record(self, server_round, node, plan: Assignment, status, reason, **reply):
-        """The row of a planned device; `reply` holds what its reply said
-        (`planned_record`)."""
+    def _record(
+        self,
+        server_round,
+        node,
+        plan: Assignment,
+        download: Download,
+        status,
+        reason,
+        **reply,
+    ):
+        """The row of a planned device: its plan, the bytes of its `download`, and
+        what its reply said (`reply`, see `planned_record`)."""
         network = self.physics.network
         return planned_record(
             server_round,
@@ -445,6 +467,7 @@ class EdgeStrategy(FedAvg):
             reason,
             noise_w_per_hz=network.noise_w_per_hz,
             deadline_s=network.deadline_s,
+            bytes_down=download.num_bytes,
             **reply,
         )
 
