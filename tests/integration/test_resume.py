@@ -1,5 +1,6 @@
 """Resume: SIGKILL a real simulation after round 2 of 4, resume it, and get
-the uninterrupted run.
+the uninterrupted run — with the `delta` downlink, whose devices keep a copy of the
+model that a resumed run's new device processes no longer have.
 
 Three real `flwr run`s of the default `ondemand` strategy on 4 virtual devices, 2
 sampled a round (so devices train, sit out and come back, and the error budget prices
@@ -9,7 +10,10 @@ committed, and one that resumes it (`resume = true`) on a fresh SuperLink.
 
 Why bitwise equality holds: every random draw of a round comes from generators seeded by
 (seed, round, partition), each device trains single-threaded, and the server adds the
-updates in partition order, so nothing depends on which process ran what or when.
+updates in partition order, so nothing depends on which process ran what or when. The
+server's mirrors of the devices' copies are checkpointed; a device that lost its copy is
+sent the mirror in fp32 with its delta, so it trains from the same model — only the
+bytes sent down (and their time and energy) differ.
 """
 
 import threading
@@ -26,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 CONFIG = (
     "num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 "
-    "eval-samples=64 sample-steps=5 strategy='ondemand'"
+    "eval-samples=64 sample-steps=5 strategy='ondemand' downlink='delta'"
 )
 FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 HOST_COLUMNS = {
@@ -37,6 +41,8 @@ HOST_COLUMNS = {
     *PHASES,
     "wall_s",
 }  # the host's, not the run's
+# a resumed run resends lost copies: more bytes down, more download time and energy
+DOWNLOAD_COLUMNS = {"bytes_down", "download_s", "energy_download_j", "energy_j"}
 
 
 def run(root, name, extra="", kill_after_round=None):
@@ -94,11 +100,15 @@ def runs(tmp_path_factory):
     }
 
 
+def ordered(rows):
+    """In (round, partition) order (replies come in any order)."""
+    return sorted(rows, key=lambda r: (int(r["round"]), int(r.get("partition_id", -1))))
+
+
 def deterministic(rows):
-    """The rows without the host's timings, in (round, partition) order
-    (replies come in any order)."""
-    rows = sorted(rows, key=lambda r: (int(r["round"]), int(r.get("partition_id", -1))))
-    return [{k: v for k, v in row.items() if k not in HOST_COLUMNS} for row in rows]
+    """The rows without the host's timings and the download's cost."""
+    skip = HOST_COLUMNS | DOWNLOAD_COLUMNS
+    return [{k: v for k, v in row.items() if k not in skip} for row in ordered(rows)]
 
 
 def test_the_kill_came_after_round_2_and_before_the_run_ended(runs):
@@ -125,6 +135,19 @@ def test_the_ledger_equals_the_uninterrupted_runs(runs):
         for name in ("resumed", "full")
     ]
     assert rounds[0] == rounds[1]  # FID and the other scores too
+
+
+def test_devices_that_lost_their_copy_were_sent_it_once_more(runs):
+    full = ordered(read_csv(runs["full"] / "devices.csv"))
+    resumed = ordered(read_csv(runs["resumed"] / "devices.csv"))
+    model_bytes = max(int(r["bytes_down"]) for r in full if r["round"] == "1")
+    extra = [int(b["bytes_down"]) - int(a["bytes_down"]) for a, b in zip(full, resumed)]
+    # rounds 1–2 as before; after the resume, a device that held a copy gets the
+    # mirror (fp32, the size of a first download) besides its delta, once
+    assert all(e == 0 for e, r in zip(extra, full) if int(r["round"]) <= 2)
+    assert set(extra) <= {0, model_bytes} and model_bytes in extra
+    resent = [r["partition_id"] for e, r in zip(extra, full) if e]
+    assert len(resent) == len(set(resent))
 
 
 def test_the_final_model_equals_the_uninterrupted_runs(runs):
