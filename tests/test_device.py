@@ -114,3 +114,19 @@ def test_the_codec_squared_error_stays_within_the_reported_bound_on_average():
         )
         errors.append(float((decoded["w"] - update["w"]).square().sum()))
     assert sum(errors) / len(errors) <= bound
+
+
+@pytest.mark.parametrize(
+    "range_sq, message",
+    [
+        ({48: 10**400}, "range sum of block size 48 must be a float"),
+        ({48: float("nan")}, "range sum of block size 48"),
+        ({48: -1.0}, "range sum of block size 48"),
+        ({0: 1.0}, "range-sum block size must be an int"),
+    ],
+)
+def test_stored_range_sums_beyond_float_range_are_refused_with_a_reason(
+    scenario, range_sq, message
+):
+    with pytest.raises(ValueError, match=message):
+        device_state(scenario, 0, 10, 2, 450, {}, range_sq)
