@@ -53,7 +53,7 @@ def query(msg: Message, context: Context) -> Message:
         server_round=int(msg.content[protocol.CONFIG_KEY]["server-round"]),
         num_examples=len(images),
         node_config=context.node_config,
-        range_sq={int(k): float(v) for k, v in ranges.items()},
+        range_sq={int(k): v for k, v in ranges.items()},
     )
     record = ConfigRecord(
         {

@@ -147,9 +147,9 @@ def test_the_strategy_state_survives_json_and_restores_the_same_plan(tmp_path):
     strategy = Planned(epsilon=0.05)
     strategy.update_sq_norm = 1.0
     strategy.history.range_sq = {
-        0: {64: 50.0, 256: 50.0},
-        1: {64: 40.0, 256: 40.0},
-        2: {64: 30.0, 256: 30.0},
+        0: {48: 50.0},
+        1: {48: 40.0},
+        2: {48: 30.0},
     }
     edge = make_strategy(tmp_path / "a")
     edge.history = strategy.history

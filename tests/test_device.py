@@ -10,12 +10,10 @@ from qfd_app.edge import load_scenario
 from qfd_app.edge.devices import path_loss_db
 from qfd_app.edge.state import ProfileError, device_state
 from qfd_app.quant import (
-    block_ranges,
     decode_update,
     encode_update,
     get_codec,
     range_sq_sums,
-    uniform_error_bound,
 )
 
 
@@ -94,17 +92,15 @@ def test_range_sums_price_the_codec_error_exactly_as_its_own_bound():
     }
     sums = range_sq_sums(update)
     for bits in (2, 4, 8):
-        m = 64 if bits <= 3 else 256
-        bound = sum(
-            uniform_error_bound(block_ranges(t, m), bits, m) for t in update.values()
-        )
-        assert sums[m] / (4 * (2**bits - 1) ** 2) == pytest.approx(bound, rel=1e-6)
+        codec = get_codec("uniform", bits)
+        bound = sum(codec.error_bound(t) for t in update.values())
+        assert sums[48] / (4 * (2**bits - 1) ** 2) == pytest.approx(bound, rel=1e-12)
 
 
 def test_the_codec_squared_error_stays_within_the_reported_bound_on_average():
     g = torch.Generator().manual_seed(1)
     update = {"w": torch.randn(4096, generator=g)}
-    bound = range_sq_sums(update)[256] / (4 * (2**4 - 1) ** 2)
+    bound = range_sq_sums(update)[48] / (4 * (2**4 - 1) ** 2)
     codec, shapes = get_codec("uniform", bits=4), {"w": (4096,)}
     errors = []
     for seed in range(20):
@@ -118,3 +114,19 @@ def test_the_codec_squared_error_stays_within_the_reported_bound_on_average():
         )
         errors.append(float((decoded["w"] - update["w"]).square().sum()))
     assert sum(errors) / len(errors) <= bound
+
+
+@pytest.mark.parametrize(
+    "range_sq, message",
+    [
+        ({48: 10**400}, "range sum of block size 48 must be a float"),
+        ({48: float("nan")}, "range sum of block size 48"),
+        ({48: -1.0}, "range sum of block size 48"),
+        ({0: 1.0}, "range-sum block size must be an int"),
+    ],
+)
+def test_stored_range_sums_beyond_float_range_are_refused_with_a_reason(
+    scenario, range_sq, message
+):
+    with pytest.raises(ValueError, match=message):
+        device_state(scenario, 0, 10, 2, 450, {}, range_sq)

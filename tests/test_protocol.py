@@ -24,8 +24,7 @@ METRICS = {
     "partition-id": 3,
     "train-s": 1.0,
     "encode-s": 0.1,
-    "range-sq-64": 12.5,
-    "range-sq-256": 30.0,
+    "range-sq-48": 12.5,
 }
 
 
@@ -48,8 +47,8 @@ def test_a_state_survives_its_record_unchanged():
         ("num-examples", 0),
         ("num-examples", 4.5),
         ("cpu-hz-min", 3e9),  # above cpu-hz-max
-        ("range-sq-64", -1.0),
-        ("range-sq-256", math.nan),
+        ("range-sq-48", -1.0),
+        ("range-sq-48", math.nan),
         ("device-class", ""),
     ],
 )
@@ -68,9 +67,10 @@ def test_a_missing_field_is_rejected_naming_it(key):
 
 
 @pytest.mark.parametrize("value", [10**400, -(10**400), float("inf")])
-def test_a_number_beyond_float_range_is_a_state_error_not_an_overflow(value):
-    with pytest.raises(StateError, match="gain"):
-        parse_state({**state_record(7, STATE), "gain": value})
+@pytest.mark.parametrize("key", ["gain", "range-sq-48"])
+def test_a_number_beyond_float_range_is_a_state_error_not_an_overflow(key, value):
+    with pytest.raises(StateError, match=f"{key}.* must be a float"):
+        parse_state({**state_record(7, STATE), key: value})
 
 
 def test_a_negative_partition_id_is_refused():
@@ -97,7 +97,7 @@ def test_reply_metrics_pass_and_convert():
         ("train-loss", [0.5]),
         ("partition-id", True),
         ("train-s", -1.0),
-        ("range-sq-64", math.inf),
+        ("range-sq-48", math.inf),
     ],
 )
 def test_a_bad_reply_metric_is_refused_naming_key_value_and_what_is_allowed(key, value):

@@ -37,7 +37,7 @@ from qfd_app.edge.devices import DeviceClass, Fleet
 from qfd_app.edge.energy import work_cycles
 from qfd_app.edge.problem import Candidates, Devices
 from qfd_app.edge.scenario import Scenario
-from qfd_app.validation import Interval, Options, check_mapping
+from qfd_app.validation import Interval, Options, check_mapping, check_value
 
 
 class ProfileError(ValueError):
@@ -113,6 +113,9 @@ def device_state(
     ------
     ProfileError
         For a `--node-config` profile key the scenario does not allow.
+    ValueError
+        For a range sum that is not a finite float ≥ 0 (e.g. an int beyond float
+        range) or a block size that is not a positive int.
     """
     fleet = scenario.fleet(num_partitions)
     profile = fleet.classes[fleet.class_index[partition_id]]
@@ -143,9 +146,15 @@ def device_state(
         placed[partition_id] = values["distance-m"]
         fleet = dataclasses.replace(fleet, distance_m=placed)
     state = fleet_state(fleet, partition_id, server_round, num_examples, profile)
-    return dataclasses.replace(
-        state, range_sq={int(m): float(v) for m, v in range_sq.items()}
-    )
+    # the device's own stored sums, checked as the server checks them: an int beyond
+    # float range is refused with its reason, not an OverflowError
+    checked = {
+        check_value("A range-sum block size", m, Interval(int, 1, None)): check_value(
+            f"The range sum of block size {m!r}", v, Interval(float, 0, None)
+        )
+        for m, v in range_sq.items()
+    }
+    return dataclasses.replace(state, range_sq=checked)
 
 
 def solver_inputs(

@@ -103,6 +103,8 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     elif bits <= 8:
         codes = _unpack_bytes(packed, bits)
     elif bits == 16:
+        if packed.storage_offset() % 2:  # a stream may start at an odd byte
+            packed = packed.clone()
         codes = packed.view(torch.int16).to(torch.int64) & 0xFFFF
     else:
         codes = _unpack_words(packed, bits, groups)

@@ -76,7 +76,11 @@ class _BnbCodec(Codec):
         self.bits = check_fixed_bits(self.name, bits, self.fixed_bits)
         if block_size is None:
             block_size = self.default_block_size
-        if isinstance(block_size, bool) or block_size not in self.allowed_block_sizes:
+        if (
+            isinstance(block_size, bool)
+            or not isinstance(block_size, int)
+            or block_size not in self.allowed_block_sizes
+        ):
             raise ValueError(
                 f"The 'block_size' parameter of codec {self.name!r} must be one of "
                 f"{', '.join(map(str, self.allowed_block_sizes))}. Got {block_size!r}."
@@ -112,14 +116,11 @@ class _BnbCodec(Codec):
             raise PayloadError("A block absmax is negative; absolute maxima are ≥ 0.")
         return absmax.clone(), codes  # clone: bitsandbytes may write into its state
 
-    def decode(self, encoded: Encoded) -> torch.Tensor:
+    def _decode(self, encoded: Encoded) -> torch.Tensor:
         """Dequantize with bitsandbytes from the restored `QuantState`."""
         state = self.quant_state(encoded)  # validates the buffer first
         _, codes = self._split(encoded.buffer, encoded.numel)
-        values = self._dequantize(codes, state)
-        values = values.reshape(-1)[: encoded.numel]
-        self._check_finite_output(values)
-        return values.reshape(encoded.shape).to(encoded.dtype)
+        return self._dequantize(codes, state).reshape(-1)[: encoded.numel]
 
     def quant_state(self, encoded: Encoded) -> bnbf.QuantState:
         """bitsandbytes' `QuantState` for `encoded`, restored with

@@ -52,13 +52,10 @@ class _CastCodec(Codec):
             )
         return self._new_encoded(tensor, wire.view(torch.uint8))
 
-    def decode(self, encoded: Encoded) -> torch.Tensor:
-        """The values cast back to the original dtype; see `Codec.decode`."""
-        self._check_buffer(encoded)
-        values = encoded.buffer.view(self.wire_dtype)
-        self._check_finite_output(values)
+    def _decode(self, encoded: Encoded) -> torch.Tensor:
+        """The values cast to the original dtype; see `Codec.decode`."""
         # copy: the buffer may be a read-only view of received bytes
-        return values.to(encoded.dtype, copy=True).view(encoded.shape)
+        return encoded.buffer.view(self.wire_dtype).to(encoded.dtype, copy=True)
 
     def error_bound(self, tensor: torch.Tensor) -> float:
         """‖cast(x) − x‖²: exact, since rounding to nearest is deterministic."""

@@ -134,16 +134,33 @@ class Codec(ABC):
             range (fp16 overflow), or a stochastic codec gets no generator.
         """
 
-    @abstractmethod
     def decode(self, encoded: Encoded) -> torch.Tensor:
         """Decode to a tensor of the original shape and dtype, on the CPU.
+
+        The values are converted to the declared dtype first and checked after, so a
+        payload whose finite float32 values overflow float16 is refused, not decoded
+        to Inf.
 
         Raises
         ------
         PayloadError
             If the buffer has the wrong length, carries non-finite or invalid scales, or
-            decodes to non-finite values.
+            decodes to non-finite values in the declared dtype.
         """
+        self._check_buffer(encoded)
+        values = self._decode(encoded).reshape(encoded.shape).to(encoded.dtype)
+        if not all_finite(values):
+            raise PayloadError(
+                "The tensor decodes to NaN or Inf values as "
+                f"{DTYPE_NAMES.get(encoded.dtype, encoded.dtype)}."
+            )
+        return values
+
+    @abstractmethod
+    def _decode(self, encoded: Encoded) -> torch.Tensor:
+        """The decoded values of a buffer `_check_buffer` accepted, in any floating
+        dtype and any shape with `encoded.numel` values, never a view of the buffer;
+        `decode` converts and checks them."""
 
     @abstractmethod
     def size_bytes(self, shape: Sequence[int]) -> int:
@@ -224,11 +241,6 @@ class Codec(ABC):
         deterministic codec."""
         decoded = self.decode(self.encode(tensor))
         return float((decoded.double() - tensor.detach().cpu().double()).square().sum())
-
-    @staticmethod
-    def _check_finite_output(values: torch.Tensor) -> None:
-        if not all_finite(values):
-            raise PayloadError("The tensor decodes to NaN or Inf values.")
 
 
 def all_finite(values: torch.Tensor) -> bool:

@@ -1,7 +1,7 @@
 """A model update ⇄ one Flower `ArrayRecord` plus a `ConfigRecord`
 describing its encoding.
 
-Format ``qfd-update/1``. The update (a state-dict of floating tensors, e.g.
+Format ``qfd-update/2``. The update (a state-dict of floating tensors, e.g.
 Δ = w_local − w_global) is encoded tensor by tensor with one codec:
 
 - `ArrayRecord`: one `Array` per tensor, keyed by the tensor's name, with
@@ -9,7 +9,7 @@ Format ``qfd-update/1``. The update (a state-dict of floating tensors, e.g.
   ``stype`` = ``"qfd:<codec>"`` and ``data`` = the codec's buffer (`Encoded.buffer`),
   exactly `codec.size_bytes(shape)` bytes. Flower's own `Array.numpy()` refuses this
   stype, so nobody reads the bytes as a numpy array by mistake.
-- `ConfigRecord`: ``format`` ("qfd-update/1"), ``codec`` (name), ``bits`` and the
+- `ConfigRecord`: ``format`` ("qfd-update/2"), ``codec`` (name), ``bits`` and the
   codec's options in kebab-case (``block-size``, ``scale-dtype`` for `uniform`;
   ``block-size`` for the bitsandbytes codecs) — everything needed to rebuild the
   codec, nothing defaulted.
@@ -45,7 +45,7 @@ from .codec import (
     get_codec,
 )
 
-FORMAT = "qfd-update/1"
+FORMAT = "qfd-update/2"
 STYPE_PREFIX = "qfd:"
 _FIXED_KEYS = ("format", "codec", "bits")
 

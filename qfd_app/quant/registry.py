@@ -1,5 +1,5 @@
 """Which codecs exist, which bit-widths each sends, and the uniform codec's
-block sizes — as data.
+sub-block size — as data.
 
 This table is the one place these facts live; it imports nothing (no torch), so settings
 validation, the strategies' declarations and the solver (`qfd_app.edge`, which receives
@@ -31,11 +31,9 @@ CODECS: dict[str, CodecEntry] = {
     "bnb-fp4": CodecEntry("bnb", "BnbFP4Codec", (4,)),
 }
 
-# The uniform codec cuts a tensor into blocks of 256 values, 64 at b ≤ 3 (so the
-# few levels follow the data more closely); devices report their update's range
-# sums for both sizes.
-UNIFORM_BLOCK_SIZES = (64, 256)
-LOW_BITS = 3
+# The uniform codec cuts a tensor into sub-blocks of 48 values (in super-blocks of 64
+# sub-blocks) at every bit-width; devices report their update's range sums for it.
+UNIFORM_BLOCK_SIZES = (48,)
 
 
 def codec_names() -> tuple[str, ...]:
@@ -50,6 +48,6 @@ def codec_bits(*names: str) -> tuple[int, ...]:
 
 
 def default_block_size(bits: int) -> int:
-    """The uniform codec's block size at `bits` unless one is given: 64 for
-    b ≤ 3, else 256."""
-    return UNIFORM_BLOCK_SIZES[0] if bits <= LOW_BITS else UNIFORM_BLOCK_SIZES[1]
+    """The uniform codec's sub-block size at `bits` unless one is given: 48 at
+    every b (one layout; `bits` is kept so callers need not know that)."""
+    return UNIFORM_BLOCK_SIZES[0]

@@ -1,36 +1,54 @@
-"""Stochastic uniform quantization at any bit-width 1–16, with bit-packed codes.
+"""Stochastic uniform quantization at any bit-width 1–16, with bit-packed codes and
+two-level block scales.
 
-The model (DESIGN §2–3). A tensor of n values is cut into blocks of m consecutive
-values (m = 256, or 64 when b ≤ 3 so that the few levels follow the data more
-closely). Block j keeps its minimum ℓ_j and a step
+The model (DESIGN §2–3). A tensor of n values is cut into sub-blocks of m = 48
+consecutive values, grouped into super-blocks of S = 64·m = 3072. Sub-block j keeps a
+coded minimum ℓ̂_j and a coded range R̂_j, and its step is
 
-    δ_j = (max_j − ℓ_j) / L,      L = 2^b − 1 levels above the minimum,
+    δ_j = R̂_j / L,      L = 2^b − 1 levels above the minimum,
 
 and each value x becomes the integer code q ∈ {0 … L} by **stochastic rounding** of
-s = (x − ℓ_j)/δ_j: q = ⌊s⌋ + 1 with probability s − ⌊s⌋, else ⌊s⌋.
-Hence E[q] = s and the decoded value ℓ_j + q·δ_j is an unbiased estimate of x, with
-variance δ_j²·f(1 − f) ≤ δ_j²/4 (f the fractional part). Summed over a block
-that is m·R_j²/(4L²) with R_j = max_j − ℓ_j: the bound V_n(b) of DESIGN §2
-(`uniform_error_bound`).
+s = (x − ℓ̂_j)/δ_j: q = ⌊s⌋ + 1 with probability s − ⌊s⌋, else ⌊s⌋.
+Hence E[q] = s and the decoded value ℓ̂_j + q·δ_j is an unbiased estimate of x, with
+variance δ_j²·f(1 − f) ≤ δ_j²/4 (f the fractional part). Summed over a sub-block of n_j
+values that is n_j·R̂_j²/(4L²): the bound V_n(b) of DESIGN §2 (`uniform_error_bound`).
+R̂_j does not depend on b, so a device's Σ_j n_j·R̂_j² (`range_sq_sums`) prices every b.
 
-Wire layout of one tensor (`Encoded.buffer`), for B = ⌈n/m⌉ blocks and scale dtype s
-(float32: 4 bytes, bfloat16: 2 bytes):
+Scales (two levels, like llama.cpp's k-quants). Super-block k sends four scale-dtype
+numbers: the least sub-block minimum Lo_k, a min unit u_k, the least needed range Ro_k
+and a range unit v_k. Sub-block j of it sends two 5-bit integers, a_j and r_j:
 
-    bytes [0, B·s)                 ℓ_j, j = 0 … B−1   (little-endian scale dtype)
-    bytes [B·s, 2·B·s)             δ_j
-    bytes [2·B·s, 2·B·s + ⌈n·b/8⌉)  codes, bit-packed LSB first
-                                    (see bitpack.py)
+    ℓ̂_j = Lo_k + a_j·u_k,     R̂_j = Ro_k + r_j·v_k,
 
-so `size_bytes` = 2·B·s + ⌈n·b/8⌉ exactly, i.e. b + 64/m bits per
-value with fp32 scales.
+with u_k = (max_j min_j − Lo_k)/31 and v_k = (max_j need_j − Ro_k)/31, need_j =
+max_j − ℓ̂_j. Both codes are rounded **outward**: a_j down and r_j up, so
+ℓ̂_j ≤ min_j and ℓ̂_j + R̂_j ≥ max_j (the encoder recomputes both with the decoder's
+float operations and corrects a code that float rounding pushed inward). The grid
+thus covers the sub-block and the stochastic rounding stays unbiased.
+
+Wire layout of one tensor (`Encoded.buffer`), for K = ⌈n/S⌉ super-blocks,
+J = ⌈n/m⌉ sub-blocks and scale dtype s (float32: 4 bytes, bfloat16: 2 bytes):
+
+    bytes [0, 4·K·s)                   Lo_k, u_k, Ro_k, v_k: four arrays of K
+                                       (little-endian scale dtype)
+    next ⌈10·J/8⌉ bytes                a_j + 32·r_j, 10 bits per sub-block,
+                                       bit-packed LSB first (see bitpack.py)
+    next ⌈n·b/8⌉ bytes                 codes, bit-packed LSB first
+
+so `size_bytes` = 4·K·s + ⌈10·J/8⌉ + ⌈n·b/8⌉ exactly, i.e. b + 128/S + 10/m =
+b + 0.25 bits per value with fp32 scales (b + 0.229 with bf16), at every b. Why this
+layout rather than one min and step per block, and the candidates measured:
+docs/benchmarks.md.
 
 Numerics, and the why of each choice:
 
-- bf16 scales are rounded outward — ℓ down, δ up (computed from the rounded ℓ)
-  — so the grid still covers the block and the bound δ_j²/4 holds with
-  the δ_j actually sent.
-- δ_j is floored at the smallest normal float32 (1.2e-38): a constant block then needs
-  no special case (all codes 0, decoded exactly to ℓ_j), and 1/δ_j stays finite.
+- ℓ̂ and R̂ are computed from the super-block scales as sent (bf16: Lo and Ro rounded
+  down, u and v up), with the decoder's float operations; a code that float rounding
+  left inward moves one step out (a to 0 at worst, which is Lo itself), and a
+  super-block whose top code r = 31 still falls short gets v widened by 2^-20.
+- δ_j is floored at the smallest normal float32 (1.2e-38): a constant sub-block then
+  needs no special case (R̂_j = 0, all codes 0, decoded exactly to ℓ̂_j = its value),
+  and 1/δ_j stays finite.
 - The rounding draw compares 16-bit random integers with the fractional part, so
   P(round up) = round(65536·f)/65536: biased by at most 2^-17 of a step, and exactly 0
   for f = 0, which makes values already on the grid round-trip exactly. Four draws come
@@ -39,8 +57,8 @@ Numerics, and the why of each choice:
   f = 0 means no round-up, so codes never exceed L.
 - s is computed in float32: for b ≥ 12 its rounding error reaches ~1e-3 of a step
   (2^-23·L), negligible next to the rounding noise of ±δ/2.
-- Work proceeds in chunks of `CHUNK_VALUES` whole blocks, so temporaries stay in cache
-  and every chunk's codes start on a byte boundary (chunks are multiples of 8 values).
+- Work proceeds in chunks of `CHUNK_VALUES` whole super-blocks, so temporaries stay in
+  cache and every chunk's codes start on a byte boundary.
 """
 
 from __future__ import annotations
@@ -55,59 +73,62 @@ from .codec import Codec, Encoded, PayloadError, all_finite, check_finite_input
 from .registry import UNIFORM_BLOCK_SIZES, default_block_size
 
 MAX_BITS = 16
-MAX_BLOCK_SIZE = 1 << 20
+MAX_BLOCK_SIZE = 1 << 14
+SUB_BLOCKS = 64  # sub-blocks per super-block
+SCALE_CODE_BITS = 5  # bits of each sub-block's min code and range code
+_SCALE_CODES = (1 << SCALE_CODE_BITS) - 1  # 31: the largest scale code
+SUPER_SCALES = 4  # Lo, u, Ro, v per super-block
 CHUNK_VALUES = 1 << 18  # ~1 MiB of float32 per chunk
 SCALE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _TINY_STEP = torch.finfo(torch.float32).tiny  # smallest normal float32 (and bfloat16)
 _DRAW_LEVELS = 1 << 16  # resolution of the rounding draw
 
 
-def block_ranges(tensor: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Per-block range R_j = max_j − min_j of `tensor` flattened, as
-    float32 (⌈n/m⌉,).
+def block_ranges(
+    tensor: torch.Tensor, block_size: int = UNIFORM_BLOCK_SIZES[0]
+) -> torch.Tensor:
+    """Coded range R̂_j of every sub-block of `tensor` flattened, as float32 (⌈n/m⌉,).
 
-    A device can report these (or just their sum of squares) so that the server prices
-    the quantization error of any bit-width with
-    `uniform_error_bound`, without the update.
+    These are the ranges the codec sends with fp32 scales (R̂_j ≥ max_j − min_j, see
+    the module text), so `uniform_error_bound` of them is the codec's own bound.
     """
-    flat = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32)
-    ranges = []
-    for start in range(0, flat.numel(), _chunk_values(block_size)):
-        blocks = _as_blocks(flat[start : start + _chunk_values(block_size)], block_size)
-        ranges.append(blocks.amax(1) - blocks.amin(1))
-    return torch.cat(ranges) if ranges else torch.empty(0)
+    ranges, _ = _coded_ranges(_flat(tensor), block_size, torch.float32)
+    return ranges
 
 
 def range_sq_sums(update: Mapping[str, torch.Tensor]) -> dict[int, float]:
-    """Σ_j m R_j² over the blocks of every tensor of `update`, for each block
-    size m the codec uses.
+    """Σ_j n_j R̂_j² over the sub-blocks of every tensor of `update` (n_j values in
+    sub-block j), keyed by the sub-block size m the codec uses.
 
-    With it the server prices the error bound V(b) = Σ_j m R_j² / (4 (2^b − 1)²) of
-    any b without seeing the update (a device reports it with its state and its reply).
+    With it the server prices the error bound V(b) = Σ_j n_j R̂_j² / (4 (2^b − 1)²) of
+    any b without seeing the update (a device reports it with its state and its reply);
+    it equals the sum of `UniformCodec.error_bound` over the tensors at every b.
     """
     sums = {}
     for m in UNIFORM_BLOCK_SIZES:
-        total = sum(
-            float(block_ranges(t, m).double().square().sum()) for t in update.values()
-        )
-        sums[m] = float(m * total)
+        total = 0.0
+        for tensor in update.values():
+            ranges, counts = _coded_ranges(_flat(tensor), m, torch.float32)
+            total += float((counts * ranges.double().square()).sum())
+        sums[m] = total
     return sums
 
 
 def uniform_error_bound(
     block_ranges: torch.Tensor | Sequence[float], bits: int, block_size: int
 ) -> float:
-    """V(b) = Σ_j m·R_j² / (4(2^b − 1)²): the expected
+    """V(b) = Σ_j m·R̂_j² / (4(2^b − 1)²): the expected
     squared-error bound (DESIGN §2).
 
     Parameters
     ----------
     block_ranges : tensor or sequence of float
-        R_j for each block (e.g. from `block_ranges`, or a device's running estimate).
+        R̂_j for each sub-block (e.g. from `block_ranges`, or a device's estimate).
     bits : int
         Bit-width b, 1–16.
     block_size : int
-        m; every block is counted as full, so a short last block is over-counted (safe).
+        m; every sub-block is counted as full, so a short last one is over-counted
+        (safe).
 
     Returns
     -------
@@ -122,18 +143,19 @@ def uniform_error_bound(
 
 
 class UniformCodec(Codec):
-    """Per-block min/step uniform quantizer with stochastic rounding;
-    see the module text.
+    """Uniform quantizer with stochastic rounding and two-level (super-block,
+    sub-block) min/range scales; see the module text.
 
     Parameters
     ----------
     bits : int
         Bit-width b, 1–16 (required).
     block_size : int or None, default None
-        Values per block m, a multiple of 8 up to 2^20; None gives
-        `default_block_size(b)`.
+        Values per sub-block m, a multiple of 8 up to 2^14 (super-blocks hold 64 of
+        them); None gives `default_block_size(b)` (48).
     scale_dtype : {"float32", "bfloat16"}, default "float32"
-        Dtype of the per-block min and step on the wire: 64/m or 32/m bits per value.
+        Dtype of the super-block scales on the wire: 128/(64·m) or 64/(64·m) bits per
+        value, plus 10/m for the sub-block codes.
     """
 
     name = "uniform"
@@ -175,17 +197,25 @@ class UniformCodec(Codec):
         self._scale_torch_dtype = SCALE_DTYPES[scale_dtype]
         self._scale_nbytes = self._scale_torch_dtype.itemsize
 
+    @property
+    def super_block_size(self) -> int:
+        """S = 64·m values per super-block."""
+        return SUB_BLOCKS * self.block_size
+
     # -- sizes -------------------------------------------------------------------------
 
     def size_bytes(self, shape: Sequence[int]) -> int:
-        """2·⌈n/m⌉ scales plus ⌈n·b/8⌉ bytes of codes, n = prod(shape)."""
+        """4·⌈n/S⌉ scales, ⌈10·⌈n/m⌉/8⌉ bytes of sub-block codes and ⌈n·b/8⌉ bytes
+        of value codes, n = prod(shape)."""
         n = math.prod(shape)
-        return 2 * self._num_blocks(n) * self._scale_nbytes + packed_nbytes(
-            n, self.bits
+        return (
+            self._super_nbytes(n)
+            + packed_nbytes(_ceil_div(n, self.block_size), 2 * SCALE_CODE_BITS)
+            + packed_nbytes(n, self.bits)
         )
 
-    def _num_blocks(self, n: int) -> int:
-        return -(-n // self.block_size)
+    def _super_nbytes(self, n: int) -> int:
+        return SUPER_SCALES * _ceil_div(n, self.super_block_size) * self._scale_nbytes
 
     # -- encode ------------------------------------------------------------------------
 
@@ -201,40 +231,25 @@ class UniformCodec(Codec):
         flat = self._flat_input(tensor)
         n, m = flat.numel(), self.block_size
         buffer = torch.empty(self.size_bytes(tensor.shape), dtype=torch.uint8)
-        mins, steps, codes = self._split(buffer, n)
-        chunk = _chunk_values(m)
+        supers, scale_codes, codes = self._split(buffer, n)
+        chunk = _chunk_values(self.super_block_size)
         for start in range(0, n, chunk):
             values = flat[start : start + chunk]
-            blocks = _as_blocks(values, m)  # (blocks in chunk, m)
-            low, step = self._scales(blocks)
-            first = start // m
-            mins[first : first + len(low)] = low
-            steps[first : first + len(low)] = step
-            chunk_codes = self._round(blocks, low, step, generator).view(-1)[
+            blocks = _as_blocks(values, m)  # (sub-blocks in chunk, m)
+            scales = _SubBlockScales.fit(blocks, self._scale_torch_dtype)
+            first = start // self.super_block_size
+            supers[:, first : first + scales.supers.shape[1]] = scales.supers
+            sub_offset = start // m * 2 * SCALE_CODE_BITS // 8  # byte aligned
+            packed = pack_codes(scales.codes, 2 * SCALE_CODE_BITS)
+            scale_codes[sub_offset : sub_offset + packed.numel()] = packed
+            step = (scales.ranges / self._levels).clamp_min_(_TINY_STEP)
+            chunk_codes = self._round(blocks, scales.lows, step, generator).view(-1)[
                 : values.numel()
             ]
             offset = start * self.bits // 8  # start is a multiple of 8: byte aligned
             packed = pack_codes(chunk_codes, self.bits)
             codes[offset : offset + packed.numel()] = packed
         return self._new_encoded(tensor, buffer)
-
-    def _scales(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-block ℓ_j and δ_j (float32, exactly representable in
-        the scale dtype)."""
-        low, high = blocks.amin(1), blocks.amax(1)  # NaN propagates, so one check below
-        check_finite_input(low, self.name)
-        check_finite_input(high, self.name)
-        if self._scale_torch_dtype == torch.bfloat16:
-            low = _round_bfloat16(low, up=False)
-            step = _round_bfloat16((high - low) / self._levels, up=True)
-        else:
-            step = (high - low) / self._levels
-        if not all_finite(step):
-            raise ValueError(
-                "Codec 'uniform' cannot encode a block whose range overflows float32 "
-                f"(largest |value| {blocks.abs().max().item():.3g})."
-            )
-        return low, step.clamp_min_(_TINY_STEP)
 
     def _round(
         self,
@@ -262,20 +277,27 @@ class UniformCodec(Codec):
 
     # -- decode ------------------------------------------------------------------------
 
-    def decode(self, encoded: Encoded) -> torch.Tensor:
-        """ℓ_j + q·δ_j for every value; see `Codec.decode`."""
-        self._check_buffer(encoded)
+    def _decode(self, encoded: Encoded) -> torch.Tensor:
+        """ℓ̂_j + q·δ_j for every value, float32; see `Codec.decode`."""
         n, m = encoded.numel, self.block_size
-        mins, steps, codes = self._split(encoded.buffer, n)
-        low, step = mins.float(), steps.float()
-        if not (all_finite(low) and all_finite(step)):
-            raise PayloadError("The block scales (min or step) contain NaN or Inf.")
-        if bool((step < 0).any()):
+        supers, scale_codes, codes = self._split(encoded.buffer, n)
+        supers = supers.float()
+        if not all_finite(supers):
+            raise PayloadError("The super-block scales contain NaN or Inf.")
+        if bool((supers[1:] < 0).any()):
             raise PayloadError(
-                "A block step is negative; the encoder only writes steps ≥ 0."
+                "A super-block unit or least range is negative; the encoder only "
+                "writes values ≥ 0."
             )
+        count = _ceil_div(n, m)
+        sub = unpack_codes(scale_codes, 2 * SCALE_CODE_BITS, count)
+        low, ranges = _SubBlockScales.expand(supers, sub)
+        step = ranges / self._levels
+        if not (all_finite(low) and all_finite(step)):
+            raise PayloadError("The sub-block scales decode to NaN or Inf.")
+        step.clamp_min_(_TINY_STEP)
         out = torch.empty(n, dtype=torch.float32)
-        chunk = _chunk_values(m)
+        chunk = _chunk_values(self.super_block_size)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             offset = start * self.bits // 8
@@ -285,8 +307,7 @@ class UniformCodec(Codec):
                 stop - start,
             )
             self._dequantize(chunk_codes, low, step, start, out[start:stop])
-        self._check_finite_output(out)
-        return out.view(encoded.shape).to(encoded.dtype)
+        return out
 
     def _dequantize(
         self,
@@ -296,10 +317,10 @@ class UniformCodec(Codec):
         start: int,
         out: torch.Tensor,
     ) -> None:
-        """Write ℓ_j + q·δ_j for the values
+        """Write ℓ̂_j + q·δ_j for the values
         [start, start + len(codes)) into `out`."""
         m = self.block_size
-        # whole blocks of this chunk; a short tail may follow
+        # whole sub-blocks of this chunk; a short tail may follow
         full = codes.numel() // m * m
         first = start // m
         if full:
@@ -316,35 +337,162 @@ class UniformCodec(Codec):
     # -- error bound -------------------------------------------------------------------
 
     def error_bound(self, tensor: torch.Tensor) -> float:
-        """Σ_j n_j·δ_j²/4 with the steps this codec would send
-        (n_j values in block j).
+        """Σ_j n_j·R̂_j²/(4L²) with the ranges this codec would send (n_j values in
+        sub-block j): exactly `range_sq_sums` / (4L²) for the default codec."""
+        ranges, counts = _coded_ranges(
+            self._flat_input(tensor), self.block_size, self._scale_torch_dtype
+        )
+        total = float((counts * ranges.double().square()).sum())
+        return total / (4 * self._levels**2)
 
-        Equals `uniform_error_bound(block_ranges(x, m), b, m)` up to float rounding, the
-        outward rounding of bf16 scales and the count of a short last block.
-        """
-        flat = self._flat_input(tensor)
-        n, m = flat.numel(), self.block_size
-        total = 0.0
-        chunk = _chunk_values(m)
-        for start in range(0, n, chunk):
-            values = flat[start : start + chunk]
-            _, step = self._scales(_as_blocks(values, m))
-            counts = torch.full_like(step, m, dtype=torch.float64)
-            counts[-1] = values.numel() - (len(step) - 1) * m
-            total += float((counts * step.double().square()).sum() / 4)
-        return total
+    def coded_ranges(self, tensor: torch.Tensor) -> torch.Tensor:
+        """R̂_j of every sub-block as this codec sends them, float32 (⌈n/m⌉,)."""
+        ranges, _ = _coded_ranges(
+            self._flat_input(tensor), self.block_size, self._scale_torch_dtype
+        )
+        return ranges
 
     # -- layout ------------------------------------------------------------------------
 
     def _split(
         self, buffer: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Views of `buffer`: mins and steps (scale dtype) and the
-        packed codes (uint8)."""
-        scale_bytes = self._num_blocks(n) * self._scale_nbytes
-        mins = buffer[:scale_bytes].view(self._scale_torch_dtype)
-        steps = buffer[scale_bytes : 2 * scale_bytes].view(self._scale_torch_dtype)
-        return mins, steps, buffer[2 * scale_bytes :]
+        """Views of `buffer`: the super-block scales (4, K) in the scale dtype, the
+        packed sub-block codes and the packed value codes (uint8)."""
+        super_bytes = self._super_nbytes(n)
+        sub_bytes = packed_nbytes(_ceil_div(n, self.block_size), 2 * SCALE_CODE_BITS)
+        supers = buffer[:super_bytes].view(self._scale_torch_dtype)
+        return (
+            supers.view(SUPER_SCALES, -1),
+            buffer[super_bytes : super_bytes + sub_bytes],
+            buffer[super_bytes + sub_bytes :],
+        )
+
+
+class _SubBlockScales:
+    """The two-level scales of some whole super-blocks: `supers` (4, K) float32 rows
+    Lo, u, Ro, v (each representable in the scale dtype); per sub-block the packed
+    code a + 32·r (int16) and the decoded ℓ̂ and R̂ (float32)."""
+
+    def __init__(
+        self,
+        supers: torch.Tensor,
+        codes: torch.Tensor,
+        lows: torch.Tensor,
+        ranges: torch.Tensor,
+    ) -> None:
+        self.supers, self.codes, self.lows, self.ranges = supers, codes, lows, ranges
+
+    @classmethod
+    def fit(cls, blocks: torch.Tensor, scale_dtype: torch.dtype) -> _SubBlockScales:
+        """Outward-rounded scales of `blocks` (J, m), J sub-blocks in order."""
+        count = blocks.shape[0]
+        low, high = blocks.amin(1), blocks.amax(1)  # NaN propagates, so one check below
+        check_finite_input(low, "uniform")
+        check_finite_input(high, "uniform")
+        low, high = _pad_rows(low), _pad_rows(high)  # (K, 64)
+        base = low.amin(1)
+        unit = (low.amax(1) - base) / _SCALE_CODES
+        _check_range(unit, blocks)
+        base, unit = _outward(base, unit, scale_dtype)
+        a = ((low - base[:, None]) / unit.clamp_min(_TINY_STEP)[:, None]).floor_()
+        a.clamp_(0, _SCALE_CODES)
+        lows = _level(base, unit, a)
+        if bool((lows > low).any()):  # float rounding put some ℓ̂ above the minimum
+            a -= (lows > low).float()  # one code down (a ≥ 1 there: code 0 is Lo)
+            lows = _level(base, unit, a)
+            a[lows > low] = 0  # still above: the least minimum, which never is
+            lows = _level(base, unit, a)
+        need = high - lows
+        range_base = need.amin(1)
+        range_unit = (need.amax(1) - range_base) / _SCALE_CODES
+        _check_range(need, blocks)
+        _check_range(range_unit, blocks)
+        range_base, range_unit = _outward(range_base, range_unit, scale_dtype)
+        r = (need - range_base[:, None]) / range_unit.clamp_min(_TINY_STEP)[:, None]
+        r = r.ceil_().clamp_(0, _SCALE_CODES)
+        ranges = _level(range_base, range_unit, r)
+        short = (lows + ranges < high) & (r < _SCALE_CODES)  # float rounding: one up
+        r += short.float()
+        ranges = _level(range_base, range_unit, r)
+        top_short = (lows + ranges < high).any(1)  # at r = 31: a wider unit
+        if bool(top_short.any()):
+            wider = range_unit[top_short] * (1 + 2.0**-20)
+            range_unit[top_short] = _outward(wider, wider, scale_dtype)[1]
+            ranges = _level(range_base, range_unit, r)
+        codes = (a + r * (1 << SCALE_CODE_BITS)).to(torch.int16).view(-1)[:count]
+        supers = torch.stack([base, unit, range_base, range_unit])
+        return cls(supers, codes, lows.view(-1)[:count], ranges.view(-1)[:count])
+
+    @staticmethod
+    def expand(
+        supers: torch.Tensor, codes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ℓ̂ and R̂ of the sub-blocks from the super-block scales (4, K) and the
+        sub-block codes (J,), with the encoder's float operations."""
+        count = codes.numel()
+        codes = _pad_rows(codes.to(torch.int32))
+        a = (codes & _SCALE_CODES).float()
+        r = (codes >> SCALE_CODE_BITS).float()
+        lows = _level(supers[0], supers[1], a).view(-1)[:count]
+        ranges = _level(supers[2], supers[3], r).view(-1)[:count]
+        return lows, ranges
+
+
+def _check_range(values: torch.Tensor, blocks: torch.Tensor) -> None:
+    if not all_finite(values):
+        raise ValueError(
+            "Codec 'uniform' cannot encode a block whose range overflows float32 "
+            f"(largest |value| {blocks.abs().max().item():.3g})."
+        )
+
+
+def _level(base: torch.Tensor, unit: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """base + code·unit per super-block row, in float32: the one formula encoder and
+    decoder share (separate multiply and add, so both round alike)."""
+    return code * unit[:, None] + base[:, None]
+
+
+def _outward(
+    base: torch.Tensor, unit: torch.Tensor, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Base rounded down and unit up to the scale dtype (float32: as they are)."""
+    if scale_dtype == torch.bfloat16:
+        return _round_bfloat16(base, up=False), _round_bfloat16(unit, up=True)
+    return base, unit
+
+
+def _coded_ranges(
+    flat: torch.Tensor, block_size: int, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R̂_j of every sub-block of `flat` and its count n_j (float64)."""
+    ranges = []
+    chunk = _chunk_values(SUB_BLOCKS * block_size)
+    for start in range(0, flat.numel(), chunk):
+        blocks = _as_blocks(flat[start : start + chunk], block_size)
+        ranges.append(_SubBlockScales.fit(blocks, scale_dtype).ranges)
+    result = torch.cat(ranges) if ranges else torch.empty(0)
+    counts = torch.full_like(result, block_size, dtype=torch.float64)
+    if len(counts):
+        counts[-1] = flat.numel() - (len(counts) - 1) * block_size
+    return result, counts
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32)
+
+
+def _pad_rows(values: torch.Tensor) -> torch.Tensor:
+    """Per-sub-block `values` as (K, 64) rows of super-blocks; a short last row is
+    filled with copies of its last value (which changes no row minimum or maximum)."""
+    short = -values.numel() % SUB_BLOCKS
+    if short:
+        values = torch.cat([values, values[-1:].expand(short)])
+    return values.view(-1, SUB_BLOCKS)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _check_bits(bits: int) -> None:
@@ -356,7 +504,8 @@ def _check_bits(bits: int) -> None:
 
 
 def _chunk_values(block_size: int) -> int:
-    """Values per chunk: whole blocks, about `CHUNK_VALUES`, a multiple of 8."""
+    """Values per chunk: whole (super-)blocks, about `CHUNK_VALUES`, a multiple of
+    8."""
     return max(1, CHUNK_VALUES // block_size) * block_size
 
 

@@ -21,18 +21,18 @@ PHONE = DeviceClass(
     power_w_max=0.2,
 )
 STATE = DeviceState(
-    PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={64: 2.5, 256: 4.0}
+    PHONE, distance_m=120.0, gain=3e-12, num_examples=450, range_sq={48: 2.5}
 )
 WIDTHS = (*range(1, 17), 32)
 
 
 def test_error_is_the_uniform_bound_of_the_reported_range_sums():
     for bits in (1, 3, 4, 8, 16):
-        m = 64 if bits <= 3 else 256
+        m = 48
         assert STATE.error(bits, m) == pytest.approx(
             STATE.range_sq[m] / (4 * (2**bits - 1) ** 2), rel=1e-15
         )
-    assert math.isnan(DeviceState(**{**STATE.__dict__, "range_sq": {}}).error(4, 256))
+    assert math.isnan(DeviceState(**{**STATE.__dict__, "range_sq": {}}).error(4, 48))
 
 
 def test_solver_inputs_price_work_payload_and_error_per_device_and_bit_width():

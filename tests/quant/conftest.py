@@ -63,27 +63,13 @@ def on_grid():
 def on_grid_tensor(codec, n, generator):
     """Values already on the codec's grid, so that decode(encode(x)) == x exactly.
 
-    uniform: per block ℓ + q·δ with ℓ a multiple of 1/16 in [−8, 8], δ a
-    power of two and q ∈ [0, L] including 0 and L (so the encoder finds this very
-    ℓ and δ); all of it exact in float32 and in bfloat16 scales. Casts: multiples
+    uniform: see `uniform_on_grid`. Casts: multiples
     of 2^-8 below 1 (8 significant bits). bitsandbytes: block absmax a power of
     two times code-table entries, with the entry 1.0 in each block (so absmax
     is that power of two).
     """
     if codec.name == "uniform":
-        levels = (1 << codec.bits) - 1
-        m = codec.block_size
-        blocks = -(-n // m)
-        q = torch.randint(0, levels + 1, (blocks, m), generator=generator).double()
-        q[:, 0], q[:, 1 % m] = 0, levels
-        low = torch.randint(-128, 129, (blocks, 1), generator=generator).double() / 16
-        step = 2.0 ** -torch.randint(2, 11, (blocks, 1), generator=generator).double()
-        values = (low + q * step).view(-1)
-        if n % m > 1:  # the short last block needs its own 0 and L too
-            tail = (blocks - 1) * m
-            values[tail] = low[-1, 0]
-            values[tail + 1] = low[-1, 0] + levels * step[-1, 0]
-        return values[:n].float()
+        return uniform_on_grid(codec, n, generator)
     if codec.name in ("fp32", "fp16", "bf16"):
         return torch.randint(-255, 256, (n,), generator=generator).float() / 256
     table = codec_table(codec.name)
@@ -100,6 +86,33 @@ def on_grid_tensor(codec, n, generator):
     if n % m:
         values[(blocks - 1) * m] = scale[-1, 0]
     return values
+
+
+def uniform_on_grid(codec, n, generator):
+    """Per sub-block ℓ + q·δ, q ∈ [0, L] with 0 and L in each sub-block, where the
+    super-block scales and sub-block codes are exact: Lo a multiple of 1/16 in
+    [−8, 8], u a power of two, R̂ = L·(1 + r)·2^-12 with 1 + r a power of two (so
+    δ = R̂/L is one, and 1/δ exact), and codes a and r that take 0 and 31 in every
+    super-block (so the encoder finds these very scales). All of it is exact in
+    float32, and the scales in bfloat16 for L ≤ 31."""
+    levels = (1 << codec.bits) - 1
+    m = codec.block_size
+    subs = -(-n // m)
+    assert n - (subs - 1) * m >= 2, "the last sub-block needs its 0 and L"
+    sup = torch.arange(subs) // 64
+    supers = int(sup[-1]) + 1
+    a = torch.randint(0, 32, (subs,), generator=generator).double()
+    r = 2.0 ** torch.randint(0, 6, (subs,), generator=generator).double() - 1
+    position = torch.arange(subs) % 64
+    a[position == 0], a[position == 1] = 0, 31
+    r[position == 0], r[position == 1] = 0, 31
+    base = torch.randint(-128, 129, (supers,), generator=generator).double() / 16
+    unit = 2.0 ** -torch.randint(6, 11, (supers,), generator=generator).double()
+    low = base[sup] + a * unit[sup]
+    step = (1 + r) * 2.0**-12
+    q = torch.randint(0, levels + 1, (subs, m), generator=generator).double()
+    q[:, 0], q[:, 1] = 0, levels
+    return (low[:, None] + q * step[:, None]).view(-1)[:n].float()
 
 
 @pytest.fixture
@@ -127,21 +140,20 @@ def assert_unbiased():
 def check_unbiased(codec, generator, copies=1500):
     """The mean of many stochastic encodings converges to the input.
 
-    K copies of x are encoded in one call (x spans whole blocks, so every copy gets the
-    same scales and independent rounding). Each decoded value has standard deviation at
-    most δ/2 (δ the block's step), so the mean of K has at most δ/(2√K):
-    every per-value deviation must stay below 5.5 of those (Bonferroni over 1024
-    values: P(false alarm) < 1e-4), and the average signed deviation in steps
-    below 5/(2√(K·n)).
+    K copies of x are encoded in one call (x spans 4 whole sub-blocks, so every copy
+    gets the same scales and independent rounding). Each decoded value has standard
+    deviation at most δ/2 (δ the step its sub-block is sent with), so the mean of K
+    has at most δ/(2√K): every per-value deviation must stay below 5.5 of those
+    (Bonferroni over 1024 values: P(false alarm) < 1e-4), and the average signed
+    deviation in steps below 5/(2√(K·n)).
     """
     n = 4 * codec.block_size if codec.block_size <= 256 else 1024
     x = torch.randn(n, generator=torch.Generator().manual_seed(99))
     decoded = codec.decode(codec.encode(x.repeat(copies), generator)).view(copies, n)
     mean = decoded.double().mean(0)
-    blocks = x.view(-1, codec.block_size)
-    step = (blocks.amax(1) - blocks.amin(1)) / ((1 << codec.bits) - 1)
-    # bf16 scales: wider
-    step = (step * 1.05).repeat_interleave(codec.block_size).double()
+    # the step each sub-block is sent with (x alone has the scales of every copy)
+    step = codec.coded_ranges(x) / ((1 << codec.bits) - 1)
+    step = step.repeat_interleave(codec.block_size).double()
     deviation = (mean - x.double()) / step  # in steps
     assert deviation.abs().max() <= 5.5 / (2 * math.sqrt(copies))
     assert abs(deviation.mean()) <= 5 / (2 * math.sqrt(copies * n))

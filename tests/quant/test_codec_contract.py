@@ -36,9 +36,13 @@ def reference_size(codec, shape):
     independently of the codecs."""
     n = math.prod(shape)
     if codec.name == "uniform":
+        # four scales per super-block of 64 sub-blocks, 10 bits per sub-block
         scale_bytes = {"float32": 4, "bfloat16": 2}[codec.scale_dtype]
-        return 2 * math.ceil(n / codec.block_size) * scale_bytes + math.ceil(
-            n * codec.bits / 8
+        sub_blocks = math.ceil(n / codec.block_size)
+        return (
+            4 * math.ceil(sub_blocks / 64) * scale_bytes
+            + math.ceil(sub_blocks * 10 / 8)
+            + math.ceil(n * codec.bits / 8)
         )
     if codec.name in ("fp32", "fp16", "bf16"):
         return n * codec.bits // 8

@@ -111,24 +111,26 @@ def test_payload_bytes_equal_the_size_formula(
 def test_four_bit_update_is_half_a_byte_per_parameter_plus_scales(
     unet_update, generator
 ):
-    # 267,313 values in 152 tensors: codes ⌈n/2⌉ bytes and 8 bytes per block of 256
+    # 267,313 values in 152 tensors: codes ⌈n/2⌉ bytes, 16 bytes per super-block of
+    # 3072 and 10 bits per sub-block of 48
     codec = get_codec("uniform", 4)
     arrays, _ = encode_update(unet_update, codec, generator)
-    params = sum(t.numel() for t in unet_update.values())
-    blocks = sum(-(-t.numel() // 256) for t in unet_update.values())
-    codes = sum(-(-t.numel() // 2) for t in unet_update.values())
-    assert payload_bytes(arrays) == codes + 8 * blocks
-    assert payload_bytes(arrays) / (params * 4 / 8) == pytest.approx(1.068, abs=0.01)
+    sizes = [t.numel() for t in unet_update.values()]
+    supers = sum(-(-n // 3072) for n in sizes)
+    sub_codes = sum(-(-(-(-n // 48)) * 10 // 8) for n in sizes)
+    codes = sum(-(-n // 2) for n in sizes)
+    assert payload_bytes(arrays) == codes + 16 * supers + sub_codes
+    assert payload_bytes(arrays) / (sum(sizes) * 4 / 8) == pytest.approx(1.07, abs=0.01)
 
 
 def test_metadata_describes_the_encoding(unet_update, generator):
     codec = get_codec("uniform", 3, scale_dtype="bfloat16")
     arrays, meta = encode_update(unet_update, codec, generator)
     assert dict(meta) == {
-        "format": "qfd-update/1",
+        "format": "qfd-update/2",
         "codec": "uniform",
         "bits": 3,
-        "block-size": 64,
+        "block-size": 48,
         "scale-dtype": "bfloat16",
     }
     name = next(iter(unet_update))
@@ -280,7 +282,7 @@ def test_a_huge_declared_shape_is_rejected_before_allocating(small):
     huge = {**shapes, "conv.bias": (10**12,)}
     arrays["conv.bias"] = replaced(arrays["conv.bias"], shape=(10**12,))
     with pytest.raises(
-        PayloadError, match="truncated: 10 bytes.* exactly 531250000000"
+        PayloadError, match="truncated: 20 bytes.* exactly 531250000012"
     ):
         decode_update(
             arrays,

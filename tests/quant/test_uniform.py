@@ -1,4 +1,5 @@
-"""`uniform` specifics: wire layout, block sizes, rounding law, bounds, validation."""
+"""`uniform` specifics: wire layout, outward scales, rounding law, bounds,
+validation."""
 
 import math
 
@@ -12,72 +13,102 @@ from qfd_app.quant import (
     block_ranges,
     default_block_size,
     get_codec,
+    range_sq_sums,
     uniform_error_bound,
 )
 from qfd_app.quant.codec import Encoded
 
 
 def read_wire(encoded, codec):
-    """Independent numpy reader of the documented layout: mins, steps, packed codes."""
+    """Independent numpy reader of the documented layout: per-value ℓ̂ and δ, the
+    sub-block ranges R̂ and the codes."""
     n, m, bits = encoded.numel, codec.block_size, codec.bits
-    blocks = math.ceil(n / m)
+    subs = math.ceil(n / m)
+    supers = math.ceil(subs / 64)
     raw = encoded.buffer.numpy()
     scale = {"float32": "<f4", "bfloat16": "<u2"}[codec.scale_dtype]
-    width = np.dtype(scale).itemsize
-    mins = np.frombuffer(raw[: blocks * width].tobytes(), scale)
-    steps = np.frombuffer(raw[blocks * width : 2 * blocks * width].tobytes(), scale)
+    head_bytes = 4 * supers * np.dtype(scale).itemsize
+    head = np.frombuffer(raw[:head_bytes].tobytes(), scale)
     if codec.scale_dtype == "bfloat16":  # bfloat16 = the top half of a float32
-        mins, steps = [
-            (a.astype(np.uint32) << 16).view(np.float32) for a in (mins, steps)
-        ]
-    stream = np.unpackbits(raw[2 * blocks * width :], bitorder="little")[: n * bits]
-    codes = stream.reshape(n, bits).astype(np.int64) @ (1 << np.arange(bits))
-    return mins, steps, codes
+        head = (head.astype(np.uint32) << 16).view(np.float32)
+    base, unit, range_base, range_unit = head.reshape(4, supers)
+    sub_bytes = math.ceil(subs * 10 / 8)
+    sub_stream = np.unpackbits(
+        raw[head_bytes : head_bytes + sub_bytes], bitorder="little"
+    )[: subs * 10]
+    sub = sub_stream.reshape(subs, 10).astype(np.int64) @ (1 << np.arange(10))
+    a, r = (sub % 32).astype(np.float32), (sub // 32).astype(np.float32)
+    k = np.arange(subs) // 64
+    low = a * unit[k] + base[k]
+    ranges = r * range_unit[k] + range_base[k]
+    stream = np.unpackbits(raw[head_bytes + sub_bytes :], bitorder="little")
+    codes = stream[: n * bits].reshape(n, bits).astype(np.int64) @ (
+        1 << np.arange(bits)
+    )
+    block = np.arange(n) // m
+    step = np.maximum(ranges / np.float32(2**bits - 1), np.float32(2.0**-126))
+    return low[block], step[block], ranges, codes
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 7, 8, 11, 16])
 @pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16"])
 def test_wire_layout_matches_the_documented_format(bits, scale_dtype, generator):
-    # Prepare
+    # Prepare: several super-blocks of very different scales, and a short tail
     codec = get_codec("uniform", bits, scale_dtype=scale_dtype)
-    x = torch.randn(1000, generator=generator) * 3 + 1
+    x = torch.randn(7000, generator=generator) * torch.linspace(0.1, 3, 7000) + 1
     # Execute
     encoded = codec.encode(x, generator)
-    mins, steps, codes = read_wire(encoded, codec)
+    low, step, _, codes = read_wire(encoded, codec)
     decoded = codec.decode(encoded).numpy()
-    # Assert: the decoded values are ℓ_j + q·δ_j read by the independent reader ...
-    block = np.arange(1000) // codec.block_size
-    np.testing.assert_array_equal(
-        decoded, codes.astype(np.float32) * steps[block] + mins[block]
-    )
+    # Assert: the decoded values are ℓ̂_j + q·δ_j read by the independent reader ...
+    np.testing.assert_array_equal(decoded, codes.astype(np.float32) * step + low)
     assert codes.min() >= 0 and codes.max() <= 2**bits - 1
     # ... and each code is one of the two grid points around its value
-    scaled = (x.numpy().astype(np.float64) - mins[block]) / steps[block]
+    scaled = (x.numpy().astype(np.float64) - low) / step
     assert np.all(
         (codes >= np.floor(scaled) - 1e-3) & (codes <= np.ceil(scaled) + 1e-3)
     )
 
 
-@pytest.mark.parametrize(
-    "bits, block_size", [(1, 64), (2, 64), (3, 64), (4, 256), (16, 256)]
-)
-def test_block_size_is_64_up_to_3_bits_and_256_above(bits, block_size):
-    assert default_block_size(bits) == block_size
-    assert get_codec("uniform", bits).block_size == block_size
+@pytest.mark.parametrize("scale_dtype", ["float32", "bfloat16"])
+def test_sub_block_scales_are_rounded_outward(scale_dtype):
+    # Prepare: heavy tails, large offsets and a constant run stress the coding
+    codec = get_codec("uniform", 2, scale_dtype=scale_dtype)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.distributions.StudentT(2.0).sample((48 * 400,)) + 1000
+    x[4800:5280] = 7.0
+    # Execute
+    _, _, ranges, _ = read_wire(codec.encode(x, generator), codec)
+    low = read_wire(codec.encode(x, generator), codec)[0][::48]
+    blocks = x.view(-1, 48).double().numpy()
+    # Assert: ℓ̂_j ≤ min_j and ℓ̂_j + R̂_j ≥ max_j, in exact arithmetic
+    assert np.all(low.astype(np.float64) <= blocks.min(1))
+    assert np.all(low.astype(np.float64) + ranges.astype(np.float64) >= blocks.max(1))
+    assert torch.equal(codec.coded_ranges(x), torch.from_numpy(ranges))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 16])
+def test_one_sub_block_size_at_every_bit_width(bits):
+    assert default_block_size(bits) == 48
+    assert get_codec("uniform", bits).block_size == 48
 
 
 @pytest.mark.parametrize(
     "bits, scale_dtype, overhead",
     [
+        (1, "float32", 0.25),
+        (2, "float32", 0.25),
         (4, "float32", 0.25),
         (8, "float32", 0.25),
-        (4, "bfloat16", 0.125),
-        (2, "float32", 1.0),
+        (16, "float32", 0.25),
+        (2, "bfloat16", 0.25 - 1 / 48),
+        (4, "bfloat16", 0.25 - 1 / 48),
     ],
 )
 def test_scale_overhead_in_bits_per_value(bits, scale_dtype, overhead):
+    # 128 bits per super-block of 3072 (64 with bf16) plus 10 bits per sub-block of 48
     codec = get_codec("uniform", bits, scale_dtype=scale_dtype)
-    n = 1 << 20
+    n = 3072 * 341
     assert codec.size_bytes((n,)) * 8 / n - bits == pytest.approx(overhead)
 
 
@@ -130,7 +161,7 @@ def test_error_bound_is_attained_between_grid_points(bits):
 @pytest.mark.parametrize("bits", [2, 4, 9])
 def test_codec_bound_equals_the_design_formula_from_block_ranges(bits, generator):
     codec = get_codec("uniform", bits)
-    x = torch.randn(8 * 256, generator=generator) * torch.linspace(0.01, 2, 8 * 256)
+    x = torch.randn(8 * 3072, generator=generator) * torch.linspace(0.01, 2, 8 * 3072)
     ranges = block_ranges(x, codec.block_size)
     expected = sum(
         codec.block_size * r**2 / (4 * (2**bits - 1) ** 2) for r in ranges.tolist()
@@ -138,29 +169,52 @@ def test_codec_bound_equals_the_design_formula_from_block_ranges(bits, generator
     assert uniform_error_bound(ranges, bits, codec.block_size) == pytest.approx(
         expected
     )
-    assert codec.error_bound(x) == pytest.approx(expected, rel=1e-5)
+    assert codec.error_bound(x) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_reported_range_sums_price_the_codec_bound_and_bound_the_mse(bits):
+    # Prepare: an update of several tensors, with short sub- and super-blocks
+    generator = torch.Generator().manual_seed(bits)
+    update = {
+        "w": torch.randn(5000, generator=generator) * 0.01,
+        "b": torch.randn(70, generator=generator).sign() * torch.rand(70) ** 3,
+        "n": torch.randn(3, 3, generator=generator) + 4,
+    }
+    codec = get_codec("uniform", bits)
+    draws = 200
+
+    def squared_error():
+        return sum(
+            float(
+                (codec.decode(codec.encode(t, generator)) - t).double().square().sum()
+            )
+            for t in update.values()
+        )
+
+    # Execute: V(b) from the device's report, the codec's bound, and the squared
+    # error of many independent encodings
+    bound = range_sq_sums(update)[48] / (4 * (2**bits - 1) ** 2)
+    errors = torch.tensor([squared_error() for _ in range(draws)], dtype=torch.float64)
+    # Assert: the report prices exactly the codec's own bound, and that bounds the
+    # mean measured error (up to 5 standard errors of sampling noise)
+    assert bound == pytest.approx(
+        sum(codec.error_bound(t) for t in update.values()), rel=1e-12
+    )
+    mean, spread = float(errors.mean()), float(errors.std()) / math.sqrt(draws)
+    assert mean <= bound + 5 * spread
+    assert mean >= bound / 10  # and is not a vacuous bound
 
 
 def test_block_ranges_of_a_short_last_block():
-    x = torch.tensor([0.0, 4.0, -1.0, 2.0, 5.0])  # blocks of 2: [0, 4], [-1, 2], [5]
-    assert block_ranges(x, 2).tolist() == [4.0, 3.0, 0.0]
-
-
-def test_bfloat16_scales_are_rounded_outward(generator):
-    # Prepare: large offsets make the rounding of ℓ to bfloat16 matter
-    codec = get_codec("uniform", 4, scale_dtype="bfloat16")
-    x = 1000 + torch.randn(4096, generator=generator)
-    # Execute
-    encoded = codec.encode(x, generator)
-    mins, steps, _ = read_wire(encoded, codec)
-    blocks = x.view(-1, 256).double().numpy()
-    # Assert: the sent grid [ℓ, ℓ + Lδ] covers every block, and the bound holds
-    assert np.all(mins <= blocks.min(1))
-    assert np.all(
-        mins.astype(np.float64) + 15 * steps.astype(np.float64) >= blocks.max(1)
-    )
-    error = (codec.decode(encoded) - x).double().square().sum()
-    assert float(error) <= codec.error_bound(x)
+    # blocks of 8: [0 … 4], [−1 … 2], [5]; the coded ranges cover the true ones, within
+    # a range unit (the needs span at most 6, in 31 steps)
+    x = torch.tensor([0.0, 4.0] * 4 + [-1.0, 2.0] * 4 + [5.0])
+    ranges = block_ranges(x, 8)
+    true = torch.tensor([4.0, 3.0, 0.0])
+    assert len(ranges) == 3
+    assert torch.all(ranges >= true)
+    assert torch.all(ranges <= true + 2 * 6 / 31)
 
 
 @pytest.mark.parametrize("value", [0.0, -3.5, 1e-30])
@@ -193,7 +247,8 @@ def test_a_range_beyond_float32_is_rejected(generator):
         ({"bits": 4.0}, "'bits' parameter"),
         ({"bits": None}, "needs 'bits'"),
         ({"bits": 4, "block_size": 100}, "'block_size' parameter .* multiple of 8"),
-        ({"bits": 4, "block_size": 2**21}, "'block_size' parameter"),
+        ({"bits": 4, "block_size": 2**15}, "'block_size' parameter"),
+        ({"bits": 4, "block_size": 48.0}, "'block_size' parameter"),
         (
             {"bits": 4, "scale_dtype": "float16"},
             "'scale_dtype' parameter .* float32, bfloat16",
@@ -206,43 +261,43 @@ def test_invalid_settings_are_rejected_with_the_allowed_values(options, message)
         get_codec("uniform", **options)
 
 
-def tampered(encoded, codec, *, min_value=None, step_value=None):
+def tampered(encoded, codec, changes):
+    """`encoded` with the first super-block's scales changed: {scale: value}, scale
+    0: Lo, 1: u, 2: Ro, 3: v."""
     buffer = encoded.buffer.clone()
-    blocks = math.ceil(encoded.numel / codec.block_size)
-    scales = buffer[: 8 * blocks].view(torch.float32)
-    if min_value is not None:
-        scales[0] = min_value
-    if step_value is not None:
-        scales[blocks] = step_value
+    supers = math.ceil(math.ceil(encoded.numel / codec.block_size) / 64)
+    for scale, value in changes.items():
+        buffer[: 16 * supers].view(torch.float32)[scale * supers] = value
     return Encoded(encoded.codec, encoded.bits, encoded.shape, encoded.dtype, buffer)
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "changes, message",
     [
-        ({"min_value": float("nan")}, "scales .* NaN or Inf"),
-        ({"step_value": float("inf")}, "scales .* NaN or Inf"),
-        ({"step_value": -0.5}, "negative"),
-        ({"min_value": 3e38, "step_value": 3e38}, "decodes to NaN or Inf"),
+        ({0: float("nan")}, "super-block scales contain NaN or Inf"),
+        ({3: float("inf")}, "super-block scales contain NaN or Inf"),
+        ({1: -0.5}, "negative"),
+        ({2: -0.5}, "negative"),
+        ({1: 3e38}, "sub-block scales decode to NaN or Inf"),
+        ({0: 3.4e38, 2: 3e38}, "decodes to NaN or Inf"),
     ],
 )
-def test_decode_rejects_invalid_scales(change, message, generator):
+def test_decode_rejects_invalid_scales(changes, message, generator):
     codec = get_codec("uniform", 4)
-    encoded = codec.encode(torch.randn(300, generator=generator) + 5, generator)
+    encoded = codec.encode(torch.randn(3000, generator=generator) + 5, generator)
     with pytest.raises(PayloadError, match=message):
-        codec.decode(tampered(encoded, codec, **change))
+        codec.decode(tampered(encoded, codec, changes))
 
 
 def test_large_tensors_span_several_chunks(monkeypatch, generator):
-    # Chunks of 2 blocks force the chunk loop, byte offsets and a short last chunk
+    # Chunks of one super-block force the chunk loop, byte offsets and a short last
+    # chunk
     monkeypatch.setattr(uniform_module, "CHUNK_VALUES", 128)
-    codec = get_codec("uniform", 3)  # blocks of 64, 3-bit codes: 48-byte chunks
-    x = torch.randn(1000, generator=generator)
+    codec = get_codec("uniform", 3)
+    x = torch.randn(10_000, generator=generator) * torch.linspace(0.1, 2, 10_000)
     encoded = codec.encode(x, generator)
-    mins, steps, codes = read_wire(encoded, codec)
-    block = np.arange(1000) // 64
+    low, step, _, codes = read_wire(encoded, codec)
     np.testing.assert_array_equal(
-        codec.decode(encoded).numpy(),
-        codes.astype(np.float32) * steps[block] + mins[block],
+        codec.decode(encoded).numpy(), codes.astype(np.float32) * step + low
     )
     assert float((codec.decode(encoded) - x).square().sum()) <= codec.error_bound(x)
