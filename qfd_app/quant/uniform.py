@@ -396,11 +396,10 @@ class _SubBlockScales:
         """Outward-rounded scales of the sub-blocks of `block_size` values of `flat`
         (1-D float32), in one pass over the whole tensor: the scale arithmetic works
         on ⌈n/m⌉ sub-block values, and many small per-chunk ops would cost more."""
-        low, high = _sub_block_extremes(flat, block_size)
-        count = low.numel()
+        count = _ceil_div(flat.numel(), block_size)
+        low, high = _sub_block_extremes(flat, block_size)  # (K, 64)
         check_finite_input(low, "uniform")  # NaN propagates to the extremes
         check_finite_input(high, "uniform")
-        low, high = _pad_rows(low), _pad_rows(high)  # (K, 64)
         base = low.amin(1)
         unit = (low.amax(1) - base) / _SCALE_CODES
         _check_range(unit, flat)
@@ -422,17 +421,17 @@ class _SubBlockScales:
         r = (need - range_base[:, None]) / range_unit.clamp_min(_TINY_STEP)[:, None]
         r = r.ceil_().clamp_(0, _SCALE_CODES)
         ranges = _level(range_base, range_unit, r)
-        short = (lows + ranges < high) & (r < _SCALE_CODES)  # float rounding: one up
-        if _any(short):
+        if _any(lows + ranges < high):  # float rounding left some R̂ short
+            short = (lows + ranges < high) & (r < _SCALE_CODES)  # one code up
             r += short.float()
             ranges = _level(range_base, range_unit, r)
-        top_short = _any_row(lows + ranges < high)  # at r = 31: a wider unit
-        if bool(top_short.any()):
-            wider = range_unit[top_short] * (1 + 2.0**-20)
-            range_unit[top_short] = _outward(wider, wider, scale_dtype)[1]
-            ranges = _level(range_base, range_unit, r)
-        # via int16: float -> uint8 has no fast conversion kernel
-        codes = torch.stack([a, r], 2).to(torch.int16).to(torch.uint8)
+            top_short = _any_row(lows + ranges < high)  # at r = 31: a wider unit
+            if bool(top_short.any()):
+                wider = range_unit[top_short] * (1 + 2.0**-20)
+                range_unit[top_short] = _outward(wider, wider, scale_dtype)[1]
+                ranges = _level(range_base, range_unit, r)
+        # (a, r) byte pairs: a + 256·r as a little-endian int16 (as bitpack assumes)
+        codes = torch.add(a, r, alpha=256).to(torch.int16).view(torch.uint8)
         codes = codes.view(-1, 2)[:count]
         supers = torch.stack([base, unit, range_base, range_unit])
         return cls(supers, codes, lows.view(-1)[:count], ranges.view(-1)[:count])
@@ -515,8 +514,8 @@ def _pad_rows(values: torch.Tensor) -> torch.Tensor:
 def _sub_block_extremes(
     flat: torch.Tensor, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum and maximum of every sub-block of `flat`, float32 (⌈n/m⌉,) each; NaN
-    propagates.
+    """Minimum and maximum of every sub-block of `flat`, float32, each as (K, 64)
+    rows of super-blocks like `_pad_rows` gives; NaN propagates.
 
     torch reduces rows whose length is a multiple of 32 several times faster than
     rows of 48 (its vectorized inner reduction), faster even after a copy: so each
@@ -524,7 +523,8 @@ def _sub_block_extremes(
     extra columns filled with the row's first value (which changes no extreme).
     """
     count = _ceil_div(flat.numel(), block_size)
-    low, high = torch.empty(count), torch.empty(count)
+    rows_total = _ceil_div(count, SUB_BLOCKS) * SUB_BLOCKS
+    low, high = torch.empty(rows_total), torch.empty(rows_total)
     width = _ceil_div(block_size, 32) * 32
     chunk = _chunk_values(block_size)
     padded = torch.empty(0)
@@ -539,7 +539,8 @@ def _sub_block_extremes(
             blocks = padded
         torch.amin(blocks, 1, out=low[rows])
         torch.amax(blocks, 1, out=high[rows])
-    return low, high
+    low[count:], high[count:] = low[count - 1], high[count - 1]
+    return low.view(-1, SUB_BLOCKS), high.view(-1, SUB_BLOCKS)
 
 
 def _ceil_div(a: int, b: int) -> int:
