@@ -32,7 +32,9 @@ J = ⌈n/m⌉ sub-blocks and scale dtype s (float32: 4 bytes, bfloat16: 2 bytes)
     bytes [0, 4·K·s)                   Lo_k, u_k, Ro_k, v_k: four arrays of K
                                        (little-endian scale dtype)
     next ⌈10·J/8⌉ bytes                a_j + 32·r_j, 10 bits per sub-block,
-                                       bit-packed LSB first (see bitpack.py)
+                                       bit-packed LSB first (see bitpack.py):
+                                       the same bits as the 5-bit stream
+                                       a_0, r_0, a_1, r_1, …
     next ⌈n·b/8⌉ bytes                 codes, bit-packed LSB first
 
 so `size_bytes` = 4·K·s + ⌈10·J/8⌉ + ⌈n·b/8⌉ exactly, i.e. b + 128/S + 10/m =
@@ -57,8 +59,12 @@ Numerics, and the why of each choice:
   f = 0 means no round-up, so codes never exceed L.
 - s is computed in float32: for b ≥ 12 its rounding error reaches ~1e-3 of a step
   (2^-23·L), negligible next to the rounding noise of ±δ/2.
-- Work proceeds in chunks of `CHUNK_VALUES` whole super-blocks, so temporaries stay in
-  cache and every chunk's codes start on a byte boundary.
+- The scales are fitted once per tensor, on its ⌈n/m⌉ sub-block extremes (per-chunk
+  fitting spent more on small-op overhead than on arithmetic). Finding the extremes,
+  rounding and decoding proceed in chunks of `CHUNK_VALUES` whole super-blocks, so
+  temporaries stay in cache and every chunk's codes start on a byte boundary; the
+  rounding draws are taken chunk by chunk, which is part of the format's definition
+  for a given generator (tests/quant/test_uniform_golden.py pins the bytes).
 """
 
 from __future__ import annotations
