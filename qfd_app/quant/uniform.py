@@ -32,7 +32,9 @@ J = ⌈n/m⌉ sub-blocks and scale dtype s (float32: 4 bytes, bfloat16: 2 bytes)
     bytes [0, 4·K·s)                   Lo_k, u_k, Ro_k, v_k: four arrays of K
                                        (little-endian scale dtype)
     next ⌈10·J/8⌉ bytes                a_j + 32·r_j, 10 bits per sub-block,
-                                       bit-packed LSB first (see bitpack.py)
+                                       bit-packed LSB first (see bitpack.py):
+                                       the same bits as the 5-bit stream
+                                       a_0, r_0, a_1, r_1, …
     next ⌈n·b/8⌉ bytes                 codes, bit-packed LSB first
 
 so `size_bytes` = 4·K·s + ⌈10·J/8⌉ + ⌈n·b/8⌉ exactly, i.e. b + 128/S + 10/m =
@@ -57,8 +59,12 @@ Numerics, and the why of each choice:
   f = 0 means no round-up, so codes never exceed L.
 - s is computed in float32: for b ≥ 12 its rounding error reaches ~1e-3 of a step
   (2^-23·L), negligible next to the rounding noise of ±δ/2.
-- Work proceeds in chunks of `CHUNK_VALUES` whole super-blocks, so temporaries stay in
-  cache and every chunk's codes start on a byte boundary.
+- The scales are fitted once per tensor, on its ⌈n/m⌉ sub-block extremes (per-chunk
+  fitting spent more on small-op overhead than on arithmetic). Finding the extremes,
+  rounding and decoding proceed in chunks of `CHUNK_VALUES` whole super-blocks, so
+  temporaries stay in cache and every chunk's codes start on a byte boundary; the
+  rounding draws are taken chunk by chunk, which is part of the format's definition
+  for a given generator (tests/quant/test_uniform_golden.py pins the bytes).
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ CHUNK_VALUES = 1 << 18  # ~1 MiB of float32 per chunk
 SCALE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _TINY_STEP = torch.finfo(torch.float32).tiny  # smallest normal float32 (and bfloat16)
 _DRAW_LEVELS = 1 << 16  # resolution of the rounding draw
+_DRAW_OFFSET = torch.tensor(-(_DRAW_LEVELS / 2 + 0.5))  # see UniformCodec._round
 
 
 def block_ranges(
@@ -231,21 +238,21 @@ class UniformCodec(Codec):
         flat = self._flat_input(tensor)
         n, m = flat.numel(), self.block_size
         buffer = torch.empty(self.size_bytes(tensor.shape), dtype=torch.uint8)
+        if n == 0:
+            return self._new_encoded(tensor, buffer)
         supers, scale_codes, codes = self._split(buffer, n)
+        scales = _SubBlockScales.fit(flat, m, self._scale_torch_dtype)
+        supers.copy_(scales.supers)
+        scale_codes.copy_(pack_codes(scales.codes.view(-1), SCALE_CODE_BITS))
+        steps = (scales.ranges / self._levels).clamp_min_(_TINY_STEP)
         chunk = _chunk_values(self.super_block_size)
         for start in range(0, n, chunk):
             values = flat[start : start + chunk]
             blocks = _as_blocks(values, m)  # (sub-blocks in chunk, m)
-            scales = _SubBlockScales.fit(blocks, self._scale_torch_dtype)
-            first = start // self.super_block_size
-            supers[:, first : first + scales.supers.shape[1]] = scales.supers
-            sub_offset = start // m * 2 * SCALE_CODE_BITS // 8  # byte aligned
-            packed = pack_codes(scales.codes, 2 * SCALE_CODE_BITS)
-            scale_codes[sub_offset : sub_offset + packed.numel()] = packed
-            step = (scales.ranges / self._levels).clamp_min_(_TINY_STEP)
-            chunk_codes = self._round(blocks, scales.lows, step, generator).view(-1)[
-                : values.numel()
-            ]
+            rows = slice(start // m, start // m + blocks.shape[0])
+            chunk_codes = self._round(
+                blocks, scales.lows[rows], steps[rows], generator
+            ).view(-1)[: values.numel()]
             offset = start * self.bits // 8  # start is a multiple of 8: byte aligned
             packed = pack_codes(chunk_codes, self.bits)
             codes[offset : offset + packed.numel()] = packed
@@ -264,8 +271,11 @@ class UniformCodec(Codec):
         scaled.clamp_(max=self._levels)
         floor = scaled.floor()
         # threshold t = 65536·f − 32768.5: a uniform int16 r satisfies r < t with
-        # probability round(65536·f)/65536, and never when f = 0 (so never past L)
-        threshold = scaled.sub_(floor).mul_(_DRAW_LEVELS).sub_(_DRAW_LEVELS / 2 + 0.5)
+        # probability round(65536·f)/65536, and never when f = 0 (so never past L).
+        # One fused pass: 65536·f is exact, so t is the same with or without an FMA.
+        threshold = torch.add(
+            _DRAW_OFFSET, scaled.sub_(floor), alpha=_DRAW_LEVELS, out=scaled
+        )
         round_up = (
             _int16_draws(blocks.numel(), generator).view(blocks.shape) < threshold
         )
@@ -273,7 +283,7 @@ class UniformCodec(Codec):
             codes = floor.to(torch.int16).to(torch.uint8)
         else:
             codes = floor.to(torch.int32)
-        return codes.add_(round_up)
+        return codes.add_(round_up.view(torch.uint8))  # bool as 0/1 bytes: no cast
 
     # -- decode ------------------------------------------------------------------------
 
@@ -290,7 +300,7 @@ class UniformCodec(Codec):
                 "writes values ≥ 0."
             )
         count = _ceil_div(n, m)
-        sub = unpack_codes(scale_codes, 2 * SCALE_CODE_BITS, count)
+        sub = unpack_codes(scale_codes, SCALE_CODE_BITS, 2 * count).view(count, 2)
         low, ranges = _SubBlockScales.expand(supers, sub)
         step = ranges / self._levels
         if not (all_finite(low) and all_finite(step)):
@@ -320,19 +330,18 @@ class UniformCodec(Codec):
         """Write ℓ̂_j + q·δ_j for the values
         [start, start + len(codes)) into `out`."""
         m = self.block_size
+        out.copy_(codes)  # q as float32, exact (q < 2^16); same-dtype ops are fast
         # whole sub-blocks of this chunk; a short tail may follow
         full = codes.numel() // m * m
         first = start // m
         if full:
             count = full // m
             blocks_out = out[:full].view(count, m)
-            block_steps = step[first : first + count, None]
-            torch.mul(codes[:full].view(count, m), block_steps, out=blocks_out)
-            blocks_out += low[first : first + count, None]
+            blocks_out.mul_(step[first : first + count, None])
+            blocks_out.add_(low[first : first + count, None])
         if full < codes.numel():
             last = first + full // m
-            torch.mul(codes[full:], step[last], out=out[full:])
-            out[full:] += low[last]
+            out[full:].mul_(step[last]).add_(low[last])
 
     # -- error bound -------------------------------------------------------------------
 
@@ -371,8 +380,11 @@ class UniformCodec(Codec):
 
 class _SubBlockScales:
     """The two-level scales of some whole super-blocks: `supers` (4, K) float32 rows
-    Lo, u, Ro, v (each representable in the scale dtype); per sub-block the packed
-    code a + 32·r (int16) and the decoded ℓ̂ and R̂ (float32)."""
+    Lo, u, Ro, v (each representable in the scale dtype); per sub-block the codes
+    (a, r) as a row of `codes` (J, 2) uint8, and the decoded ℓ̂ and R̂ (float32).
+
+    The packed 10-bit codes a + 32·r, LSB first, are the same bits as the 5-bit
+    stream a_0, r_0, a_1, r_1, …, which bitpack handles in its fast byte paths."""
 
     def __init__(
         self,
@@ -384,21 +396,24 @@ class _SubBlockScales:
         self.supers, self.codes, self.lows, self.ranges = supers, codes, lows, ranges
 
     @classmethod
-    def fit(cls, blocks: torch.Tensor, scale_dtype: torch.dtype) -> _SubBlockScales:
-        """Outward-rounded scales of `blocks` (J, m), J sub-blocks in order."""
-        count = blocks.shape[0]
-        low, high = blocks.amin(1), blocks.amax(1)  # NaN propagates, so one check below
-        check_finite_input(low, "uniform")
+    def fit(
+        cls, flat: torch.Tensor, block_size: int, scale_dtype: torch.dtype
+    ) -> _SubBlockScales:
+        """Outward-rounded scales of the sub-blocks of `block_size` values of `flat`
+        (1-D float32), in one pass over the whole tensor: the scale arithmetic works
+        on ⌈n/m⌉ sub-block values, and many small per-chunk ops would cost more."""
+        count = _ceil_div(flat.numel(), block_size)
+        low, high = _sub_block_extremes(flat, block_size)  # (K, 64)
+        check_finite_input(low, "uniform")  # NaN propagates to the extremes
         check_finite_input(high, "uniform")
-        low, high = _pad_rows(low), _pad_rows(high)  # (K, 64)
         base = low.amin(1)
         unit = (low.amax(1) - base) / _SCALE_CODES
-        _check_range(unit, blocks)
+        _check_range(unit, flat)
         base, unit = _outward(base, unit, scale_dtype)
         a = ((low - base[:, None]) / unit.clamp_min(_TINY_STEP)[:, None]).floor_()
         a.clamp_(0, _SCALE_CODES)
         lows = _level(base, unit, a)
-        if bool((lows > low).any()):  # float rounding put some ℓ̂ above the minimum
+        if _any(lows > low):  # float rounding put some ℓ̂ above the minimum
             a -= (lows > low).float()  # one code down (a ≥ 1 there: code 0 is Lo)
             lows = _level(base, unit, a)
             a[lows > low] = 0  # still above: the least minimum, which never is
@@ -406,21 +421,24 @@ class _SubBlockScales:
         need = high - lows
         range_base = need.amin(1)
         range_unit = (need.amax(1) - range_base) / _SCALE_CODES
-        _check_range(need, blocks)
-        _check_range(range_unit, blocks)
+        _check_range(need, flat)
+        _check_range(range_unit, flat)
         range_base, range_unit = _outward(range_base, range_unit, scale_dtype)
         r = (need - range_base[:, None]) / range_unit.clamp_min(_TINY_STEP)[:, None]
         r = r.ceil_().clamp_(0, _SCALE_CODES)
         ranges = _level(range_base, range_unit, r)
-        short = (lows + ranges < high) & (r < _SCALE_CODES)  # float rounding: one up
-        r += short.float()
-        ranges = _level(range_base, range_unit, r)
-        top_short = (lows + ranges < high).any(1)  # at r = 31: a wider unit
-        if bool(top_short.any()):
-            wider = range_unit[top_short] * (1 + 2.0**-20)
-            range_unit[top_short] = _outward(wider, wider, scale_dtype)[1]
+        if _any(lows + ranges < high):  # float rounding left some R̂ short
+            short = (lows + ranges < high) & (r < _SCALE_CODES)  # one code up
+            r += short.float()
             ranges = _level(range_base, range_unit, r)
-        codes = (a + r * (1 << SCALE_CODE_BITS)).to(torch.int16).view(-1)[:count]
+            top_short = _any_row(lows + ranges < high)  # at r = 31: a wider unit
+            if bool(top_short.any()):
+                wider = range_unit[top_short] * (1 + 2.0**-20)
+                range_unit[top_short] = _outward(wider, wider, scale_dtype)[1]
+                ranges = _level(range_base, range_unit, r)
+        # (a, r) byte pairs: a + 256·r as a little-endian int16 (as bitpack assumes)
+        codes = torch.add(a, r, alpha=256).to(torch.int16).view(torch.uint8)
+        codes = codes.view(-1, 2)[:count]
         supers = torch.stack([base, unit, range_base, range_unit])
         return cls(supers, codes, lows.view(-1)[:count], ranges.view(-1)[:count])
 
@@ -429,22 +447,32 @@ class _SubBlockScales:
         supers: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ℓ̂ and R̂ of the sub-blocks from the super-block scales (4, K) and the
-        sub-block codes (J,), with the encoder's float operations."""
-        count = codes.numel()
-        codes = _pad_rows(codes.to(torch.int32))
-        a = (codes & _SCALE_CODES).float()
-        r = (codes >> SCALE_CODE_BITS).float()
+        sub-block codes (a, r) (J, 2), with the encoder's float operations."""
+        count = codes.shape[0]
+        codes = codes.T.to(torch.float32, memory_format=torch.contiguous_format)  # a; r
+        a, r = _pad_rows(codes[0]), _pad_rows(codes[1])
         lows = _level(supers[0], supers[1], a).view(-1)[:count]
         ranges = _level(supers[2], supers[3], r).view(-1)[:count]
         return lows, ranges
 
 
-def _check_range(values: torch.Tensor, blocks: torch.Tensor) -> None:
+def _check_range(values: torch.Tensor, flat: torch.Tensor) -> None:
     if not all_finite(values):
         raise ValueError(
             "Codec 'uniform' cannot encode a block whose range overflows float32 "
-            f"(largest |value| {blocks.abs().max().item():.3g})."
+            f"(largest |value| {flat.abs().max().item():.3g})."
         )
+
+
+def _any(mask: torch.Tensor) -> bool:
+    """`mask.any()` for a bool tensor, as the max of its bytes: several times faster
+    in torch."""
+    return mask.numel() > 0 and bool(mask.view(torch.uint8).amax())
+
+
+def _any_row(mask: torch.Tensor) -> torch.Tensor:
+    """`mask.any(1)` for a 2-D bool tensor, the same way as `_any`."""
+    return mask.view(torch.uint8).amax(1).bool()
 
 
 def _level(base: torch.Tensor, unit: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -466,12 +494,10 @@ def _coded_ranges(
     flat: torch.Tensor, block_size: int, scale_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """R̂_j of every sub-block of `flat` and its count n_j (float64)."""
-    ranges = []
-    chunk = _chunk_values(SUB_BLOCKS * block_size)
-    for start in range(0, flat.numel(), chunk):
-        blocks = _as_blocks(flat[start : start + chunk], block_size)
-        ranges.append(_SubBlockScales.fit(blocks, scale_dtype).ranges)
-    result = torch.cat(ranges) if ranges else torch.empty(0)
+    if flat.numel():
+        result = _SubBlockScales.fit(flat, block_size, scale_dtype).ranges
+    else:
+        result = torch.empty(0)
     counts = torch.full_like(result, block_size, dtype=torch.float64)
     if len(counts):
         counts[-1] = flat.numel() - (len(counts) - 1) * block_size
@@ -489,6 +515,38 @@ def _pad_rows(values: torch.Tensor) -> torch.Tensor:
     if short:
         values = torch.cat([values, values[-1:].expand(short)])
     return values.view(-1, SUB_BLOCKS)
+
+
+def _sub_block_extremes(
+    flat: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of every sub-block of `flat`, float32, each as (K, 64)
+    rows of super-blocks like `_pad_rows` gives; NaN propagates.
+
+    torch reduces rows whose length is a multiple of 32 several times faster than
+    rows of 48 (its vectorized inner reduction), faster even after a copy: so each
+    chunk's sub-blocks are copied into rows of m rounded up to a multiple of 32, the
+    extra columns filled with the row's first value (which changes no extreme).
+    """
+    count = _ceil_div(flat.numel(), block_size)
+    rows_total = _ceil_div(count, SUB_BLOCKS) * SUB_BLOCKS
+    low, high = torch.empty(rows_total), torch.empty(rows_total)
+    width = _ceil_div(block_size, 32) * 32
+    chunk = _chunk_values(block_size)
+    padded = torch.empty(0)
+    for start in range(0, flat.numel(), chunk):
+        blocks = _as_blocks(flat[start : start + chunk], block_size)
+        rows = slice(start // block_size, start // block_size + blocks.shape[0])
+        if width != block_size:
+            if padded.shape[0] != blocks.shape[0]:
+                padded = torch.empty(blocks.shape[0], width)
+            padded[:, :block_size] = blocks
+            padded[:, block_size:] = blocks[:, :1]
+            blocks = padded
+        torch.amin(blocks, 1, out=low[rows])
+        torch.amax(blocks, 1, out=high[rows])
+    low[count:], high[count:] = low[count - 1], high[count - 1]
+    return low.view(-1, SUB_BLOCKS), high.view(-1, SUB_BLOCKS)
 
 
 def _ceil_div(a: int, b: int) -> int:
