@@ -13,7 +13,8 @@ Why bitwise equality holds: every random draw of a round comes from generators s
 updates in partition order, so nothing depends on which process ran what or when. The
 server's mirrors of the devices' copies are checkpointed; a device that lost its copy is
 sent the mirror in fp32 with its delta, so it trains from the same model — only the
-bytes sent down (and their time and energy) differ.
+bytes sent down, their time and energy, and the deadline misses that unplanned time
+causes differ.
 """
 
 import threading
@@ -41,8 +42,16 @@ HOST_COLUMNS = {
     *PHASES,
     "wall_s",
 }  # the host's, not the run's
-# a resumed run resends lost copies: more bytes down, more download time and energy
-DOWNLOAD_COLUMNS = {"bytes_down", "download_s", "energy_download_j", "energy_j"}
+# a resumed run resends lost copies: more bytes down, more download time and energy,
+# and (unplanned, so on top of a plan that uses the whole deadline) deadline misses
+DOWNLOAD_COLUMNS = {
+    "bytes_down",
+    "download_s",
+    "energy_download_j",
+    "energy_j",
+    "deadline_missed",
+    "deadline_misses",
+}
 
 
 def run(root, name, extra="", kill_after_round=None):
