@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from qfd_app.diffusion import ddpm
 from qfd_app.diffusion.profile import model_profile
 from qfd_app.edge import load_scenario
+from qfd_app.edge.energy import downlink_rate_bps
 from qfd_app.runs import cli
 from qfd_app.runs.compare import parse_variants, run_comparison
 from qfd_app.runs.launch import flwr_run, superlink
@@ -41,14 +42,19 @@ def ondemand_run(tmp_path_factory):
 
 
 def expected_payload_bytes(bits: int) -> int:
-    """The uniform codec's size (ceil(n·b/8) codes + fp32 min and step per
-    block), fp32 at 32 bits."""
+    """The uniform codec's size per tensor of n values (DESIGN §3, uniform.py):
+    4 fp32 scales per super-block of 3072, 10 bits per sub-block of 48, ⌈n·b/8⌉ bytes
+    of codes; fp32 at 32 bits."""
     torch.manual_seed(0)
     sizes = [v.numel() for v in ddpm.build_unet("tiny", 16).state_dict().values()]
     if bits == 32:
         return 4 * sum(sizes)
-    block = 64 if bits <= 3 else 256
-    return sum(math.ceil(n * bits / 8) + 8 * math.ceil(n / block) for n in sizes)
+    return sum(
+        16 * math.ceil(n / 3072)
+        + math.ceil(10 * math.ceil(n / 48) / 8)
+        + math.ceil(n * bits / 8)
+        for n in sizes
+    )
 
 
 def test_every_device_trained_within_its_demand_and_sent_exactly_its_bit_width(
@@ -66,8 +72,17 @@ def test_every_device_trained_within_its_demand_and_sent_exactly_its_bit_width(
         assert int(d["bytes_up"]) == expected_payload_bytes(int(d["bits"]))
 
 
+def energy(d) -> float:
+    """A device's energy: compute, upload and download (receive)."""
+    return sum(float(d[f"energy_{k}_j"]) for k in ("compute", "upload", "download"))
+
+
 def test_the_ledger_energy_is_recomputable_from_devices_csv(ondemand_run):
     scenario = load_scenario("smoke")
+    torch.manual_seed(0)
+    model_values = sum(
+        v.numel() for v in ddpm.build_unet("tiny", 16).state_dict().values()
+    )
     classes = {c.name: c for c in scenario.classes}
     flops = model_profile("tiny", 16, 1).flops_per_sample
     devices = read_csv(ondemand_run / "devices.csv")
@@ -93,16 +108,27 @@ def test_the_ledger_energy_is_recomputable_from_devices_csv(ondemand_run):
         assert float(d["energy_upload_j"]) == pytest.approx(
             p * float(d["upload_s"]), rel=1e-6
         )
-        assert float(d["compute_s"]) + float(d["upload_s"]) <= scenario.deadline_s * (
-            1 + 1e-6
+        rate_down = downlink_rate_bps(
+            scenario.downlink_bandwidth_hz,
+            scenario.bs_power_w,
+            g,
+            noise,
+            sum(e["round"] == d["round"] for e in devices),
         )
+        assert int(d["bytes_down"]) == 4 * model_values  # the fp32 broadcast
+        assert float(d["download_s"]) == pytest.approx(
+            8 * int(d["bytes_down"]) / rate_down, rel=1e-6
+        )
+        assert float(d["energy_download_j"]) == pytest.approx(
+            cls.receive_power_w * float(d["download_s"]), rel=1e-6
+        )
+        spent = float(d["download_s"]) + float(d["compute_s"]) + float(d["upload_s"])
+        assert spent <= scenario.deadline_s * (1 + 1e-6)
         assert d["deadline_missed"] == "False" and p <= cls.power_w_max * (1 + 1e-9)
         assert cls.cpu_hz_min * (1 - 1e-9) <= f <= cls.cpu_hz_max * (1 + 1e-9)
     for r in read_csv(ondemand_run / "rounds.csv"):
         mine = [d for d in devices if d["round"] == r["round"]]
-        total = sum(
-            float(d["energy_compute_j"]) + float(d["energy_upload_j"]) for d in mine
-        )
+        total = sum(energy(d) for d in mine)
         assert float(r["energy_j"]) == pytest.approx(total, rel=1e-9)
         assert sum(float(d["bandwidth_hz"]) for d in mine) <= scenario.bandwidth_hz * (
             1 + 1e-9
@@ -114,9 +140,8 @@ def test_the_run_summary_totals_the_ledger(ondemand_run):
     devices = read_csv(ondemand_run / "devices.csv")
     assert summary["strategy"] == "ondemand" and summary["scenario"] == "smoke"
     assert summary["bytes_up"] == sum(int(d["bytes_up"]) for d in devices)
-    assert summary["energy_j"] == pytest.approx(
-        sum(float(d["energy_compute_j"]) + float(d["energy_upload_j"]) for d in devices)
-    )
+    assert summary["energy_j"] == pytest.approx(sum(energy(d) for d in devices))
+    assert summary["bytes_down"] == sum(int(d["bytes_down"]) for d in devices)
     assert (ondemand_run / "plots" / "bits.png").exists() and math.isfinite(
         summary["final_fid"]
     )
