@@ -128,10 +128,10 @@ def train_local(
     hold one sample), and a device starts afresh every round. Gradients longer than
     `max_grad_norm` (L2 over all parameters; 0: no limit) are scaled down to it, as
     diffusers' training examples do (at the default rate, a central run's averaged model
-    scored FID 3.51 with it and 4.11 without, docs/results.md). With `compute_dtype`
-    bfloat16 the forward pass runs under torch autocast (convolutions and matrix
-    products in bf16, the weights, their gradients, AdamW and the loss in fp32). Returns
-    the mean loss over all steps.
+    scored FID 3.51 with it and 4.11 without, docs/training-recipe.md). With
+    `compute_dtype` bfloat16 the forward pass runs under torch autocast (convolutions
+    and matrix products in bf16, the weights, their gradients, AdamW and the loss in
+    fp32). Returns the mean loss over all steps.
     """
     scheduler = train_scheduler()
     # ~7 % faster steps on CPU

@@ -5,8 +5,8 @@ After every round the new global model is folded into a moving average with diff
 `EMAModel`, whose decay at round r is min(`ema-decay`, r / (9 + r)) (0 at round 1: the
 average starts at the first global model; 0.5 at round 9, 0.8 at round 36), so the
 average follows the early rounds closely and smooths the late ones, where one round
-of devices training at few bits can set the model back (docs/results.md). The devices
-always train from the global model itself; only what is evaluated, checkpointed
+of devices training at few bits can set the model back (docs/training-recipe.md). The
+devices always train from the global model itself; only what is evaluated, checkpointed
 beside it and exported as `final/` is the average. `ema-decay = 0` evaluates and
 exports the global model.
 """

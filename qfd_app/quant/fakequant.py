@@ -25,17 +25,18 @@ exactly representable (as PyTorch's min/max observers do), and a clipping factor
 2–4 bits a min/max grid spends its few levels on outliers. Measured on the default
 run's round-30 model, one federated round of two devices training at 4 bits took FID
 from 6.8 to 20.8 with per-channel min/max grids, 6.6 with per-channel clipped grids,
-5.5 with clipped groups of 32, and 5.4 with fp32 training (docs/results.md). The search
-runs on the first forward pass and then every `CLIP_SEARCH_EVERY` passes (searched at
-every pass it made a 4-bit training step 29 % slower than fp32, against 4 % with fixed
-min/max grids, docs/benchmarks.md; and a group's best α changes slowly); in between,
-each group keeps its α while ℓ_g, u_g, scale and zero point follow the current master
-weights at every forward. None of it carries a gradient. Biases, norms and embeddings
-stay in float32 (weight-only). The first and the last layer (of a UNet: the convolutions
-that read the image and write the predicted noise) stay in float32 too, as is usual
-in quantization-aware training (DoReFa-Net, Zhou et al. 2016; PACT, Choi et al. 2018):
-at 4 bits, quantizing them as well took the default federated run from FID 19.9 to 55
-(docs/results.md). b ≥ 16 trains in full precision: nothing is parametrized.
+5.5 with clipped groups of 32, and 5.4 with fp32 training (docs/training-recipe.md).
+The search runs on the first forward pass and then every `CLIP_SEARCH_EVERY` passes
+(searched at every pass it made a 4-bit training step 29 % slower than fp32, against 4 %
+with fixed min/max grids, docs/benchmarks.md; and a group's best α changes slowly); in
+between, each group keeps its α while ℓ_g, u_g, scale and zero point follow the current
+master weights at every forward. None of it carries a gradient. Biases, norms and
+embeddings stay in float32 (weight-only). The first and the last layer (of a UNet: the
+convolutions that read the image and write the predicted noise) stay in float32 too, as
+is usual in quantization-aware training (DoReFa-Net, Zhou et al. 2016; PACT, Choi et al.
+2018): at 4 bits, quantizing them as well took the default federated run from FID 19.9
+to 55 (docs/training-recipe.md). b ≥ 16 trains in full precision: nothing is
+parametrized.
 
 Use it around local training; afterwards the model is plain again, with the same
 state-dict keys and the trained float32 master weights::
