@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -101,3 +103,87 @@ def test_feature_network_training_is_deterministic():
     )
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def brute_force_precision_recall(real, fake, k):
+    """Kynkäänniemi et al.'s definition, point by point, with sklearn's exact
+    neighbours: an independent reference for `quality.precision_recall`."""
+    from sklearn.neighbors import NearestNeighbors
+
+    def inside(points, centres):
+        # k + 1 neighbours: the first is the centre itself
+        radii = NearestNeighbors(n_neighbors=k + 1).fit(centres).kneighbors(centres)[0]
+        radii = radii[:, -1]
+        hits = 0
+        for p in points:
+            hits += any(
+                np.linalg.norm(p - c) <= r for c, r in zip(centres, radii, strict=True)
+            )
+        return hits / len(points)
+
+    return inside(fake, real), inside(real, fake)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_precision_recall_matches_the_definition_point_by_point(k):
+    rng = np.random.default_rng(k)
+    for _ in range(5):
+        real = rng.normal(size=(60, 4))
+        # a shifted, narrower fake set: neither metric is 0 or 1
+        fake = rng.normal(0.7, 0.6, size=(50, 4))
+        ours = quality.precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k)
+        assert ours == pytest.approx(brute_force_precision_recall(real, fake, k))
+
+
+def test_precision_and_recall_tell_fidelity_from_diversity(mnist):
+    net, train, test = mnist
+    real = quality.features(net, test.pixels)
+    same = quality.precision_recall(real, quality.features(net, train.pixels[:500]))
+    one_class = quality.precision_recall(
+        real, quality.features(net, train.pixels[train.labels == 1][:500])
+    )
+    noise = quality.precision_recall(
+        real,
+        quality.features(
+            net, torch.rand(500, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        ),
+    )
+    assert min(same) > 0.6  # real digits: faithful and diverse
+    # faithful, but one mode: recall falls, precision does not
+    assert one_class[0] > 0.6 and one_class[1] < 0.5 * same[1]
+    assert noise[0] < 0.1  # nothing like a digit: low precision
+
+
+def test_kid_is_the_unbiased_mmd_of_the_features(mnist):
+    """With subsets as large as both sets, every subset is the whole set, so the KID is
+    the unbiased MMD² with the cubic kernel, computed here in numpy."""
+    net, train, test = mnist
+    fake = gaussian_blur(train.pixels[:500], 1.0)
+    x = quality.features(net, fake).numpy()
+    y = quality.features(net, test.pixels[:500]).numpy()
+
+    def kernel(a, b):
+        return (a @ b.T / a.shape[1] + 1) ** 3
+
+    def off_diagonal_mean(m):
+        return (m.sum() - np.trace(m)) / (len(m) * (len(m) - 1))
+
+    mmd = (
+        off_diagonal_mean(kernel(x, x))
+        + off_diagonal_mean(kernel(y, y))
+        - 2 * kernel(x, y).mean()
+    )
+    assert quality.kid(net, fake, test.pixels[:500], subsets=3) == pytest.approx(
+        mmd, rel=1e-4
+    )
+
+
+def test_kid_of_real_vs_real_is_near_zero_and_of_noise_is_large(mnist):
+    net, train, test = mnist
+    real = quality.kid(net, train.pixels[:500], test.pixels)
+    noise = quality.kid(
+        net,
+        torch.rand(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+        test.pixels,
+    )
+    assert abs(real) < 0.01 * noise

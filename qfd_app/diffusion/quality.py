@@ -1,4 +1,5 @@
-"""Image quality without downloads: FID on a small classifier's features, and diversity.
+"""Image quality without downloads: FID, KID, precision and recall on a small
+classifier's features, and diversity.
 
 Inception weights cannot be fetched here, so the FID is the Fréchet distance between
 Gaussian fits of 64-d features of a small CNN trained (seeded) on the dataset's training
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 FEATURES = 64
 # bump when the network or its training changes: invalidates caches
@@ -140,6 +142,55 @@ def fid(net: FeatureNet, fake: torch.Tensor, real: torch.Tensor) -> float:
     for start in range(0, len(fake), 512):
         metric.update((fake[start : start + 512] + 1) / 2, real=False)
     return float(metric.compute())
+
+
+@torch.no_grad()
+def kid(
+    net: FeatureNet, fake: torch.Tensor, real: torch.Tensor, *, subsets: int = 50
+) -> float:
+    """Kernel distance (Bińkowski et al. 2018) between `fake` and `real` on `net`'s
+    features: torchmetrics' `KernelInceptionDistance`, cubic polynomial kernel, the
+    mean over `subsets` random subsets of the smaller set's size. Unbiased, so unlike
+    FID its expected value does not depend on the number of images. The subsets are
+    drawn from a fixed seed (the caller's random state is left as it was)."""
+    size = min(len(fake), len(real))
+    metric = KernelInceptionDistance(
+        feature=net, subsets=subsets, subset_size=size, normalize=True
+    )
+    for images, is_real in ((real, True), (fake, False)):
+        for start in range(0, len(images), 512):
+            metric.update((images[start : start + 512] + 1) / 2, real=is_real)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        mean, _ = metric.compute()
+    return float(mean)
+
+
+@torch.no_grad()
+def features(net: FeatureNet, images: torch.Tensor) -> torch.Tensor:
+    """`net`'s features of `images` (in [-1, 1]), float64, one row per image."""
+    return torch.cat(
+        [net((images[s : s + 512] + 1) / 2) for s in range(0, len(images), 512)]
+    ).double()
+
+
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3
+) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of feature sets.
+
+    Each set's manifold is the union of balls around its points, each ball reaching
+    the point's k-th nearest neighbour within the set. Precision: the share of `fake`
+    inside the real manifold (fidelity); recall: the share of `real` inside the fake
+    manifold (diversity: how much of the data the samples cover).
+    """
+
+    def inside(points: torch.Tensor, centres: torch.Tensor) -> float:
+        # k + 1: a centre is its own nearest neighbour at distance 0
+        radii = torch.cdist(centres, centres).kthvalue(k + 1, dim=1).values
+        return float((torch.cdist(points, centres) <= radii).any(dim=1).double().mean())
+
+    return inside(fake, real), inside(real, fake)
 
 
 @dataclass(frozen=True)
