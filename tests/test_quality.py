@@ -1,9 +1,9 @@
-"""FID and diversity on the feature CNN: orders image sets the way a person would."""
+"""FID, KID, precision, recall and diversity on the feature CNN: they order image sets
+the way a person would."""
 
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -131,7 +131,9 @@ def test_precision_recall_matches_the_definition_point_by_point(k):
         real = rng.normal(size=(60, 4))
         # a shifted, narrower fake set: neither metric is 0 or 1
         fake = rng.normal(0.7, 0.6, size=(50, 4))
-        ours = quality.precision_recall(torch.from_numpy(real), torch.from_numpy(fake), k)
+        ours = quality.precision_recall(
+            torch.from_numpy(real), torch.from_numpy(fake), k
+        )
         assert ours == pytest.approx(brute_force_precision_recall(real, fake, k))
 
 
