@@ -34,7 +34,7 @@ def main() -> None:
         config = (
             f"scenario='many-devices' num-server-rounds={args.rounds} "
             f"fraction-train={args.fraction} eval-interval=0 eval-samples=64 "
-            f"sample-steps=10 {args.run_config}"
+            f"final-eval-samples=0 sample-steps=10 {args.run_config}"
         )
         run_dir, peak, wall = simulate(Path(tmp), config, num_supernodes=args.devices)
         table = per_round_table(run_dir)

@@ -86,6 +86,7 @@ def main(grid: Grid, context: Context) -> None:
         settings.eval_interval,
         settings.num_server_rounds,
         strategy_state=strategy.state,
+        final_draws=settings.final_eval_draws,
         average=average,
         strategy_tensors=strategy.tensors,
         started=started,

@@ -171,6 +171,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "model": Options(tuple(PRESETS)),
     "eval-interval": Interval(int, 0, None),
     "eval-samples": Interval(int, 16, None),
+    "final-eval-samples": Interval(int, 0, None),
     "sample-steps": Interval(int, 1, 1000),
     "sample-eps-scale": Interval(float, 0.5, 2.0),
     "ema-decay": Interval(float, 0, 1, closed="left"),
@@ -216,6 +217,7 @@ class Settings:
     model: str
     eval_interval: int
     eval_samples: int
+    final_eval_samples: int
     sample_steps: int
     sample_eps_scale: float
     ema_decay: float
@@ -267,6 +269,11 @@ class Settings:
         training = "" if self.quantized_training else ":fp32-training"
         return f"{self.rules().label()}{training}-seed{self.seed}"
 
+    @property
+    def final_eval_draws(self) -> int:
+        """Draws of `eval-samples` images in the evaluation after the last round."""
+        return self.final_eval_samples // self.eval_samples
+
     def rules(self) -> Strategy:
         """The run's strategy (its rules, from the registry) with the run's codec,
         bits and resources."""
@@ -306,6 +313,15 @@ def _cross_check(values: dict[str, Any]) -> None:
         raise SettingsError(
             refusal(
                 f"The 'bits' setting with codec {codec!r}", f"one of {widths}", bits
+            )
+        )
+    final, per_draw = values["final_eval_samples"], values["eval_samples"]
+    if final % per_draw:
+        raise SettingsError(
+            refusal(
+                f"The 'final-eval-samples' setting with eval-samples = {per_draw}",
+                f"0 or a multiple of {per_draw} (it is drawn {per_draw} at a time)",
+                final,
             )
         )
     policies = ("auto", *strategy.resource_policies)

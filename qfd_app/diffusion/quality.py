@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,11 @@ def kid(
     FID its expected value does not depend on the number of images. The subsets are
     drawn from a fixed seed (the caller's random state is left as it was)."""
     size = min(len(fake), len(real))
-    metric = KernelInceptionDistance(
-        feature=net, subsets=subsets, subset_size=size, normalize=True
-    )
+    with warnings.catch_warnings():  # that it keeps the features: a few hundred
+        warnings.filterwarnings("ignore", "Metric `Kernel Inception Distance`")
+        metric = KernelInceptionDistance(
+            feature=net, subsets=subsets, subset_size=size, normalize=True
+        )
     for images, is_real in ((real, True), (fake, False)):
         for start in range(0, len(images), 512):
             metric.update((images[start : start + 512] + 1) / 2, real=is_real)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -231,12 +230,20 @@ def compare(
     bits: Annotated[
         int, typer.Option(min=1, max=32, help="Bit-width of a plain `fixed`.")
     ] = 8,
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated seeds: every strategy runs on each (paired); "
+            "default: the run config's seed."
+        ),
+    ] = "",
     output: Annotated[
         Path | None,
         typer.Option(
             help=(
-                "Folder of the comparison (default: "
-                "~/qfd-runs/compare-<scenario>-<time>)."
+                "Folder of the comparison (default: ~/qfd-runs/compare-<scenario>-"
+                "<digest of scenario and settings>). Run again, it keeps finished "
+                "runs and resumes an unfinished one."
             )
         ),
     ] = None,
@@ -265,6 +272,7 @@ def compare(
     from qfd_app.runs.compare import (
         CompareError,
         check_settings,
+        parse_seeds,
         parse_variants,
         run_comparison,
     )
@@ -280,22 +288,16 @@ def compare(
             if Path(scenario).suffix != ".toml"
             else str(Path(scenario).resolve())
         )
+        seed_list = parse_seeds(seeds, base)
         # every mistake before the first run
         check_settings(variants, {**base, "scenario": scenario_ref})
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = (
-            (output or Path(f"~/qfd-runs/compare-{loaded.name}-{stamp}"))
-            .expanduser()
-            .resolve()
-        )
-        typer.echo(f"comparison folder: {out}")
-        num_devices = devices or loaded.num_devices
-        run_comparison(
+        out = run_comparison(
             scenario_ref,
             variants,
-            out,
+            output,
             base=base,
-            num_devices=num_devices,
+            num_devices=devices or loaded.num_devices,
+            seeds=seed_list,
             echo=typer.echo,
         )
     except (CompareError, ScenarioError, ValueError) as err:
@@ -316,15 +318,11 @@ def report(
     """Redraw the plots of a run (plots/) or of a comparison (table and plots)."""
     import click
 
-    from qfd_app.runs.compare import write_comparison
+    from qfd_app.runs.compare import read_runs, write_comparison
     from qfd_app.runs.report import plot_rounds
 
     if (run_dir / "runs.json").is_file():
-        runs = {
-            k: Path(v)
-            for k, v in json.loads((run_dir / "runs.json").read_text()).items()
-        }
-        write_comparison(run_dir, runs)
+        write_comparison(run_dir, read_runs(run_dir))
         typer.echo(f"{run_dir / 'comparison.md'}\n{run_dir / 'plots'}")
     elif (run_dir / "rounds.csv").is_file():
         for path in plot_rounds(run_dir):

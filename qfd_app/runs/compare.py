@@ -10,53 +10,33 @@ plain `fixed` takes `--bits`), `ondemand`, and `ondemand:fp32-training` or
 `@<downlink>` after any of them sends the model down that way (`ondemand@delta`;
 without it the `downlink` setting holds). Every
 run gets the same `seed`, so the same devices are sampled, hold the same data, see the
-same fading and draw the same noise; only the strategy differs.
+same fading and draw the same noise; only the strategy differs. With several seeds every
+strategy runs on every seed (paired), seed after seed.
 
-Outputs under the comparison folder: `runs/<label>/<run dir>`, `comparison.csv`,
-`comparison.md` and `plots/*.png` (`qfd report` redraws them).
+A comparison is kept in one folder, `runs/<label>/seed-<seed>/<run dir>` for its runs:
+run again with the same scenario and settings, it keeps the finished runs, resumes an
+unfinished one from its checkpoint and starts the rest (more seeds or strategies can be
+added that way). Tables and plots (`table`, `report.plot_comparison`):
+`comparison.csv`, `comparison-summary.csv`, `comparison.md` and `plots/*.png`
+(`qfd report` redraws them).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qfd_app.runs.ledger import read_csv
+from qfd_app.runs.checkpoint import latest_checkpoint
 from qfd_app.settings import Settings, SettingsError, default_run_config
 from qfd_app.strategies import get_strategy, strategy_names
 from qfd_app.strategies.planner import DOWNLINKS
 
 FP32_TRAINING = "fp32-training"
-
-TABLE_FIELDS = (
-    "strategy",
-    "resource_policy",
-    "downlink",
-    "rounds",
-    "energy_j",
-    "energy_compute_j",
-    "energy_upload_j",
-    "energy_download_j",
-    "energy_without_download_j",
-    "bytes_up",
-    "bytes_down",
-    "bytes_total",
-    "energy_vs_first",
-    "bytes_up_vs_first",
-    "bytes_total_vs_first",
-    "fid",
-    "coverage",
-    "class_entropy",
-    "devices_excluded",
-    "deadline_misses",
-    "demand_violations",
-    "wall_s",
-    "run_dir",
-)
 
 
 class CompareError(ValueError):
@@ -118,6 +98,25 @@ def parse_variants(spec: str, base: dict) -> list[Variant]:
     return variants
 
 
+def parse_seeds(spec: str, base: dict) -> list[int]:
+    """`--seeds 0,1,2` → [0, 1, 2]; empty: none given (the run config's seed)."""
+    if not spec.strip():
+        return []
+    if "seed" in base:
+        raise CompareError(
+            "--seeds and a 'seed' in --run-config: give the seeds in one place."
+        )
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise CompareError(
+            f"--seeds must be distinct integers ≥ 0, comma-separated; got {spec!r}."
+        )
+    return seeds
+
+
 def check_settings(variants: list[Variant], base: dict) -> dict[str, Settings]:
     """Every variant's settings, validated before any run starts."""
     out = {}
@@ -131,42 +130,168 @@ def check_settings(variants: list[Variant], base: dict) -> dict[str, Settings]:
     return out
 
 
+def comparison_key(scenario: str, base: dict, num_devices: int) -> dict:
+    """What makes two calls one comparison: the scenario, the common settings and the
+    number of devices (strategies and seeds may grow)."""
+    return {"scenario": scenario, "settings": base, "devices": num_devices}
+
+
+def default_folder(key: dict) -> Path:
+    """`~/qfd-runs/compare-<scenario>-<digest of the key>`: the same arguments find
+    the same folder again."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    name = Path(key["scenario"]).stem
+    return Path(f"~/qfd-runs/compare-{name}-{digest}").expanduser()
+
+
+def check_folder(out: Path, key: dict) -> None:
+    """Refuse a folder that holds a comparison with other scenario or settings."""
+    path = out / "comparison.json"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(key, indent=1, sort_keys=True) + "\n")
+        return
+    saved = json.loads(path.read_text())
+    differ = [
+        f"{k} {saved.get(k)!r} there, {v!r} now"
+        for k, v in key.items()
+        if saved.get(k) != json.loads(json.dumps(v))
+    ]
+    if differ:
+        raise CompareError(
+            f"--output: {out} holds a comparison with other arguments "
+            f"({'; '.join(differ)}); use another folder."
+        )
+
+
+def run_state(folder: Path) -> tuple[str, Path | None]:
+    """Where the run of one (strategy, seed) stands in its folder: `("done", run)`
+    once it wrote summary.json, `("resume", run)` for an unfinished run with a complete
+    checkpoint (the newest such), else `("new", None)`."""
+    runs = sorted(p.parent for p in folder.glob("*/config.json"))
+    for run in reversed(runs):
+        if (run / "summary.json").exists():
+            return "done", run
+    for run in reversed(runs):
+        if latest_checkpoint(run) is not None:
+            return "resume", run
+    return "new", None
+
+
+class Progress:
+    """One line per round: which run of how many, its round, and the time left,
+    estimated from the seconds per round measured so far in this call."""
+
+    ROUND = re.compile(r"\[qfd\] round (\d+)/(\d+)")
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+        self.spent_s, self.timed = 0.0, 0  # seconds and rounds measured
+        self.name, self.later_rounds, self.last = "", 0, time.monotonic()
+
+    def start(self, name: str, later_rounds: int) -> None:
+        """A run starts; `later_rounds`: the rounds of the runs still to come."""
+        self.name, self.later_rounds = name, later_rounds
+        self.last = time.monotonic()
+        self.echo(f"{name}: started {time.strftime('%H:%M:%S')}")
+
+    def line(self, line: str) -> None:
+        match = self.ROUND.search(line)
+        if match is None:
+            return
+        now = time.monotonic()
+        self.spent_s += now - self.last
+        self.timed += 1
+        self.last = now
+        rate = self.spent_s / self.timed
+        done, total = map(int, match.groups())
+        self.echo(
+            f"{self.name}: round {done}/{total}; left: this run "
+            f"{_minutes(rate * (total - done))}, the comparison "
+            f"{_minutes(rate * (total - done + self.later_rounds))}"
+        )
+
+
+def _minutes(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return (
+        f"{minutes // 60} h {minutes % 60:02d} min"
+        if minutes >= 60
+        else f"{minutes} min"
+    )
+
+
 def run_comparison(
     scenario: str,
     variants: list[Variant],
-    out: Path,
+    out: Path | None,
     *,
     base: dict,
     num_devices: int,
+    seeds: Sequence[int] = (),
     echo: Callable[[str], None] = print,
     timeout_s: float = 3 * 3600,
 ) -> Path:
-    """Run every variant through Flower's simulation engine and write the
-    comparison into `out`."""
+    """Run every variant on every seed through Flower's simulation engine (keeping
+    finished runs and resuming unfinished ones in `out`, by default
+    `default_folder`) and write the comparison; returns the folder.
+
+    Raises
+    ------
+    CompareError
+        Before any run, for bad settings or a folder of another comparison; after the
+        runs, naming those that failed (the others are in the tables).
+    """
     from flwr.common.config import flatten_dict
 
     from qfd_app.runs.launch import flwr_run, run_config_arg, superlink
 
-    check_settings(variants, {**base, "scenario": scenario})
-    out.mkdir(parents=True, exist_ok=True)
+    base = flatten_dict(base)
+    seeds = list(seeds) or [base.get("seed", default_run_config()["seed"])]
+    for seed in seeds:
+        settings = check_settings(
+            variants, {**base, "scenario": scenario, "seed": seed}
+        )
+    key = comparison_key(scenario, base, num_devices)
+    out = Path(out or default_folder(key)).expanduser().resolve()
+    echo(f"comparison folder: {out}")
+    check_folder(out, key)
+    jobs = [
+        (variant, seed, out / "runs" / _slug(variant.label) / f"seed-{seed}")
+        for seed in seeds
+        for variant in variants
+    ]
+    rounds = [settings[variant.label].num_server_rounds for variant, _, _ in jobs]
+    to_run = [run_state(folder)[0] != "done" for _, _, folder in jobs]
+    progress = Progress(echo)
     federation = f"num-supernodes={num_devices} client-resources-num-cpus=1"
-    runs = {}
+    finished, failed = [], []
     with superlink(out / "flwr-home") as env:
-        for variant in variants:
-            folder = out / "runs" / variant.label.replace(":", "-")
+        for number, (variant, seed, folder) in enumerate(jobs, 1):
+            name = f"[{number}/{len(jobs)}] {variant.label} seed {seed}"
+            state, run = run_state(folder)
+            if state == "done":
+                echo(f"{name}: finished before, kept ({run})")
+                finished.append((variant.label, run))
+                continue
             config = {
-                **flatten_dict(base),
+                **base,
                 "scenario": scenario,
                 **variant.overrides,
+                "seed": seed,
                 "output-dir": str(folder),
+                **({"resume": str(run)} if state == "resume" else {}),
             }
-            echo(f"== {variant.label}: {time.strftime('%H:%M:%S')}")
-            with (out / f"{variant.label.replace(':', '-')}.log").open("w") as log:
+            progress.start(
+                name + (f", resumed from {run}" if run else ""),
+                sum(r for r, todo in zip(rounds[number:], to_run[number:]) if todo),
+            )
+            log_path = out / f"{_slug(variant.label)}-seed{seed}.log"
+            with log_path.open("a") as log:
 
                 def on_line(line: str, log=log) -> None:
                     log.write(line + "\n")
-                    if "[qfd]" in line:  # progress lines of the ServerApp
-                        echo(line)
+                    progress.line(line)
 
                 done = flwr_run(
                     env,
@@ -175,102 +300,43 @@ def run_comparison(
                     timeout_s=timeout_s,
                     on_line=on_line,
                 )
-            found = sorted(folder.glob("*/summary.json"))
-            if done.returncode != 0 or not found:
-                raise CompareError(
-                    f"{variant.label}: the run failed (exit "
-                    f"{done.returncode}); see {log.name}"
-                )
-            runs[variant.label] = found[-1].parent
+            state, run = run_state(folder)
+            if done.returncode != 0 or state != "done":
+                echo(f"{name}: failed (exit {done.returncode}); see {log_path}")
+                failed.append(name)
+                continue
+            finished.append((variant.label, run))
     (out / "runs.json").write_text(
-        json.dumps({k: str(v) for k, v in runs.items()}, indent=1) + "\n"
+        json.dumps([[label, str(run)] for label, run in finished], indent=1) + "\n"
     )
-    write_comparison(out, runs)
+    if finished:
+        write_comparison(out, finished)
+    if failed:
+        raise CompareError(
+            f"{len(failed)} of {len(jobs)} runs failed: {', '.join(failed)}; run the "
+            "same command again to retry them (finished runs are kept)."
+        )
     return out
 
 
-def write_comparison(out: Path, runs: dict[str, Path]) -> list[dict]:
-    """comparison.csv, comparison.md and plots from finished run directories."""
+def _slug(label: str) -> str:
+    return label.replace(":", "-")
+
+
+def read_runs(out: Path) -> list[tuple[str, Path]]:
+    """The finished runs of a comparison folder, from its runs.json (older folders
+    wrote `{label: run}`)."""
+    saved = json.loads((out / "runs.json").read_text())
+    pairs = saved.items() if isinstance(saved, dict) else saved
+    return [(label, Path(run)) for label, run in pairs]
+
+
+def write_comparison(out: Path, runs: list[tuple[str, Path]]) -> list[dict]:
+    """The tables (`table.write_tables`) and plots of finished runs
+    `(label, run directory)`; returns the rows of comparison.csv."""
     from qfd_app.runs.report import plot_comparison
+    from qfd_app.runs.table import write_tables
 
-    rows = [_row(label, Path(run)) for label, run in runs.items()]
-    first = rows[0]
-    for row in rows:
-        for key in ("energy", "bytes_up", "bytes_total"):
-            column = "energy_j" if key == "energy" else key
-            row[f"{key}_vs_first"] = _ratio(row[column], first[column])
-    with open(out / "comparison.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "comparison.md").write_text(format_table(rows))
-    plot_comparison(runs, out / "plots")
+    rows, summary = write_tables(out, runs)
+    plot_comparison(rows, summary, out / "plots")
     return rows
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def _row(label: str, run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    devices = read_csv(run_dir / "devices.csv")
-    config = json.loads((run_dir / "config.json").read_text())
-    # runs from before the downlink was counted: fp32, its bytes and energy unknown
-    down = {k: summary.get(k, 0) for k in ("bytes_down", "energy_download_j")}
-    return {
-        "strategy": label,
-        "resource_policy": summary["resource_policy"],
-        "downlink": config.get("downlink", "fp32"),
-        "rounds": summary["rounds"],
-        **{
-            k: summary[k]
-            for k in (
-                "energy_j",
-                "energy_compute_j",
-                "energy_upload_j",
-                "bytes_up",
-                "devices_excluded",
-                "deadline_misses",
-                "wall_s",
-            )
-        },
-        **down,
-        "energy_without_download_j": summary["energy_j"] - down["energy_download_j"],
-        "bytes_total": summary["bytes_up"] + down["bytes_down"],
-        "fid": summary.get("final_fid", float("nan")),
-        "coverage": summary.get("final_coverage", float("nan")),
-        "class_entropy": summary.get("final_class_entropy", float("nan")),
-        "demand_violations": sum(
-            d["status"] == "ok"
-            and not int(d["bits_min"]) <= int(d["bits"]) <= int(d["bits_max"])
-            for d in devices
-        ),
-        "run_dir": str(run_dir),
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    """The comparison as a markdown table; ratios are against the first strategy."""
-    first = rows[0]["strategy"]
-    lines = [
-        "| strategy | downlink | rounds | energy J (compute / upload / download) "
-        f"| energy vs {first} | uplink MB | downlink MB | total MB "
-        f"| uplink vs {first} | total vs {first} | final FID | coverage "
-        "| class entropy | excluded | deadline misses | demand violations | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['strategy']} ({r['resource_policy']}) | {r['downlink']} "
-            f"| {r['rounds']} | {r['energy_j']:.4g} ({r['energy_compute_j']:.3g} / "
-            f"{r['energy_upload_j']:.3g} / {r['energy_download_j']:.3g}) "
-            f"| {100 * r['energy_vs_first']:.1f} % | {r['bytes_up'] / 1e6:.3f} "
-            f"| {r['bytes_down'] / 1e6:.3f} | {r['bytes_total'] / 1e6:.3f} "
-            f"| {100 * r['bytes_up_vs_first']:.1f} % "
-            f"| {100 * r['bytes_total_vs_first']:.1f} % "
-            f"| {r['fid']:.3f} | {r['coverage']:.2f} | {r['class_entropy']:.3f} "
-            f"| {r['devices_excluded']} | {r['deadline_misses']} | "
-            f"{r['demand_violations']} | {r['wall_s']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"

@@ -117,56 +117,71 @@ def plot_bits(run_dir: Path, ax=None, title: str | None = None) -> Path | None:
     return path
 
 
-def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
-    """Energy, bytes, FID and bit assignments of several runs of one
-    scenario, into `out`."""
+def plot_comparison(rows: list[dict], summary: list[dict], out: Path) -> list[Path]:
+    """Plots of a comparison's runs (`table.run_row` rows) and its summary over seeds:
+    energy and bytes over rounds, FID against cumulative energy (a thin line per seed,
+    the mean over seeds bold), bars of the means with their 95 % intervals, and the
+    bits of each strategy's first run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    labels = list(dict.fromkeys(r["strategy"] for r in rows))
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    runs = {label: [Path(r["run_dir"]) for r in rows if r["strategy"] == label]
+            for label in labels}  # fmt: skip
     paths = []
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6), constrained_layout=True)
-    for label, run in runs.items():
-        x, energy = _rounds(run, "energy_j")
-        line = axes[0].plot(x, energy, label=label)[0]
-        axes[1].plot(x, np.cumsum(energy), label=label)
-        x, up = _rounds(run, "bytes_up")
-        axes[2].plot(x, up / 1e6, label=label)
-        x, down = _rounds(run, "bytes_down")
-        axes[3].plot(x, np.cumsum(up + down) / 1e6, color=line.get_color())
-        axes[3].plot(x, np.cumsum(up) / 1e6, color=line.get_color(), ls=":")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), constrained_layout=True)
+    for label, dirs in runs.items():
+        curves = []
+        for run in dirs:
+            x, energy = _rounds(run, "energy_j")
+            _, up = _rounds(run, "bytes_up")
+            _, down = _rounds(run, "bytes_down")
+            curves.append((x, np.cumsum(energy), np.cumsum(up), np.cumsum(up + down)))
+        for ax, k in zip(axes, (1, 2, 3), strict=True):
+            for curve in curves:
+                ax.plot(curve[0], curve[k], color=colors[label], lw=0.6, alpha=0.5)
+            x, mean = _mean_curve([(c[0], c[k]) for c in curves])
+            ax.plot(x, mean, color=colors[label], lw=2, label=label)
     for ax, title in zip(
         axes,
         (
-            "device energy per round (J)",
             "cumulative device energy (J)",
-            "uplink MB per round",
-            "cumulative MB: up + down (solid), up (dotted)",
+            "cumulative uplink bytes",
+            "cumulative bytes, up + down",
         ),
+        strict=True,
     ):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("round")
-        ax.set_yscale("log")
+        ax.set(title=title, xlabel="round", yscale="log")
+        ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     paths.append(out / "energy_bytes.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for label, run in runs.items():
-        x_fid, fid = _rounds(run, "fid")
-        x, energy = _rounds(run, "energy_j")
-        spent = dict(zip(x.tolist(), np.cumsum(energy).tolist()))
-        axes[0].plot(x_fid, fid, marker="o", ms=3, label=label)
-        axes[1].plot([spent[r] for r in x_fid], fid, marker="o", ms=3, label=label)
-    axes[0].set(title="FID vs round", xlabel="round", yscale="log")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for label, dirs in runs.items():
+        by_round, by_energy = [], []
+        for run in dirs:
+            x_fid, fid = _rounds(run, "fid")
+            x, energy = _rounds(run, "energy_j")
+            spent = dict(zip(x.tolist(), np.cumsum(energy).tolist(), strict=True))
+            joules = np.array([spent[r] for r in x_fid])
+            axes[0].plot(x_fid, fid, color=colors[label], lw=0.6, alpha=0.5)
+            axes[1].plot(joules, fid, color=colors[label], lw=0.6, alpha=0.5)
+            by_round.append((x_fid, fid))
+            by_energy.append((x_fid, joules))
+        x, fid = _mean_curve(by_round)
+        _, joules = _mean_curve(by_energy)
+        axes[0].plot(x, fid, color=colors[label], lw=2, marker="o", ms=3, label=label)
+        axes[1].plot(joules, fid, color=colors[label], lw=2, marker="o", ms=3)
+    axes[0].set(title="FID vs round (thin: a seed; bold: the mean)", xlabel="round")
     axes[1].set(
-        title="FID vs cumulative device energy",
-        xlabel="energy (J)",
-        xscale="log",
-        yscale="log",
+        title="FID vs cumulative device energy", xlabel="energy (J)", xscale="log"
     )
     for ax in axes:
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.title.set_fontsize(10)
     axes[0].legend(fontsize=8)
@@ -174,19 +189,45 @@ def plot_comparison(runs: dict[str, Path], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(
-        1,
-        len(runs),
-        figsize=(4.6 * len(runs), 3.4),
-        constrained_layout=True,
-        squeeze=False,
+    shown = (
+        ("energy_j", "device energy (J)", 1.0),
+        ("bytes_total", "MB on the air, up + down", 1e-6),
+        ("fid", "final FID", 1.0),
+        ("kid", "final KID", 1.0),
+        ("precision", "precision", 1.0),
+        ("recall", "recall", 1.0),
     )
-    for ax, (label, run) in zip(axes[0], runs.items()):
-        plot_bits(run, ax=ax, title=label)
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.6),
+                             constrained_layout=True)  # fmt: skip
+    for ax, (metric, title, scale) in zip(axes, shown, strict=True):
+        cells = [next(r for r in summary if r["strategy"] == label
+                      and r["metric"] == metric) for label in labels]  # fmt: skip
+        means = np.array([c["mean"] for c in cells]) * scale
+        errors = np.array([(c["high"] - c["low"]) / 2 for c in cells]) * scale
+        ax.bar(range(len(labels)), means, color=[colors[x] for x in labels],
+               yerr=np.nan_to_num(errors), capsize=4)  # fmt: skip
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{title}\n(mean, 95 % interval over seeds)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    paths.append(out / "bars.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.6 * len(labels), 3.4),
+                             constrained_layout=True, squeeze=False)  # fmt: skip
+    for ax, label in zip(axes[0], labels, strict=True):
+        plot_bits(runs[label][0], ax=ax, title=f"{label} (first seed)")
     paths.append(out / "bits.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
+    """The mean over curves at the x values they all have."""
+    common = sorted(set.intersection(*(set(x.tolist()) for x, _ in curves)))
+    means = [np.mean([y[list(x).index(c)] for x, y in curves]) for c in common]
+    return np.array(common), np.array(means)
 
 
 def sample_grid_from_pipeline(

@@ -150,7 +150,9 @@ class AfterRound:
     evaluate the average when due, write rounds.csv, checkpoint.
 
     Evaluates every `eval_interval` rounds and always after the last one
-    (`eval_interval = 0`: only after the last). Flower counts rounds from 1; in a
+    (`eval_interval = 0`: only after the last), then in `final_draws` draws
+    (`Evaluator.final`; 0: one like the others), kept in final-eval.json and among the
+    last scores. Flower counts rounds from 1; in a
     resumed run `first_round` is the checkpoint's round + 1, and the rounds booked are
     the run's. The checkpoint is committed last, so a complete checkpoint of round r
     always holds round r's ledger rows.
@@ -164,6 +166,7 @@ class AfterRound:
     num_rounds: int
     strategy_state: Callable[[], dict]
     average: RoundAverage
+    final_draws: int = 0
     # tensors the strategy keeps (checkpointed beside the model)
     strategy_tensors: Callable[[], dict[str, torch.Tensor]] = dict
     tensorboard: TensorBoardLog | None = None
@@ -180,6 +183,24 @@ class AfterRound:
     def wall_s(self) -> float:
         return self.wall_before_s + time.time() - self.started
 
+    def _final_evaluation(
+        self, model: torch.nn.Module, first: dict[str, float]
+    ) -> dict[str, float]:
+        log(INFO, "[qfd] final evaluation: %d draws", self.final_draws)
+        summary, per_draw = self.evaluator.final(model, self.final_draws, first)
+        (self.run_dir / "final-eval.json").write_text(
+            json.dumps(
+                {
+                    **summary,
+                    "samples_per_draw": self.evaluator.num_samples,
+                    "per_draw": per_draw,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+        return summary
+
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # before training: nothing to book, the first round starts now
         if flower_round == 0:
@@ -193,6 +214,8 @@ class AfterRound:
         images = None
         if self.due(server_round):
             scores, images = self.evaluator(averaged)
+            if server_round == self.num_rounds and self.final_draws:
+                scores = {**scores, **self._final_evaluation(averaged, scores)}
             save_grid(
                 images[:64], self.run_dir / "samples" / f"round_{server_round:03d}.png"
             )

@@ -35,7 +35,8 @@ PROFILES = {
 # (the rogue never gets in)
 RUN_CONFIG = (
     "num-server-rounds=2 local-epochs=1 fraction-train=1.0 min-available-nodes=3 "
-    "eval-interval=0 eval-samples=64 sample-steps=5 output-dir='{out}'"
+    "eval-interval=0 eval-samples=64 final-eval-samples=0 sample-steps=5 "
+    "output-dir='{out}'"
 )
 
 

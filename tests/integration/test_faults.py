@@ -48,7 +48,7 @@ def faulty_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     config = (
         "num-server-rounds=3 local-epochs=1 fraction-train=1.0 eval-interval=0 "
-        "eval-samples=64 sample-steps=5 downlink='assigned' "
+        "eval-samples=64 final-eval-samples=0 sample-steps=5 downlink='assigned' "
         f"output-dir='{root / 'out'}'"
     )
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:

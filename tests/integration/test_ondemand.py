@@ -3,8 +3,9 @@ physics, and `qfd compare` running strategies on the same devices and channels."
 
 import json
 import math
+import re
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 RUN = (
     "scenario='smoke' num-server-rounds=2 local-epochs=1 fraction-train=1.0 "
-    "eval-interval=0 eval-samples=64 sample-steps=10"
+    "eval-interval=0 eval-samples=64 final-eval-samples=0 sample-steps=10"
 )
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 
@@ -147,7 +148,9 @@ def test_the_run_summary_totals_the_ledger(ondemand_run):
     )
 
 
-def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
+def test_compare_runs_strategies_paired_on_seeds_and_goes_on_where_it_stopped(
+    tmp_path,
+):
     variants = parse_variants("fedavg,ondemand@delta", {"bits": 8})
     base = {
         "num-server-rounds": 2,
@@ -155,19 +158,24 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
         "fraction-train": 0.67,
         "eval-interval": 0,
         "eval-samples": 64,
+        "final-eval-samples": 128,
         "sample-steps": 5,
     }
-    out = run_comparison(
-        "smoke",
-        variants,
-        tmp_path / "cmp",
-        base=base,
-        num_devices=3,
-        echo=lambda _: None,
-    )
-    table = read_csv(out / "comparison.csv")
-    assert [r["strategy"] for r in table] == ["fedavg", "ondemand@delta"]
-    fedavg, ondemand = table
+
+    def compare(seeds, lines):
+        return run_comparison(
+            "smoke",
+            variants,
+            tmp_path / "cmp",
+            base=base,
+            num_devices=3,
+            seeds=seeds,
+            echo=lines.append,
+        )
+
+    out = compare([0], [])
+    fedavg, ondemand = read_csv(out / "comparison.csv")
+    assert [fedavg["strategy"], ondemand["strategy"]] == ["fedavg", "ondemand@delta"]
     assert float(ondemand["bytes_up"]) < 0.5 * float(fedavg["bytes_up"])
     # 2 of 3 devices a round: one trains twice and gets a delta the second time
     assert ondemand["downlink"] == "delta"
@@ -175,23 +183,37 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
     assert float(ondemand["bytes_total_vs_first"]) < 1
     assert float(ondemand["energy_j"]) < float(fedavg["energy_j"])
     assert int(ondemand["demand_violations"]) == 0
-    for name in (
-        "comparison.md",
-        "plots/energy_bytes.png",
-        "plots/fid.png",
-        "plots/bits.png",
-    ):
+    assert int(ondemand["draws"]) == 2 and float(ondemand["fid_se"]) > 0
+
+    # killed after its last checkpoint, before its summary: resumed, not redone
+    fedavg_run = Path(fedavg["run_dir"])
+    (fedavg_run / "summary.json").unlink()
+    lines = []
+    out = compare([0, 1], lines)
+    assert any("[1/4] fedavg seed 0, resumed from" in line for line in lines)
+    assert any("[2/4] ondemand@delta seed 0: finished before, kept" in line
+               for line in lines)  # fmt: skip
+    assert any(re.search(r"\[4/4\] ondemand@delta seed 1: round 2/2; left", line)
+               for line in lines)  # fmt: skip
+    rows = read_csv(out / "comparison.csv")
+    assert [(r["strategy"], r["seed"]) for r in rows] == [
+        ("fedavg", "0"), ("ondemand@delta", "0"),
+        ("fedavg", "1"), ("ondemand@delta", "1"),
+    ]  # fmt: skip
+    assert rows[0]["run_dir"] == str(fedavg_run)
+    assert float(rows[0]["energy_j"]) == pytest.approx(float(fedavg["energy_j"]))
+    summary = read_csv(out / "comparison-summary.csv")
+    assert {int(r["seeds"]) for r in summary} == {2}
+    for name in ("comparison.md", "plots/fid.png", "plots/bars.png"):
         assert (out / name).exists(), name
-    sampled = [
-        {
-            (d["partition_id"], d["gain"])
-            for d in read_csv(next((out / "runs" / label).iterdir()) / "devices.csv")
-        }
-        for label in ("fedavg", "ondemand@delta")
-    ]
-    # same devices (2 of 3 a round), same fading
-    assert sampled[0] == sampled[1] and len(sampled[0]) == 4
-    assert np.isfinite([float(r["fid"]) for r in table]).all()
+
+    def sampled(row):
+        devices = read_csv(Path(row["run_dir"]) / "devices.csv")
+        return {(d["round"], d["partition_id"], d["gain"]) for d in devices}
+
+    # paired: on one seed the same devices (2 of 3 a round) with the same fading
+    assert sampled(rows[0]) == sampled(rows[1]) and len(sampled(rows[0])) == 4
+    assert sampled(rows[2]) == sampled(rows[3]) != sampled(rows[0])
     # `qfd report` redraws a comparison from its runs
     for png in (out / "plots").glob("*.png"):
         png.unlink()
@@ -200,6 +222,7 @@ def test_compare_runs_strategies_on_the_same_devices_and_channels(tmp_path):
     assert {p.name for p in (out / "plots").glob("*.png")} == {
         "energy_bytes.png",
         "fid.png",
+        "bars.png",
         "bits.png",
     }
 

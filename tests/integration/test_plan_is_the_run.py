@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 SETTINGS = (
     "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 "
-    "eval-interval=0 eval-samples=16"
+    "eval-interval=0 eval-samples=16 final-eval-samples=0"
 )
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 STRATEGIES = {

@@ -10,7 +10,8 @@ from qfd_app.runs.launch import APP_DIR, BIN, CONNECTION, superlink
 pytestmark = pytest.mark.slow
 
 SMALL = (
-    "num-server-rounds=1 local-epochs=1 eval-samples=32 sample-steps=2 scenario='smoke'"
+    "num-server-rounds=1 local-epochs=1 eval-samples=32 final-eval-samples=0 "
+    "sample-steps=2 scenario='smoke'"
 )
 
 

@@ -76,7 +76,8 @@ def test_qfd_run_with_a_ray_address_trains_devices_on_both_nodes(ray_cluster, tm
         ray_cluster.address,
         "--run-config",
         f"scenario='smoke' num-server-rounds=2 fraction-train=1.0 local-epochs=1 "
-        f"eval-interval=0 eval-samples=16 sample-steps=5 output-dir='{out}'",
+        f"eval-interval=0 eval-samples=16 final-eval-samples=0 sample-steps=5 "
+        f"output-dir='{out}'",
         "--federation-config",
         "num-supernodes=3 client-resources-num-cpus=1",
     ]

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 CONFIG = (
     "num-server-rounds=4 local-epochs=1 fraction-train=0.5 eval-interval=2 "
-    "eval-samples=64 sample-steps=5 strategy='ondemand' downlink='delta'"
+    "eval-samples=64 final-eval-samples=0 sample-steps=5 strategy='ondemand' "
+    "downlink='delta'"
 )
 FEDERATION = "num-supernodes=4 client-resources-num-cpus=1"
 HOST_COLUMNS = {

@@ -4,6 +4,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 COMMON = (
     "num-server-rounds=2 local-epochs=1 eval-interval=1 eval-samples=64 "
-    "sample-steps=10 fraction-train=1.0"
+    "final-eval-samples=192 sample-steps=10 fraction-train=1.0"
 )
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
 
@@ -72,10 +73,29 @@ def test_run_directory_holds_every_output(fedavg_run):
         "samples/round_002.png",
         "checkpoints/round_002/model.safetensors",
         "plots/rounds.png",
+        "final-eval.json",
     ):
         assert (run_dir / name).exists(), name
     assert str(run_dir) in log  # the run directory is printed
     assert json.loads((run_dir / "config.json").read_text())["num-server-rounds"] == 2
+
+
+def test_the_last_round_is_scored_in_three_draws_with_mean_and_error(fedavg_run):
+    run_dir, _ = fedavg_run
+    final = json.loads((run_dir / "final-eval.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = read_csv(run_dir / "rounds.csv")[-1]
+    assert (final["draws"], final["samples_per_draw"]) == (3, 64)
+    assert len(set(final["per_draw"]["fid"])) == 3  # three draws of noise
+    for key in ("fid", "kid", "precision", "recall"):
+        draws = final["per_draw"][key]
+        assert len(draws) == 3
+        # draw 0 is the round's own evaluation, as every earlier round's
+        assert draws[0] == pytest.approx(float(last[key])) == summary[f"final_{key}"]
+        assert summary[f"final_{key}_mean"] == pytest.approx(np.mean(draws))
+        assert summary[f"final_{key}_se"] == pytest.approx(
+            np.std(draws, ddof=1) / np.sqrt(3)
+        )
 
 
 def test_every_device_trained_and_its_upload_was_booked(fedavg_run):
