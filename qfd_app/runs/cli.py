@@ -85,6 +85,64 @@ def sample(
 
 
 @app.command()
+def evaluate(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="A finished run (with final/)."
+        ),
+    ],
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Images in all, in draws of the run's eval-samples (default: the "
+            "run's final-eval-samples, else 2048).",
+        ),
+    ] = None,
+) -> None:
+    """Score a finished run's final model as the ServerApp's final evaluation does
+    (a run from before it, or with more draws): writes final-eval.json and the
+    final_* scores of summary.json."""
+    import click
+    from diffusers import UNet2DModel
+
+    from qfd_app.diffusion import ddpm
+    from qfd_app.diffusion.evaluation import Evaluator
+    from qfd_app.runs.rundir import final_evaluation
+    from qfd_app.settings import Settings, SettingsError, default_run_config
+
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        config = {**default_run_config(), **saved}
+        if samples is not None:
+            config["final-eval-samples"] = samples
+        settings = Settings.from_run_config(config)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError, SettingsError) as err:
+        raise click.ClickException(f"{run_dir}: not a finished run: {err}") from None
+    if settings.final_eval_draws < 1:
+        raise click.ClickException(
+            f"{run_dir}: final-eval-samples is 0; give --samples."
+        )
+    evaluator = Evaluator(
+        settings.data,
+        settings.eval_samples,
+        settings.sample_steps,
+        ddpm.pick_device(settings.device),
+        eps_scale=settings.sample_eps_scale,
+    )
+    model = UNet2DModel.from_pretrained(run_dir / "final" / "unet")
+    first, _ = evaluator(model)  # draw 0: the last round's evaluation
+    scores = {**first, **final_evaluation(
+        run_dir, evaluator, model, settings.final_eval_draws, first
+    )}  # fmt: skip
+    summary.update({f"final_{k}": v for k, v in scores.items()})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(json.dumps(scores, indent=1))
+
+
+@app.command()
 def plan(
     scenario: Annotated[
         str,

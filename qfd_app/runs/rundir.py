@@ -127,6 +127,30 @@ def _last_unfinished(settings: Settings) -> Path:
     return max(matching, key=lambda p: (p / "config.json").stat().st_mtime)
 
 
+def final_evaluation(
+    run_dir: Path,
+    evaluator: Evaluator,
+    model: torch.nn.Module,
+    draws: int,
+    first: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """`Evaluator.final` of `model`, kept in `run_dir/final-eval.json` with every
+    draw's scores; returns the means and errors."""
+    summary, per_draw = evaluator.final(model, draws, first)
+    (run_dir / "final-eval.json").write_text(
+        json.dumps(
+            {
+                **summary,
+                "samples_per_draw": evaluator.num_samples,
+                "per_draw": per_draw,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    return summary
+
+
 # What the progress line of a round shows (rounds.csv has everything).
 LOGGED = (
     "devices_ok",
@@ -187,19 +211,9 @@ class AfterRound:
         self, model: torch.nn.Module, first: dict[str, float]
     ) -> dict[str, float]:
         log(INFO, "[qfd] final evaluation: %d draws", self.final_draws)
-        summary, per_draw = self.evaluator.final(model, self.final_draws, first)
-        (self.run_dir / "final-eval.json").write_text(
-            json.dumps(
-                {
-                    **summary,
-                    "samples_per_draw": self.evaluator.num_samples,
-                    "per_draw": per_draw,
-                },
-                indent=1,
-            )
-            + "\n"
+        return final_evaluation(
+            self.run_dir, self.evaluator, model, self.final_draws, first
         )
-        return summary
 
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # before training: nothing to book, the first round starts now

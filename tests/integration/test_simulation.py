@@ -3,14 +3,17 @@
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from qfd_app.diffusion import ddpm
+from qfd_app.runs import cli
 from qfd_app.runs.launch import flwr_run, superlink
 from qfd_app.runs.ledger import read_csv
 
@@ -247,3 +250,22 @@ def test_each_device_downloads_the_model_at_its_bits_and_pays_for_it(assigned_ru
     for r in rounds:
         mine = [d for d in devices if d["round"] == r["round"]]
         assert int(r["bytes_down"]) == sum(int(d["bytes_down"]) for d in mine)
+
+
+def test_qfd_evaluate_scores_a_finished_run_as_its_last_round_did(fedavg_run, tmp_path):
+    run_dir, _ = fedavg_run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (copy / "final-eval.json").unlink()
+    result = CliRunner().invoke(cli.app, ["evaluate", str(copy)])
+    assert result.exit_code == 0, result.output
+    # the exported model, scored again: the same draws, the same numbers
+    assert json.loads((copy / "final-eval.json").read_text()) == json.loads(
+        (run_dir / "final-eval.json").read_text()
+    )
+    assert json.loads((copy / "summary.json").read_text()) == json.loads(
+        (run_dir / "summary.json").read_text()
+    )
+    result = CliRunner().invoke(cli.app, ["evaluate", str(copy), "--samples", "256"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "summary.json").read_text())["final_draws"] == 4
