@@ -25,14 +25,12 @@ from diffusers import UNet2DModel
 
 from qfd_app.diffusion import ddpm
 from qfd_app.diffusion.evaluation import DRAWN, Evaluator
-from qfd_app.settings import Settings
+from qfd_app.settings import run_dir_settings
 
 
 def score_draws(run_dir: Path, draws: int) -> tuple[dict[str, list[float]], float]:
     """Every score of every draw of the run's final model, and seconds per draw."""
-    settings = Settings.from_run_config(
-        json.loads((run_dir / "config.json").read_text())
-    )
+    settings = run_dir_settings(run_dir)
     evaluator = Evaluator(
         settings.data,
         settings.eval_samples,

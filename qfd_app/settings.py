@@ -10,6 +10,7 @@ names the key as the user wrote it, what is allowed and what was received.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,13 @@ def default_run_config(pyproject: Path = PYPROJECT) -> dict[str, Any]:
     """The defaults of `[tool.flwr.app.config]` in the app's pyproject.toml."""
     with open(pyproject, "rb") as f:
         return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+
+
+def run_dir_settings(run_dir: Path, **changes: Any) -> Settings:
+    """The settings a run directory was trained with (its config.json); settings added
+    since take their defaults, `changes` (run-config keys) replace saved values."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    return Settings.from_run_config({**default_run_config(), **saved, **changes})
 
 
 def load_settings(run_config: dict[str, Any]) -> Settings:

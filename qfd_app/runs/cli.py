@@ -110,14 +110,11 @@ def evaluate(
     from qfd_app.diffusion import ddpm
     from qfd_app.diffusion.evaluation import Evaluator
     from qfd_app.runs.rundir import final_evaluation
-    from qfd_app.settings import Settings, SettingsError, default_run_config
+    from qfd_app.settings import SettingsError, run_dir_settings
 
     try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        config = {**default_run_config(), **saved}
-        if samples is not None:
-            config["final-eval-samples"] = samples
-        settings = Settings.from_run_config(config)
+        changes = {} if samples is None else {"final-eval-samples": samples}
+        settings = run_dir_settings(run_dir, **changes)
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError, SettingsError) as err:
         raise click.ClickException(f"{run_dir}: not a finished run: {err}") from None
