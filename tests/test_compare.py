@@ -173,9 +173,12 @@ def test_the_summary_gives_means_and_paired_intervals_over_seeds(tmp_path):
     assert "25.0 ± 0.0 %" in table  # uplink vs fedavg, the same on every seed
 
 
-def test_old_comparison_folders_are_read(tmp_path):
+def test_comparison_folders_of_today_and_before_are_read(tmp_path):
     run = fake_run(tmp_path, "a", up=1, down=1, energy=1, energy_down=0)
     (tmp_path / "runs.json").write_text(json.dumps({"fedavg": str(run)}))
+    assert read_runs(tmp_path) == [("fedavg", run)]
+    # today's: relative to the folder, which may move
+    (tmp_path / "runs.json").write_text(json.dumps([["fedavg", "a"]]))
     assert read_runs(tmp_path) == [("fedavg", run)]
 
 

@@ -306,8 +306,12 @@ def run_comparison(
                 failed.append(name)
                 continue
             finished.append((variant.label, run))
+    # relative: the folder may move (docs/results/ keeps comparisons in the repo)
     (out / "runs.json").write_text(
-        json.dumps([[label, str(run)] for label, run in finished], indent=1) + "\n"
+        json.dumps(
+            [[label, str(run.relative_to(out))] for label, run in finished], indent=1
+        )
+        + "\n"
     )
     if finished:
         write_comparison(out, finished)
@@ -324,11 +328,11 @@ def _slug(label: str) -> str:
 
 
 def read_runs(out: Path) -> list[tuple[str, Path]]:
-    """The finished runs of a comparison folder, from its runs.json (older folders
-    wrote `{label: run}`)."""
+    """The finished runs of a comparison folder, from its runs.json (paths relative
+    to the folder; older folders wrote `{label: absolute path}`)."""
     saved = json.loads((out / "runs.json").read_text())
     pairs = saved.items() if isinstance(saved, dict) else saved
-    return [(label, Path(run)) for label, run in pairs]
+    return [(label, out / run) for label, run in pairs]
 
 
 def write_comparison(out: Path, runs: list[tuple[str, Path]]) -> list[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 from qfd_app.runs.ledger import read_csv
@@ -181,8 +182,11 @@ def write_tables(out: Path, runs: list[tuple[str, Path]]) -> tuple[list, list]:
     rows = [run_row(label, Path(run)) for label, run in runs]
     add_ratios(rows)
     summary = summarise(rows)
+    relative = [
+        {**r, "run_dir": os.path.relpath(r["run_dir"], out)} for r in rows
+    ]  # the folder may move
     for name, fields, data in (
-        ("comparison.csv", RUN_FIELDS, rows),
+        ("comparison.csv", RUN_FIELDS, relative),
         ("comparison-summary.csv", SUMMARY_FIELDS, summary),
     ):
         with open(out / name, "w", newline="") as f:

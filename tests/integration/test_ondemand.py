@@ -4,7 +4,6 @@ physics, and `qfd compare` running strategies on the same devices and channels."
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -186,7 +185,7 @@ def test_compare_runs_strategies_paired_on_seeds_and_goes_on_where_it_stopped(
     assert int(ondemand["draws"]) == 2 and float(ondemand["fid_se"]) > 0
 
     # killed after its last checkpoint, before its summary: resumed, not redone
-    fedavg_run = Path(fedavg["run_dir"])
+    fedavg_run = out / fedavg["run_dir"]
     (fedavg_run / "summary.json").unlink()
     lines = []
     out = compare([0, 1], lines)
@@ -200,7 +199,7 @@ def test_compare_runs_strategies_paired_on_seeds_and_goes_on_where_it_stopped(
         ("fedavg", "0"), ("ondemand@delta", "0"),
         ("fedavg", "1"), ("ondemand@delta", "1"),
     ]  # fmt: skip
-    assert rows[0]["run_dir"] == str(fedavg_run)
+    assert out / rows[0]["run_dir"] == fedavg_run
     assert float(rows[0]["energy_j"]) == pytest.approx(float(fedavg["energy_j"]))
     summary = read_csv(out / "comparison-summary.csv")
     assert {int(r["seeds"]) for r in summary} == {2}
@@ -208,7 +207,7 @@ def test_compare_runs_strategies_paired_on_seeds_and_goes_on_where_it_stopped(
         assert (out / name).exists(), name
 
     def sampled(row):
-        devices = read_csv(Path(row["run_dir"]) / "devices.csv")
+        devices = read_csv(out / row["run_dir"] / "devices.csv")
         return {(d["round"], d["partition_id"], d["gain"]) for d in devices}
 
     # paired: on one seed the same devices (2 of 3 a round) with the same fading
