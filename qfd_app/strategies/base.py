@@ -333,13 +333,14 @@ class EdgeStrategy(FedAvg):
             plan = assigned.pop(node, None)
             if plan is None:
                 continue  # not a device this round asked; nothing to book against
+            download = downloads[plan.partition_id]
             if reply.has_error():
                 self.ledger.book(
                     self._record(
                         server_round,
                         node,
                         plan,
-                        downloads[plan.partition_id],
+                        download,
                         FAILED,
                         reply.error.reason,
                     )
@@ -355,7 +356,7 @@ class EdgeStrategy(FedAvg):
                 )
                 _check_start(
                     reply.content.config_records.get(protocol.START_KEY),
-                    downloads[plan.partition_id],
+                    download,
                 )
                 update = averaging.decode_reply(reply, plan, shapes)
             except (KeyError, TypeError, ValueError) as err:  # ReplyError, PayloadError
@@ -371,7 +372,7 @@ class EdgeStrategy(FedAvg):
                         server_round,
                         node,
                         plan,
-                        downloads[plan.partition_id],
+                        download,
                         REJECTED,
                         str(err),
                         sent=sent,
@@ -384,7 +385,7 @@ class EdgeStrategy(FedAvg):
                     server_round,
                     node,
                     plan,
-                    downloads[plan.partition_id],
+                    download,
                     OK,
                     "",
                     sent=sent,
