@@ -38,6 +38,11 @@ def gaussian_blur(images, sigma):
     return torch.nn.functional.conv2d(padded, kernel)
 
 
+def uniform_noise(n: int) -> torch.Tensor:
+    """n images of uniform noise in the model's range [-1, 1], seeded."""
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
 def test_classifier_recognises_held_out_digits(mnist):
     net, _, test = mnist
     accuracy = (net.logits(test.pixels).argmax(1) == test.labels).float().mean()
@@ -47,11 +52,7 @@ def test_classifier_recognises_held_out_digits(mnist):
 def test_fid_of_real_vs_real_is_small_and_of_noise_is_large(mnist):
     net, train, test = mnist
     real = quality.fid(net, train.pixels[:512], test.pixels)
-    noise = quality.fid(
-        net,
-        torch.rand(512, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1,
-        test.pixels,
-    )
+    noise = quality.fid(net, uniform_noise(512), test.pixels)
     assert real < 3.0
     assert noise > 50 * real
 
@@ -183,9 +184,5 @@ def test_kid_is_the_unbiased_mmd_of_the_features(mnist):
 def test_kid_of_real_vs_real_is_near_zero_and_of_noise_is_large(mnist):
     net, train, test = mnist
     real = quality.kid(net, train.pixels[:500], test.pixels)
-    noise = quality.kid(
-        net,
-        torch.rand(500, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1,
-        test.pixels,
-    )
+    noise = quality.kid(net, uniform_noise(500), test.pixels)
     assert abs(real) < 0.01 * noise

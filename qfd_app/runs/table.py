@@ -219,41 +219,44 @@ def _cell(summary: list[dict], label: str, metric: str, what: str = "") -> str:
     return text + unit
 
 
+# the summary table's columns: (header, metric, "" for the mean or ratio/difference);
+# "{first}" is the reference strategy
+SUMMARY_COLUMNS = (
+    ("energy J", "energy_j", ""),
+    ("energy vs {first}", "energy_j", "ratio"),
+    ("uplink MB", "bytes_up", ""),
+    ("uplink vs {first}", "bytes_up", "ratio"),
+    ("downlink MB", "bytes_down", ""),
+    ("total MB", "bytes_total", ""),
+    ("total vs {first}", "bytes_total", "ratio"),
+    ("final FID", "fid", ""),
+    ("FID − {first}", "fid", "difference"),
+    ("KID", "kid", ""),
+    ("KID − {first}", "kid", "difference"),
+    ("precision", "precision", ""),
+    ("recall", "recall", ""),
+    ("deadline misses", "deadline_misses", ""),
+    ("demand violations", "demand_violations", ""),
+)
+
+
 def format_tables(rows: list[dict], summary: list[dict]) -> str:
     """Markdown: the summary over seeds (mean ± 95 % half-width; ratios and
     differences paired by seed against the first strategy), then every run."""
     labels = list(dict.fromkeys(r["strategy"] for r in rows))
     first = labels[0]
     seeds = sorted({r["seed"] for r in rows})
+    headers = [header.format(first=first) for header, _, _ in SUMMARY_COLUMNS]
     lines = [
         f"Seeds {', '.join(map(str, seeds))}: mean ± half-width of the 95 % "
         f"interval (Student t); 'vs {first}' is paired by seed.",
         "",
-        f"| strategy | seeds | energy J | energy vs {first} | uplink MB "
-        f"| uplink vs {first} | downlink MB | total MB | total vs {first} "
-        f"| final FID | FID − {first} | KID | KID − {first} | precision | recall "
-        "| deadline misses | demand violations |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | seeds | " + " | ".join(headers) + " |",
+        "|---|---|" + "---|" * len(headers),
     ]
     for label in labels:
         n = next(r["seeds"] for r in summary if r["strategy"] == label)
-        cells = [
-            _cell(summary, label, "energy_j"),
-            _cell(summary, label, "energy_j", "ratio"),
-            _cell(summary, label, "bytes_up"),
-            _cell(summary, label, "bytes_up", "ratio"),
-            _cell(summary, label, "bytes_down"),
-            _cell(summary, label, "bytes_total"),
-            _cell(summary, label, "bytes_total", "ratio"),
-            _cell(summary, label, "fid"),
-            _cell(summary, label, "fid", "difference"),
-            _cell(summary, label, "kid"),
-            _cell(summary, label, "kid", "difference"),
-            _cell(summary, label, "precision"),
-            _cell(summary, label, "recall"),
-            _cell(summary, label, "deadline_misses"),
-            _cell(summary, label, "demand_violations"),
-        ]
+        cells = [_cell(summary, label, m, what) for _, m, what in SUMMARY_COLUMNS]
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     lines += [
         "",
