@@ -14,12 +14,15 @@ from qfd_app.runs.compare import (
     CompareError,
     Progress,
     check_folder,
+    check_settings,
     comparison_key,
     default_folder,
     parse_seeds,
     parse_variants,
+    price_sources,
     read_runs,
     run_state,
+    with_earlier_runs,
     write_comparison,
 )
 from qfd_app.runs.ledger import ROUND_FIELDS, read_csv
@@ -180,6 +183,51 @@ def test_comparison_folders_of_today_and_before_are_read(tmp_path):
     # today's: relative to the folder, which may move
     (tmp_path / "runs.json").write_text(json.dumps([["fedavg", "a"]]))
     assert read_runs(tmp_path) == [("fedavg", run)]
+
+
+def test_a_later_call_keeps_the_runs_of_earlier_ones_in_the_tables(tmp_path):
+    def run(label, seed):
+        return fake_run(
+            tmp_path / "runs" / label / f"seed-{seed}",
+            "r",
+            up=1,
+            down=1,
+            energy=1,
+            energy_down=0,
+            seed=seed,
+        )
+
+    earlier = [("fedavg", run("fedavg", 0)), ("fedavg", run("fedavg", 1))]
+    earlier.append(("ondemand", run("ondemand", 0)))
+    (tmp_path / "runs.json").write_text(
+        json.dumps([[label, str(r.relative_to(tmp_path))] for label, r in earlier])
+    )
+    # this call: ondemand on seed 1 and fedavg on seed 0 again (a newer run of it)
+    newer = fake_run(
+        tmp_path / "runs" / "fedavg" / "seed-0",
+        "s",
+        up=1,
+        down=1,
+        energy=1,
+        energy_down=0,
+    )
+    now = [("ondemand", run("ondemand", 1)), ("fedavg", newer)]
+    assert with_earlier_runs(tmp_path, now) == now + [earlier[1], earlier[2]]
+
+
+def test_a_policy_twin_listed_later_is_priced_from_the_earlier_one():
+    def sources(spec):
+        variants = parse_variants(spec, {"bits": 8})
+        return price_sources(variants, check_settings(variants, {"downlink": "fp32"}))
+
+    assert sources("fedavg:optimal,ondemand,fedavg,fixed:4,fedavg@delta") == {
+        "fedavg": "fedavg:optimal"
+    }
+    assert sources("fedavg,fedavg:optimal") == {"fedavg:optimal": "fedavg"}
+    # the same policy, or other settings besides the policy: no twin
+    assert sources("fedavg,fedavg:race-to-idle,fedavg:optimal:fp32-training") == {}
+    # ondemand chooses among widths: a policy could change what it trains
+    assert sources("ondemand,fixed:4,fixed:8") == {}
 
 
 @pytest.mark.parametrize(

@@ -317,6 +317,16 @@ def compare(
             min=1, help="Virtual devices (default: as many as the scenario lists)."
         ),
     ] = None,
+    price_twice: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Price a strategy that differs from one listed before it only in its "
+                "resource policy (fedavg after fedavg:optimal) from that run's "
+                "ledger instead of training the same model again."
+            )
+        ),
+    ] = True,
 ) -> None:
     """Run several strategies on one scenario with the same seeds; write
     a table and plots."""
@@ -354,6 +364,7 @@ def compare(
             num_devices=devices or loaded.num_devices,
             seeds=seed_list,
             echo=typer.echo,
+            price_twice=price_twice,
         )
     except (CompareError, ScenarioError, ValueError) as err:
         raise click.ClickException(str(err)) from None

@@ -13,10 +13,17 @@ run gets the same `seed`, so the same devices are sampled, hold the same data, s
 same fading and draw the same noise; only the strategy differs. With several seeds every
 strategy runs on every seed (paired), seed after seed.
 
+Run once, price twice: a variant that differs from one listed before it only in its
+resource policy (`fedavg` after `fedavg:optimal`) trains the same model when its
+strategy has one bit-width, so it is priced from that run's ledger (`reprice`) instead
+of training again, unless the other policy would leave a device out (then it runs) or
+`reprice=False`.
+
 A comparison is kept in one folder, `runs/<label>/seed-<seed>/<run dir>` for its runs:
 run again with the same scenario and settings, it keeps the finished runs, resumes an
 unfinished one from its checkpoint and starts the rest (more seeds or strategies can be
-added that way). Tables and plots (`table`, `report.plot_comparison`):
+added that way; the tables hold every finished run of the folder, this call's strategies
+first). Tables and plots (`table`, `report.plot_comparison`):
 `comparison.csv`, `comparison-summary.csv`, `comparison.md` and `plots/*.png`
 (`qfd report` redraws them).
 """
@@ -28,10 +35,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qfd_app.runs.checkpoint import latest_checkpoint
+from qfd_app.runs.reprice import RepriceError, reprice
 from qfd_app.settings import Settings, SettingsError, default_run_config
 from qfd_app.strategies import get_strategy, strategy_names
 from qfd_app.strategies.planner import DOWNLINKS
@@ -128,6 +136,24 @@ def check_settings(variants: list[Variant], base: dict) -> dict[str, Settings]:
         except SettingsError as err:
             raise CompareError(f"{variant.label}: {err}") from None
     return out
+
+
+def price_sources(variants: list[Variant], settings: dict[str, Settings]) -> dict:
+    """label → the label of the variant listed before it that it can be priced from:
+    the same settings but another resource policy, and one bit-width (`reprice`)."""
+    sources = {}
+    for i, variant in enumerate(variants):
+        mine = settings[variant.label]
+        if len(mine.rules().widths()) != 1:
+            continue
+        for other in variants[:i]:
+            theirs = settings[other.label]
+            if theirs.resources != mine.resources and mine == replace(
+                theirs, resource_policy=mine.resource_policy
+            ):
+                sources[variant.label] = other.label
+                break
+    return sources
 
 
 def comparison_key(scenario: str, base: dict, num_devices: int) -> dict:
@@ -231,10 +257,12 @@ def run_comparison(
     seeds: Sequence[int] = (),
     echo: Callable[[str], None] = print,
     timeout_s: float = 3 * 3600,
+    price_twice: bool = True,
 ) -> Path:
     """Run every variant on every seed through Flower's simulation engine (keeping
     finished runs and resuming unfinished ones in `out`, by default
-    `default_folder`) and write the comparison; returns the folder.
+    `default_folder`; pricing a variant from another's run where it can, unless
+    `price_twice` is false) and write the comparison; returns the folder.
 
     Raises
     ------
@@ -262,6 +290,7 @@ def run_comparison(
         for variant in variants
     ]
     rounds = [settings[variant.label].num_server_rounds for variant, _, _ in jobs]
+    sources = price_sources(variants, settings) if price_twice else {}
     to_run = [run_state(folder)[0] != "done" for _, _, folder in jobs]
     progress = Progress(echo)
     federation = f"num-supernodes={num_devices} client-resources-num-cpus=1"
@@ -274,6 +303,19 @@ def run_comparison(
                 echo(f"{name}: finished before, kept ({run})")
                 finished.append((variant.label, run))
                 continue
+            source = sources.get(variant.label)
+            if source:
+                try:
+                    run = _priced(
+                        out / "runs" / _slug(source) / f"seed-{seed}",
+                        folder,
+                        settings[variant.label].resources,
+                    )
+                    echo(f"{name}: priced from {source}'s run ({run})")
+                    finished.append((variant.label, run))
+                    continue
+                except RepriceError as err:
+                    echo(f"{name}: not priced from {source}'s run ({err}); it trains")
             config = {
                 **base,
                 "scenario": scenario,
@@ -306,6 +348,7 @@ def run_comparison(
                 failed.append(name)
                 continue
             finished.append((variant.label, run))
+    finished = with_earlier_runs(out, finished)
     # relative: the folder may move (docs/results/ keeps comparisons in the repo)
     (out / "runs.json").write_text(
         json.dumps(
@@ -325,6 +368,26 @@ def run_comparison(
 
 def _slug(label: str) -> str:
     return label.replace(":", "-")
+
+
+def _priced(source: Path, folder: Path, resource_policy: str) -> Path:
+    """The finished run in the variant folder `source`, priced into `folder`."""
+    state, run = run_state(source)
+    if state != "done":
+        raise RepriceError("it has not finished")
+    return reprice(run, folder, resource_policy)
+
+
+def with_earlier_runs(out: Path, finished: list[tuple[str, Path]]) -> list:
+    """This call's finished runs, then those that earlier calls listed in runs.json
+    and this one did not (other strategies or seeds), in their order."""
+    mine = {run.parent for _, run in finished}
+    earlier = read_runs(out) if (out / "runs.json").exists() else []
+    return finished + [
+        (label, run)
+        for label, run in earlier
+        if run.parent not in mine and (run / "summary.json").exists()
+    ]
 
 
 def read_runs(out: Path) -> list[tuple[str, Path]]:

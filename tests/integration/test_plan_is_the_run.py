@@ -4,16 +4,21 @@ one planner for both.
 For each strategy a real 1-round Flower simulation of `smoke` (3 devices, all sampled)
 writes devices.csv; `qfd plan smoke --run-config "<the same settings>" --json` must give
 every device the same bits, clock, power and bandwidth, found by its partition id.
+
+And `fedavg`, trained under one resource policy and priced under the other
+(`runs.reprice`), is the run of the other: the same final model, and the same ledger.
 """
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from qfd_app.runs.cli import app
 from qfd_app.runs.launch import flwr_run, superlink
 from qfd_app.runs.ledger import read_csv
+from qfd_app.runs.reprice import reprice
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +38,8 @@ PLAN_COLUMNS = ("bits", "cpu_hz", "power_w", "bandwidth_hz")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """devices.csv of a 1-round run of each strategy, on one private SuperLink."""
+    """The run directory of a 1-round run of each strategy, on one private
+    SuperLink."""
     root = tmp_path_factory.mktemp("plan-run")
     out = {}
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
@@ -43,8 +49,7 @@ def runs(tmp_path_factory):
                 env, f"{SETTINGS} {strategy} output-dir='{folder}'", FEDERATION
             )
             assert done.returncode == 0, done.stdout[-3000:]
-            (run_dir,) = folder.iterdir()
-            out[name] = read_csv(run_dir / "devices.csv")
+            (out[name],) = folder.iterdir()
     return out
 
 
@@ -56,7 +61,9 @@ def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, name):
     )
     assert result.exit_code == 0, result.output
     planned = {d["partition_id"]: d for d in json.loads(result.output)["devices"]}
-    booked = {int(row["partition_id"]): row for row in runs[name]}
+    booked = {
+        int(row["partition_id"]): row for row in read_csv(runs[name] / "devices.csv")
+    }
     assert sorted(planned) == sorted(booked) == [0, 1, 2]
     compared = 0
     for partition, row in booked.items():
@@ -65,3 +72,51 @@ def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, name):
             assert float(row[column]) == planned[partition][column], (partition, column)
             compared += 1
     assert compared == 3 * len(PLAN_COLUMNS)
+
+
+# what pricing may not change, and what it must price as the other policy's run did
+KEPT = ("round", "partition_id", "status", "bits", "bytes_up", "bytes_down")
+PRICED = (
+    *PLAN_COLUMNS[1:],
+    "compute_s",
+    "upload_s",
+    "download_s",
+    "energy_compute_j",
+    "energy_upload_j",
+    "energy_download_j",
+)
+
+
+@pytest.mark.parametrize(
+    "trained, policy, other",
+    [
+        ("fedavg-optimal", "race-to-idle", "fedavg-race"),
+        ("fedavg-race", "optimal", "fedavg-optimal"),
+    ],
+)
+def test_fedavg_priced_under_the_other_policy_is_the_other_run(
+    runs, tmp_path, trained, policy, other
+):
+    weights = "final/unet/diffusion_pytorch_model.safetensors"
+    assert (runs[trained] / weights).read_bytes() == (
+        runs[other] / weights
+    ).read_bytes()
+    priced = reprice(runs[trained], tmp_path, policy)
+    # booked in the order the replies came: match rows by round and partition
+    got, want = (
+        sorted(read_csv(run / "devices.csv"), key=lambda r: r["partition_id"])
+        for run in (priced, runs[other])
+    )
+    assert len(got) == len(want) == 3
+    for row, real in zip(got, want, strict=True):
+        assert [row[k] for k in KEPT] == [real[k] for k in KEPT]
+        np.testing.assert_allclose(
+            [float(row[k]) for k in PRICED], [float(real[k]) for k in PRICED], rtol=1e-9
+        )
+    summary = json.loads((priced / "summary.json").read_text())
+    real_summary = json.loads((runs[other] / "summary.json").read_text())
+    assert summary["resource_policy"] == real_summary["resource_policy"] == policy
+    assert summary["energy_j"] == pytest.approx(real_summary["energy_j"], rel=1e-9)
+    # the energy did change: the policies do not plan alike
+    trained_energy = json.loads((runs[trained] / "summary.json").read_text())
+    assert abs(summary["energy_j"] / trained_energy["energy_j"] - 1) > 0.01
