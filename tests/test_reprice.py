@@ -70,6 +70,6 @@ def test_a_run_that_every_device_trained_is_priced_into_a_run_of_its_own(tmp_pat
     assert config["resource-policy"] == "optimal"
     summary = json.loads((priced / "summary.json").read_text())
     assert summary["resource_policy"] == "optimal"
-    assert summary["priced_from"] == str(run.resolve())
+    assert (priced / summary["priced_from"]).resolve() == run.resolve()
     assert summary["bytes_up"] == summary["bytes_down"] == 2 * 1052100
     assert summary["energy_j"] > 0

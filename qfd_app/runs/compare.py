@@ -17,7 +17,7 @@ Run once, price twice: a variant that differs from one listed before it only in 
 resource policy (`fedavg` after `fedavg:optimal`) trains the same model when its
 strategy has one bit-width, so it is priced from that run's ledger (`reprice`) instead
 of training again, unless the other policy would leave a device out (then it runs) or
-`reprice=False`.
+`price_twice=False`.
 
 A comparison is kept in one folder, `runs/<label>/seed-<seed>/<run dir>` for its runs:
 run again with the same scenario and settings, it keeps the finished runs, resumes an

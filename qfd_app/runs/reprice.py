@@ -11,16 +11,18 @@ booked with the bytes the run really exchanged (`ledger.planned_record`).
 
 `reprice` writes that run as a run directory of its own: config.json with the other
 policy, devices.csv and rounds.csv re-booked (rounds.csv keeps the run's scores and host
-times), summary.json with the new totals and `priced_from`, and the run's
-final-eval.json. The final model stays in the run priced from. A run it cannot price
-(more than one width, a device that failed, was rejected or left out, or one the other
-policy would leave out) raises `RepriceError` with the reason: such a run must train.
+times), summary.json with the new totals and `priced_from` (the run's path from it), and
+the run's final-eval.json. The final model stays in the run priced from. A run it cannot
+price (more than one width, a device that failed, was rejected or left out, or one the
+other policy would leave out) raises `RepriceError` with the reason: such a run must
+train.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -119,11 +121,13 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
         for row in read_csv(source / "rounds.csv"):
             priced = ledger.summarise(int(row["round"]))
             ledger.write_round({**row, **{k: priced[k] for k in PRICED_COLUMNS}})
+        dest = parent / f"{source.name}-priced-{settings.resources}"
         summary = json.loads((source / "summary.json").read_text())
         summary.update(
             resource_policy=settings.resources,
             **ledger.totals(),
-            priced_from=str(source.resolve()),
+            # relative: a comparison folder may move (docs/results/ is in the repo)
+            priced_from=os.path.relpath(source.resolve(), dest.resolve()),
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (work / "config.json").write_text(
@@ -131,7 +135,6 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
         )
         if (source / "final-eval.json").exists():
             shutil.copy2(source / "final-eval.json", work / "final-eval.json")
-        dest = parent / f"{source.name}-priced-{settings.resources}"
         work.rename(dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
