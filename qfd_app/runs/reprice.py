@@ -74,50 +74,16 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".pricing-", dir=parent))
     try:
-        ledger = Ledger(work)
+        ledger, booked = Ledger(work), Ledger(source)
         sent_before: set[int] = set()
-        for server_round, rows in _by_round(Ledger(source).records).items():
-            trouble = [r for r in rows if r.status != OK]
-            if trouble:
-                raise RepriceError(
-                    f"round {server_round}: partition {trouble[0].partition_id} is "
-                    f"{trouble[0].status} ({trouble[0].reason}); only a run where "
-                    "every sampled device trained can be priced again"
-                )
-            states = {r.partition_id: _state(r, classes) for r in rows}
+        for server_round in sorted({r.round for r in booked.records}):
+            rows = booked.of_round(server_round)
+            sampled = {r.partition_id for r in rows}
             # under `delta` a device's first download is the fp32 model (a resync)
-            resync = () if settings.downlink != "delta" else set(states) - sent_before
-            sent_before |= set(states)
-            plan = plan_round(rules, physics, states, History(), resync)
-            for r in rows:
-                assignment = plan.assignments.get(r.partition_id)
-                if assignment is None:
-                    n = plan.partitions.index(r.partition_id)
-                    raise RepriceError(
-                        f"round {server_round}: {resource_policy} leaves partition "
-                        f"{r.partition_id} out ({plan.allocation.reason[n]}), so it "
-                        "trains another model"
-                    )
-                ledger.book(
-                    planned_record(
-                        server_round,
-                        r.node_id,
-                        assignment,
-                        OK,
-                        "",
-                        noise_w_per_hz=physics.network.noise_w_per_hz,
-                        deadline_s=physics.network.deadline_s,
-                        sent=r.bytes_up,
-                        metrics={
-                            "num-examples": r.num_examples,
-                            "train-loss": r.train_loss,
-                            "train-s": r.host_train_s,
-                            "encode-s": r.host_encode_s,
-                        },
-                        ray_node=r.ray_node,
-                        bytes_down=r.bytes_down,
-                    )
-                )
+            resync = sampled - sent_before if settings.downlink == "delta" else set()
+            sent_before |= sampled
+            for record in _price_round(rows, rules, physics, classes, resync):
+                ledger.book(record)
         for row in read_csv(source / "rounds.csv"):
             priced = ledger.summarise(int(row["round"]))
             ledger.write_round({**row, **{k: priced[k] for k in PRICED_COLUMNS}})
@@ -142,11 +108,44 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
     return dest
 
 
-def _by_round(records):
-    rounds: dict[int, list] = {}
-    for record in records:
-        rounds.setdefault(record.round, []).append(record)
-    return dict(sorted(rounds.items()))
+def _price_round(rows, rules, physics, classes, resync):
+    """The records of one booked round, planned again under `physics`' policy."""
+    trouble = [r for r in rows if r.status != OK]
+    if trouble:
+        raise RepriceError(
+            f"round {rows[0].round}: partition {trouble[0].partition_id} is "
+            f"{trouble[0].status} ({trouble[0].reason}); only a run where "
+            "every sampled device trained can be priced again"
+        )
+    states = {r.partition_id: _state(r, classes) for r in rows}
+    plan = plan_round(rules, physics, states, History(), resync)
+    for r in rows:
+        assignment = plan.assignments.get(r.partition_id)
+        if assignment is None:
+            n = plan.partitions.index(r.partition_id)
+            raise RepriceError(
+                f"round {r.round}: {rules.resource_policy} leaves partition "
+                f"{r.partition_id} out ({plan.allocation.reason[n]}), so it "
+                "trains another model"
+            )
+        yield planned_record(
+            r.round,
+            r.node_id,
+            assignment,
+            OK,
+            "",
+            noise_w_per_hz=physics.network.noise_w_per_hz,
+            deadline_s=physics.network.deadline_s,
+            sent=r.bytes_up,
+            metrics={
+                "num-examples": r.num_examples,
+                "train-loss": r.train_loss,
+                "train-s": r.host_train_s,
+                "encode-s": r.host_encode_s,
+            },
+            ray_node=r.ray_node,
+            bytes_down=r.bytes_down,
+        )
 
 
 def _state(record, classes):
