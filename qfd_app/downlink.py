@@ -45,7 +45,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from qfd_app.protocol import TrainConfig
 from qfd_app.quant import decode_update, encode_update, get_codec, payload_bytes
 from qfd_app.quant.codec import PayloadError
-from qfd_app.strategies.planner import download_codec
+from qfd_app.strategies.planner import DOWNLINKS, download_codec
 
 MODEL_KEY, MODEL_META_KEY = "model", "model-meta"
 BASE_KEY, BASE_META_KEY = "base", "base-meta"
@@ -110,7 +110,8 @@ class Broadcaster:
     every device's mirror (saved with each checkpoint: `state`, `tensors`)."""
 
     def __init__(self, downlink: str, seed: int) -> None:
-        download_codec(downlink, "uniform", 8)  # refuses an unknown scheme
+        if downlink not in DOWNLINKS:
+            raise ValueError(f"downlink must be one of {DOWNLINKS}; got {downlink!r}.")
         self.downlink, self.seed = downlink, seed
         # partition → (round it was last sent, the model it holds)
         self.mirrors: dict[int, tuple[int, Model]] = {}
