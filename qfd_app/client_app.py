@@ -17,7 +17,6 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from qfd_app import downlink, protocol
-from qfd_app.diffusion import ddpm
 from qfd_app.edge.state import device_state
 from qfd_app.quant import encode_update, fake_quantized, get_codec, range_sq_sums
 from qfd_app.settings import load_settings
@@ -66,6 +65,10 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    # diffusers takes most of this module's import (~4 s of ~6 s on 2 vCPUs); a
+    # deployed SuperNode runs every message in a fresh process, so `query` skips it
+    from qfd_app.diffusion import ddpm
+
     settings = load_settings(context.run_config)
     if settings.client_threads:
         # Ray runs several ClientApps per machine
