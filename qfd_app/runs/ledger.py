@@ -144,6 +144,27 @@ def planned_record(
     )
 
 
+def excluded_record(
+    server_round: int, node: int, partition: int, state: Any, reason: str
+) -> DeviceRecord:
+    """The row of a device the plan left out (`state`: the `edge.state.DeviceState` it
+    reported): its demand, channel and D_n, so the round can be planned again from
+    the ledger (`runs.reprice`); nothing trained, sent or charged."""
+    profile = state.device_class
+    return DeviceRecord(
+        server_round,
+        node,
+        partition,
+        profile.name,
+        EXCLUDED,
+        reason,
+        bits_min=profile.bits_min,
+        bits_max=profile.bits_max,
+        gain=state.gain,
+        num_examples=state.num_examples,
+    )
+
+
 # Wall time of a round's phases on the simulation host (s): the server's query and
 # solve, the slowest device's training and encoding, the server's decode (with booking),
 # aggregation, checkpoint and evaluation, and the whole round.

@@ -7,14 +7,17 @@ devices in every round, both runs train the same devices on the same data from t
 seeds, so they train the same model bit for bit (docs/results.md shows it for `fedavg`
 over 48 rounds). Only the ledger differs: every device's plan is solved again under the
 other policy (`planner.plan_round`, on the states the run booked: class, gain, D_n) and
-booked with the bytes the run really exchanged (`ledger.planned_record`).
+booked with the bytes the run really exchanged (`ledger.planned_record`). A device the
+run left out (`excluded`, e.g. fp32 cannot meet the deadline) must be left out by the
+other policy too; it is booked again with that policy's reason.
 
 `reprice` writes that run as a run directory of its own: config.json with the other
 policy, devices.csv and rounds.csv re-booked (rounds.csv keeps the run's scores and host
 times), summary.json with the new totals and `priced_from` (the run's path from it), and
 the run's final-eval.json. The final model stays in the run priced from. A run it cannot
-price (more than one width, a device that failed, was rejected or left out, or one the
-other policy would leave out) raises `RepriceError` with the reason: such a run must
+price (more than one width, a device that failed or was rejected, one the other policy
+would leave out or would train though the run left it out, or a left-out device booked
+without its D_n by an older qfd) raises `RepriceError` with the reason: such a run must
 train.
 """
 
@@ -29,7 +32,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from qfd_app.edge.state import DeviceState
-from qfd_app.runs.ledger import OK, Ledger, planned_record, read_csv
+from qfd_app.runs.ledger import (
+    EXCLUDED,
+    OK,
+    Ledger,
+    excluded_record,
+    planned_record,
+    read_csv,
+)
 from qfd_app.settings import run_dir_settings
 from qfd_app.strategies.planner import History, plan_round, round_physics
 
@@ -81,7 +91,7 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
             sampled = {r.partition_id for r in rows}
             # under `delta` a device's first download is the fp32 model (a resync)
             resync = sampled - sent_before if settings.downlink == "delta" else set()
-            sent_before |= sampled
+            sent_before |= {r.partition_id for r in rows if r.status == OK}
             for record in _price_round(rows, rules, physics, classes, resync):
                 ledger.book(record)
         for row in read_csv(source / "rounds.csv"):
@@ -110,12 +120,12 @@ def reprice(source: Path, parent: Path, resource_policy: str) -> Path:
 
 def _price_round(rows, rules, physics, classes, resync):
     """The records of one booked round, planned again under `physics`' policy."""
-    trouble = [r for r in rows if r.status != OK]
+    trouble = [r for r in rows if r.status not in (OK, EXCLUDED)]
     if trouble:
         raise RepriceError(
             f"round {rows[0].round}: partition {trouble[0].partition_id} is "
             f"{trouble[0].status} ({trouble[0].reason}); only a run where "
-            "every sampled device trained can be priced again"
+            "every sampled device trained or was left out can be priced again"
         )
     states = {r.partition_id: _state(r, classes) for r in rows}
     plan = plan_round(rules, physics, states, History(), resync)
@@ -123,9 +133,20 @@ def _price_round(rows, rules, physics, classes, resync):
         assignment = plan.assignments.get(r.partition_id)
         if assignment is None:
             n = plan.partitions.index(r.partition_id)
+            reason = plan.allocation.reason[n]
+            if r.status == OK:
+                raise RepriceError(
+                    f"round {r.round}: {rules.resource_policy} leaves partition "
+                    f"{r.partition_id} out ({reason}), so it trains another model"
+                )
+            yield excluded_record(
+                r.round, r.node_id, r.partition_id, states[r.partition_id], reason
+            )
+            continue
+        if r.status == EXCLUDED:
             raise RepriceError(
-                f"round {r.round}: {rules.resource_policy} leaves partition "
-                f"{r.partition_id} out ({plan.allocation.reason[n]}), so it "
+                f"round {r.round}: {rules.resource_policy} trains partition "
+                f"{r.partition_id}, which the run left out ({r.reason}), so it "
                 "trains another model"
             )
         yield planned_record(
@@ -151,6 +172,12 @@ def _price_round(rows, rules, physics, classes, resync):
 def _state(record, classes):
     """The state the device reported, as the run booked it (its class by name, with
     the demand it reported; the distance is not booked and not needed)."""
+    if record.status == EXCLUDED and record.num_examples <= 0:
+        raise RepriceError(
+            f"round {record.round}: partition {record.partition_id} was left out "
+            "and its D_n was not booked (a run of a qfd before 2026-12-03), so "
+            "another policy's plan for it cannot be solved"
+        )
     if record.device_class not in classes:
         raise RepriceError(
             f"round {record.round}: partition {record.partition_id} is of class "

@@ -46,12 +46,12 @@ from qfd_app import protocol
 from qfd_app.downlink import Broadcaster, Download
 from qfd_app.edge.state import DeviceState
 from qfd_app.runs.ledger import (
-    EXCLUDED,
     FAILED,
     OK,
     REJECTED,
     DeviceRecord,
     Ledger,
+    excluded_record,
     planned_record,
 )
 from qfd_app.strategies import averaging, planner
@@ -192,18 +192,13 @@ class EdgeStrategy(FedAvg):
             zip(plan.partitions, plan.states, strict=True)
         ):
             if partition not in plan.assignments:
-                profile = state.device_class
                 self.ledger.book(
-                    DeviceRecord(
+                    excluded_record(
                         server_round,
                         node_of[partition],
                         partition,
-                        profile.name,
-                        EXCLUDED,
+                        state,
                         plan.allocation.reason[n],
-                        bits_min=profile.bits_min,
-                        bits_max=profile.bits_max,
-                        gain=state.gain,
                     )
                 )
         self.ledger.book_phases(

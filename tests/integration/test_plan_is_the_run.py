@@ -3,10 +3,13 @@ one planner for both.
 
 For each strategy a real 1-round Flower simulation of `smoke` (3 devices, all sampled)
 writes devices.csv; `qfd plan smoke --run-config "<the same settings>" --json` must give
-every device the same bits, clock, power and bandwidth, found by its partition id.
+every device the same bits, clock, power and bandwidth, found by its partition id, and
+leave out the same devices. `fedavg` runs under a 60 s deadline that the iot device
+cannot meet in fp32 even at f_max (68.4 s), so both its policies leave it out.
 
 And `fedavg`, trained under one resource policy and priced under the other
-(`runs.reprice`), is the run of the other: the same final model, and the same ledger.
+(`runs.reprice`), is the run of the other: the same final model, and the same ledger,
+the left-out device included.
 """
 
 import json
@@ -23,7 +26,7 @@ from qfd_app.runs.reprice import reprice
 pytestmark = pytest.mark.slow
 
 SETTINGS = (
-    "scenario='smoke' fraction-train=1.0 num-server-rounds=1 local-epochs=1 "
+    "fraction-train=1.0 num-server-rounds=1 local-epochs=1 "
     "eval-interval=0 eval-samples=16 final-eval-samples=0"
 )
 FEDERATION = "num-supernodes=3 client-resources-num-cpus=1"
@@ -33,11 +36,20 @@ STRATEGIES = {
     "fedavg-race": "strategy='fedavg' resource-policy='race-to-idle'",
     "fedavg-optimal": "strategy='fedavg' resource-policy='optimal'",
 }
+TIGHT = 'extends = "smoke"\n\n[network]\ndeadline_s = 60.0\n'
 PLAN_COLUMNS = ("bits", "cpu_hz", "power_w", "bandwidth_hz")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def scenarios(tmp_path_factory):
+    """Each strategy's scenario: `smoke`, or for fedavg `TIGHT` in a file."""
+    tight = tmp_path_factory.mktemp("scenario") / "tight.toml"
+    tight.write_text(TIGHT)
+    return {name: str(tight) if "fedavg" in name else "smoke" for name in STRATEGIES}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, scenarios):
     """The run directory of a 1-round run of each strategy, on one private
     SuperLink."""
     root = tmp_path_factory.mktemp("plan-run")
@@ -45,19 +57,24 @@ def runs(tmp_path_factory):
     with superlink(root / "flwr-home", QFD_CACHE_DIR=str(root / "cache")) as env:
         for name, strategy in STRATEGIES.items():
             folder = root / name
-            done = flwr_run(
-                env, f"{SETTINGS} {strategy} output-dir='{folder}'", FEDERATION
-            )
+            settings = f"{SETTINGS} {strategy} scenario='{scenarios[name]}'"
+            done = flwr_run(env, f"{settings} output-dir='{folder}'", FEDERATION)
             assert done.returncode == 0, done.stdout[-3000:]
             (out[name],) = folder.iterdir()
     return out
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, name):
+def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, scenarios, name):
     result = CliRunner().invoke(
         app,
-        ["plan", "smoke", "--json", "--run-config", f"{SETTINGS} {STRATEGIES[name]}"],
+        [
+            "plan",
+            scenarios[name],
+            "--json",
+            "--run-config",
+            f"{SETTINGS} {STRATEGIES[name]}",
+        ],
     )
     assert result.exit_code == 0, result.output
     planned = {d["partition_id"]: d for d in json.loads(result.output)["devices"]}
@@ -67,15 +84,30 @@ def test_every_device_gets_in_the_run_what_the_plan_gives_it(runs, name):
     assert sorted(planned) == sorted(booked) == [0, 1, 2]
     compared = 0
     for partition, row in booked.items():
-        assert row["status"] == "ok", row
+        want = planned[partition]
+        assert row["status"] == {"scheduled": "ok"}.get(want["status"], "excluded")
+        assert row["reason"] == want["reason"]
+        # D_n is booked for every device, the left-out included
+        assert int(row["num_examples"]) == want["samples"] > 0
         for column in PLAN_COLUMNS:
-            assert float(row[column]) == planned[partition][column], (partition, column)
+            assert float(row[column]) == want[column], (partition, column)
             compared += 1
     assert compared == 3 * len(PLAN_COLUMNS)
+    statuses = sorted(row["status"] for row in booked.values())
+    assert statuses == (["excluded", "ok", "ok"] if "fedavg" in name else ["ok"] * 3)
 
 
 # what pricing may not change, and what it must price as the other policy's run did
-KEPT = ("round", "partition_id", "status", "bits", "bytes_up", "bytes_down")
+KEPT = (
+    "round",
+    "partition_id",
+    "status",
+    "reason",
+    "num_examples",
+    "bits",
+    "bytes_up",
+    "bytes_down",
+)
 PRICED = (
     *PLAN_COLUMNS[1:],
     "compute_s",
@@ -108,6 +140,7 @@ def test_fedavg_priced_under_the_other_policy_is_the_other_run(
         for run in (priced, runs[other])
     )
     assert len(got) == len(want) == 3
+    assert [row["status"] for row in got].count("excluded") == 1
     for row, real in zip(got, want, strict=True):
         assert [row[k] for k in KEPT] == [real[k] for k in KEPT]
         np.testing.assert_allclose(
