@@ -1,22 +1,13 @@
 """The ClientApp module loads diffusers only when a device trains: a deployed
 SuperNode runs each message in a fresh process, and a `query` needs no model."""
 
-import subprocess
-import sys
+from tests.imports import modules_loaded
+
+MODEL = ("diffusers", "qfd_app.diffusion.ddpm")
 
 
 def test_loading_the_client_app_leaves_the_model_libraries_for_train():
-    code = (
-        "import sys\n"
-        "from qfd_app.client_app import app\n"
-        "heavy = ('diffusers', 'qfd_app.diffusion.ddpm')\n"
-        "print(sorted(m for m in heavy if m in sys.modules))\n"
-        "from qfd_app.diffusion import ddpm\n"
-        "print('diffusers' in sys.modules)"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    # the second line shows the check can see diffusers when it is there
-    assert done.stdout.split() == ["[]", "True"]
+    assert modules_loaded("from qfd_app.client_app import app", MODEL) == []
+    # the probe sees them once they are loaded
+    code = "from qfd_app.client_app import app; from qfd_app.diffusion import ddpm"
+    assert modules_loaded(code, MODEL) == list(MODEL)
